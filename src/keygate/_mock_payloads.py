@@ -1,0 +1,555 @@
+"""Canned OpenAI-shaped payloads for the mock upstream in `keygate.testing`.
+
+Every builder is a pure function of the parsed request body, so responses are deterministic
+apart from ids and timestamps. The shapes follow the official `openai` SDK's types closely
+enough that the SDK parses them (including `client.responses.stream()` accumulation).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+MOCK_TEXT = "Hello from mock"
+FULL_WORDS = len(MOCK_TEXT.split())
+TRANSCRIPT_TEXT = "hello from mock"
+DEFAULT_MODEL = "gpt-4o-mini"
+MODEL_IDS = tuple(
+    "gpt-4o gpt-4o-mini gpt-4.1 o3-mini text-embedding-3-small text-embedding-3-large "
+    "omni-moderation-latest dall-e-3 tts-1 whisper-1".split()
+)
+MODELS_CREATED = 1_715_367_049
+EMBEDDING_DIMENSIONS = 8
+# A real (tiny) MP3 frame header after an ID3 tag, padded: enough for "it is audio" checks.
+SPEECH_BYTES = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(48)
+# A 1x1 transparent PNG.
+PNG_1X1 = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+_MODERATION_CATEGORIES = (
+    "harassment harassment/threatening hate hate/threatening illicit illicit/violent self-harm "
+    "self-harm/instructions self-harm/intent sexual sexual/minors violence violence/graphic".split()
+)
+
+Json = dict[str, Any]
+
+
+def new_id(prefix: str) -> str:
+    """Return an OpenAI-looking id such as ``chatcmpl-<hex>``."""
+    return prefix + secrets.token_hex(12)
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> Json:
+    """Return OpenAI's error envelope."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def sse_data(payload: Json | str) -> bytes:
+    """Encode one ``data:``-only server-sent event (chat and legacy completions streams)."""
+    data = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+    return b"data: " + data + b"\n\n"
+
+
+def sse_event(payload: Json) -> bytes:
+    """Encode one named server-sent event, as the Responses API sends them."""
+    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def count_words(value: Any) -> int:
+    """Count whitespace-separated words in message-like content; token ids count one each.
+
+    Dicts are only searched under content-bearing keys, so roles and names do not count.
+    """
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, list):
+        return sum(count_words(item) for item in value)
+    if isinstance(value, dict):
+        return sum(count_words(value[key]) for key in ("content", "text", "input") if key in value)
+    return 0
+
+
+def _output_words(limit: Any) -> list[str]:
+    """The words of MOCK_TEXT the model may produce under a token limit (one token per word)."""
+    words = MOCK_TEXT.split()
+    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < len(words):
+        return words[:limit]
+    return words
+
+
+def _spaced(words: list[str]) -> list[str]:
+    """Per-chunk deltas that concatenate back to the joined text."""
+    return [word if i == 0 else " " + word for i, word in enumerate(words)]
+
+
+def _chat_usage(prompt_tokens: int, completion_tokens: int) -> Json:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _include_usage(body: Json) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _limit(body: Json, *keys: str) -> Any:
+    return next((body[key] for key in keys if body.get(key) is not None), None)
+
+
+def chat_completion(body: Json) -> Json:
+    """A non-streamed ``chat.completion``."""
+    words = _output_words(_limit(body, "max_completion_tokens", "max_tokens"))
+    prompt_tokens = max(1, count_words(body.get("messages")))
+    return {
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": " ".join(words),
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop" if len(words) == FULL_WORDS else "length",
+            }
+        ],
+        "usage": _chat_usage(prompt_tokens, len(words)),
+        "service_tier": "default",
+        "system_fingerprint": "fp_mock",
+    }
+
+
+def chat_stream(body: Json) -> list[bytes]:
+    """The SSE events of a streamed chat completion, ending with ``data: [DONE]``."""
+    words = _output_words(_limit(body, "max_completion_tokens", "max_tokens"))
+    include_usage = _include_usage(body)
+    base: Json = {
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "service_tier": "default",
+        "system_fingerprint": "fp_mock",
+    }
+
+    def chunk(delta: Json, finish_reason: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        extra: Json = {"usage": None} if include_usage else {}
+        return sse_data({**base, "choices": [choice], **extra})
+
+    events = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+    events += [chunk({"content": piece}, None) for piece in _spaced(words)]
+    events.append(chunk({}, "stop" if len(words) == FULL_WORDS else "length"))
+    if include_usage:
+        usage = _chat_usage(max(1, count_words(body.get("messages"))), len(words))
+        events.append(sse_data({**base, "choices": [], "usage": usage}))
+    events.append(sse_data("[DONE]"))
+    return events
+
+
+def _prompt_tokens(body: Json) -> int:
+    return max(1, count_words(body.get("prompt")))
+
+
+def completion(body: Json) -> Json:
+    """A non-streamed legacy ``text_completion``."""
+    words = _output_words(_limit(body, "max_tokens"))
+    prompt_tokens = _prompt_tokens(body)
+    return {
+        "id": new_id("cmpl-"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "choices": [
+            {
+                "text": " ".join(words),
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": "stop" if len(words) == FULL_WORDS else "length",
+            }
+        ],
+        "usage": _chat_usage(prompt_tokens, len(words)),
+        "system_fingerprint": "fp_mock",
+    }
+
+
+def completion_stream(body: Json) -> list[bytes]:
+    """The SSE events of a streamed legacy completion, ending with ``data: [DONE]``."""
+    words = _output_words(_limit(body, "max_tokens"))
+    include_usage = _include_usage(body)
+    base: Json = {
+        "id": new_id("cmpl-"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "system_fingerprint": "fp_mock",
+    }
+
+    def chunk(text: str, finish_reason: str | None) -> bytes:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        extra: Json = {"usage": None} if include_usage else {}
+        return sse_data({**base, "choices": [choice], **extra})
+
+    events = [chunk(piece, None) for piece in _spaced(words)]
+    events.append(chunk("", "stop" if len(words) == FULL_WORDS else "length"))
+    if include_usage:
+        usage = _chat_usage(_prompt_tokens(body), len(words))
+        events.append(sse_data({**base, "choices": [], "usage": usage}))
+    events.append(sse_data("[DONE]"))
+    return events
+
+
+def _embedding_inputs(value: Any) -> list[Any]:
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return value
+    return [value]
+
+
+def embeddings(body: Json) -> Json:
+    """A ``list`` of embeddings, one per input; base64 little-endian float32 when asked."""
+    dimensions = body.get("dimensions")
+    if not (isinstance(dimensions, int) and 0 < dimensions <= 4096):
+        dimensions = EMBEDDING_DIMENSIONS
+    as_base64 = body.get("encoding_format") == "base64"
+    inputs = _embedding_inputs(body.get("input", ""))
+    data = []
+    for index, item in enumerate(inputs):
+        seed = hashlib.shake_256(orjson.dumps(item)).digest(dimensions)
+        # (b - 128) / 128 is exact in float32, so base64 and float encodings agree exactly.
+        vector = [(b - 128) / 128 for b in seed]
+        encoded: Any = (
+            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = max(1, count_words(inputs))
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "text-embedding-3-small"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def model(model_id: str) -> Json:
+    """One ``model`` object."""
+    return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "system"}
+
+
+def models() -> Json:
+    """The model list."""
+    return {"object": "list", "data": [model(model_id) for model_id in MODEL_IDS]}
+
+
+def _response_usage(body: Json, output_tokens: int) -> Json:
+    input_tokens = max(1, count_words(body.get("input")) + count_words(body.get("instructions")))
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _response_message(message_id: str, text: str, status: str) -> Json:
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {
+        "id": message_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content if status == "completed" else [],
+    }
+
+
+def _response_object(body: Json, response_id: str, created_at: int) -> Json:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model", DEFAULT_MODEL),
+        "output": [],
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": None,
+        "user": None,
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def _finished_response(body: Json, response_id: str, created_at: int, message_id: str) -> Json:
+    words = _output_words(_limit(body, "max_output_tokens"))
+    finished = _response_object(body, response_id, created_at)
+    truncated = len(words) < FULL_WORDS
+    finished.update(
+        status="incomplete" if truncated else "completed",
+        incomplete_details={"reason": "max_output_tokens"} if truncated else None,
+        output=[_response_message(message_id, " ".join(words), "completed")],
+        usage=_response_usage(body, len(words)),
+    )
+    return finished
+
+
+def response(body: Json) -> Json:
+    """A non-streamed Responses API ``response``."""
+    return _finished_response(body, new_id("resp_"), int(time.time()), new_id("msg_"))
+
+
+def response_stream(body: Json) -> list[bytes]:
+    """The named SSE events of a streamed Responses API call (no ``[DONE]``, as OpenAI does)."""
+    response_id, message_id, created_at = new_id("resp_"), new_id("msg_"), int(time.time())
+    words = _output_words(_limit(body, "max_output_tokens"))
+    text = " ".join(words)
+    started = _response_object(body, response_id, created_at)
+    finished = _finished_response(body, response_id, created_at, message_id)
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+    payloads: list[Json] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": _response_message(message_id, "", "in_progress"),
+        },
+        {"type": "response.content_part.added", **where, "part": part},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []}
+            for delta in _spaced(words)
+        ),
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": finished["output"][0]},
+        {
+            "type": "response.completed" if finished["status"] == "completed" else "response.incomplete",
+            "response": finished,
+        },
+    ]
+    return [sse_event({**payload, "sequence_number": n}) for n, payload in enumerate(payloads)]
+
+
+def moderation(body: Json) -> Json:
+    """A ``modr-`` result, unflagged, one result per input."""
+    raw = body.get("input", "")
+    count = len(raw) if isinstance(raw, list) else 1
+    result = {
+        "flagged": False,
+        "categories": dict.fromkeys(_MODERATION_CATEGORIES, False),
+        "category_scores": dict.fromkeys(_MODERATION_CATEGORIES, 1e-06),
+        "category_applied_input_types": {name: ["text"] for name in _MODERATION_CATEGORIES},
+    }
+    return {
+        "id": new_id("modr-"),
+        "model": body.get("model", "omni-moderation-latest"),
+        "results": [result] * count,
+    }
+
+
+def image_generation(body: Json) -> Json:
+    """An images response with ``n`` images, as b64_json or url like the request asks."""
+    n = body.get("n")
+    n = n if isinstance(n, int) and 0 < n <= 10 else 1
+    model_name = str(body.get("model", "dall-e-2"))
+    if body.get("response_format") == "b64_json" or model_name.startswith("gpt-image"):
+        item: Json = {"b64_json": base64.b64encode(PNG_1X1).decode()}
+    else:
+        item = {"url": "https://mock-upstream.invalid/images/mock.png"}
+    if isinstance(body.get("prompt"), str):
+        item["revised_prompt"] = body["prompt"]
+    return {"created": int(time.time()), "data": [dict(item) for _ in range(n)]}
+
+
+def transcription() -> Json:
+    """The JSON body of a transcription or translation."""
+    return {"text": TRANSCRIPT_TEXT}
+
+
+# --- Replies and routes: what each request is answered with (still no I/O here). ---
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    events: list[bytes]
+
+
+# A route gets the body, the content-type and the path argument (the model id in /v1/models/{id}).
+Route = Callable[[bytes, str, str], "Reply | StreamReply"]
+
+
+def json_reply(status: int, body: Json, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, orjson.dumps(body), headers=headers)
+
+
+def invalid(message: str, status: int = 400, code: str | None = None, param: str | None = None) -> Reply:
+    return json_reply(status, error_body(message, "invalid_request_error", code, param))
+
+
+def unauthorized(key: str | None) -> Reply:
+    if key is None:
+        return invalid(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+            "https://platform.openai.com/account/api-keys.",
+            401,
+        )
+    return invalid(
+        f"Incorrect API key provided: {key}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        401,
+        "invalid_api_key",
+    )
+
+
+def failure_reply(mode: str, key: str | None, retry_after: int) -> Reply | None:
+    """The error a status-code failure mode answers with; None for the other modes."""
+    if mode == "401":
+        return unauthorized(key)
+    if mode == "403":
+        return invalid(
+            f"You have insufficient permissions for this operation with API key {key}. "
+            "Missing scopes: model.request.",
+            403,
+            "insufficient_permissions",
+        )
+    if mode == "429":
+        wait = retry_after
+        message = (
+            "Rate limit reached for requests in organization org-mock on requests per min (RPM): "
+            f"Limit 10000, Used 10000, Requested 1. Please try again in {wait}s."
+        )
+        headers = (
+            ("retry-after", str(wait)),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", f"{wait}s"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", f"{wait}s"),
+        )
+        return json_reply(429, error_body(message, "requests", "rate_limit_exceeded"), headers)
+    if mode == "500":
+        message = "The server had an error while processing your request. Sorry about that!"
+        return json_reply(500, error_body(message, "server_error"))
+    if mode == "503":
+        message = "The engine is currently overloaded, please try again later."
+        return json_reply(503, error_body(message, "server_error"))
+    return None
+
+
+def _json_route(
+    build: Callable[[Json], Json],
+    build_stream: Callable[[Json], list[bytes]] | None = None,
+    *,
+    needs_model: bool = True,
+) -> Route:
+    def route(raw: bytes, _content_type: str, _arg: str) -> Reply | StreamReply:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return invalid(
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+                "sent was not valid JSON.)"
+            )
+        if not isinstance(body, dict):
+            return invalid("The request body must be a JSON object.")
+        if needs_model and not body.get("model"):
+            return invalid("you must provide a model parameter")
+        if build_stream is not None and body.get("stream") is True:
+            return StreamReply(build_stream(body))
+        return json_reply(200, build(body))
+
+    return route
+
+
+def _multipart_route(_raw: bytes, content_type: str, _arg: str) -> Reply | StreamReply:
+    if not content_type.lower().startswith("multipart/form-data"):
+        return invalid(f"Invalid Content-Type header ({content_type}), expected multipart/form-data.")
+    return json_reply(200, transcription())
+
+
+def _speech(_raw: bytes, _content_type: str, _arg: str) -> Reply | StreamReply:
+    return Reply(200, SPEECH_BYTES, "audio/mpeg")
+
+
+def _models(_raw: bytes, _content_type: str, _arg: str) -> Reply | StreamReply:
+    return json_reply(200, models())
+
+
+def _model(_raw: bytes, _content_type: str, model_id: str) -> Reply | StreamReply:
+    if model_id in MODEL_IDS:
+        return json_reply(200, model(model_id))
+    return invalid(f"The model '{model_id}' does not exist", 404, "model_not_found", "model")
+
+
+_ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "/v1/chat/completions"): _json_route(chat_completion, chat_stream),
+    ("POST", "/v1/completions"): _json_route(completion, completion_stream),
+    ("POST", "/v1/embeddings"): _json_route(embeddings),
+    ("POST", "/v1/responses"): _json_route(response, response_stream),
+    ("POST", "/v1/moderations"): _json_route(moderation, needs_model=False),
+    ("POST", "/v1/images/generations"): _json_route(image_generation, needs_model=False),
+    ("POST", "/v1/audio/speech"): _speech,
+    ("POST", "/v1/audio/transcriptions"): _multipart_route,
+    ("POST", "/v1/audio/translations"): _multipart_route,
+    ("GET", "/v1/models"): _models,
+}
+
+
+def find_route(method: str, path: str) -> tuple[Route, str] | None:
+    route = _ROUTES.get((method, path))
+    if route is not None:
+        return route, ""
+    if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+        return _model, unquote(path[len("/v1/models/") :])
+    return None

@@ -1,0 +1,207 @@
+"""The data-plane application: a raw RSGI callable, no framework on the hot path.
+
+For each request: match the route allowlist, run the chain's request phase (auth, body, policy,
+limits...), forward to the upstream, relay the answer (whole or streamed), and always run the
+chain's complete phase so no request escapes accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import Any
+
+from . import routes
+from .chain import Chain, Context
+from .config import Settings
+from .errors import KeygateError, NotFound, error_body, error_headers
+from .guards.body import ClientGone
+from .guards.headers import filter_request, filter_response, request_allowlist
+from .logs import redact
+from .streaming import SSETap, sse_error_event
+from .upstream import UpstreamClient, map_transport_error, scrub, upstream_key_rejected, usage_from_json
+
+log = logging.getLogger("keygate")
+
+_NOT_FOUND = NotFound("Not found: this gateway forwards only the OpenAI API routes it allows.")
+_INTERNAL = KeygateError("The gateway hit an internal error.")
+_USAGE_ROUTES = frozenset({"chat.completions", "completions", "embeddings", "responses"})
+CLIENT_CLOSED = 499  # nginx's convention for "client closed the request"
+
+
+def parse_peer(client: str) -> str:
+    """The IP part of an RSGI ``scope.client`` ("1.2.3.4:5678" or "[::1]:5678")."""
+    host, sep, port = client.rpartition(":")
+    if not sep or not port.isdigit():
+        return client
+    return host[1:-1] if host.startswith("[") else host
+
+
+class Gateway:
+    """The RSGI app. Built by :func:`keygate.server.build_gateway` from settings and a store."""
+
+    def __init__(self, settings: Settings, chain: Chain, client: UpstreamClient) -> None:
+        self.settings = settings
+        self.chain = chain
+        self.client = client
+        self._allow_headers = request_allowlist(settings.extra_request_headers)
+        self._ids = itertools.count(1)
+        self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        ctx = Context(
+            self._id_prefix + str(next(self._ids)),
+            scope.method,
+            scope.path,
+            scope.query_string,
+            {k.lower(): v for k, v in scope.headers.items()},
+            parse_peer(scope.client),
+            proto,
+        )
+        try:
+            await self._handle(ctx, proto)
+        except ClientGone:
+            ctx.status = CLIENT_CLOSED
+            ctx.error = KeygateError("client closed the request", code="client_closed")
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": ctx.request_id})
+            if not ctx.status:
+                self._send_error(ctx, _INTERNAL)
+        finally:
+            self.chain.complete(ctx)
+
+    def _send_error(self, ctx: Context, err: KeygateError) -> None:
+        ctx.status = err.status
+        ctx.error = err
+        headers = error_headers(err)
+        headers.append(("x-keygate-request-id", ctx.request_id))
+        ctx.proto.response_bytes(err.status, headers, error_body(err))
+
+    async def _handle(self, ctx: Context, proto: Any) -> None:
+        route = routes.match(ctx.method, ctx.path)
+        if route is None:
+            ctx.path = redact(ctx.path[:200])
+            return self._send_error(ctx, _NOT_FOUND)
+        ctx.route = route
+        err = await self.chain.request(ctx)
+        if err is not None:
+            return self._send_error(ctx, err)
+        assert ctx.key is not None
+        upstream = ctx.upstream or self.settings.upstream_for(ctx.key.upstream)
+        ctx.upstream = upstream
+        if upstream.api_key is None:
+            return self._send_error(ctx, _INTERNAL)
+        headers = filter_request(ctx.headers.items(), self._allow_headers, upstream.api_key.reveal())
+        request = self.client.request(upstream, ctx.method, route.upstream_path, ctx.query, headers)
+        if ctx.body:
+            request = request.body_bytes(ctx.body)
+        if ctx.stream:
+            await self._forward_stream(ctx, request)
+        else:
+            await self._forward(ctx, request.timeout(self.client.timeout))
+
+    async def _forward(self, ctx: Context, request: Any) -> None:
+        assert ctx.upstream is not None
+        try:
+            response = await request.build().send()
+            status = response.status
+            body = bytes(await response.bytes())
+        except Exception as exc:
+            return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
+        headers = list(response.headers.items())
+        self.chain.response_start(ctx, status, headers)
+        if status in (401, 403):
+            return self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+        if status >= 400:
+            body = scrub(body, ctx.upstream)
+        elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
+            usage_from_json(body, ctx.usage)
+        out = filter_response(headers)
+        out.append(("x-keygate-request-id", ctx.request_id))
+        ctx.status = status
+        ctx.proto.response_bytes(status, out, body)
+
+    async def _forward_stream(self, ctx: Context, request: Any) -> None:
+        """Relay a streamed response; a client disconnect closes the upstream request at once."""
+        relay = asyncio.ensure_future(self._relay(ctx, request))
+        gone = asyncio.ensure_future(ctx.proto.client_disconnect())
+        try:
+            await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not relay.done():
+                relay.cancel()
+                ctx.status = CLIENT_CLOSED
+                ctx.error = KeygateError("client disconnected mid-stream", code="client_closed")
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            gone.cancel()
+
+    async def _relay(self, ctx: Context, request: Any) -> None:
+        assert ctx.upstream is not None
+        try:
+            async with request.build_streamed() as response:
+                status = response.status
+                headers = list(response.headers.items())
+                self.chain.response_start(ctx, status, headers)
+                if status in (401, 403):
+                    return self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+                ctype = response.headers.get("content-type") or ""
+                if status >= 400 or not ctype.startswith("text/event-stream"):
+                    body = bytes(await response.bytes())
+                    out = filter_response(headers)
+                    out.append(("x-keygate-request-id", ctx.request_id))
+                    ctx.status = status
+                    ctx.proto.response_bytes(
+                        status, out, scrub(body, ctx.upstream) if status >= 400 else body
+                    )
+                    return
+                out = filter_response(headers)
+                out.append(("x-keygate-request-id", ctx.request_id))
+                ctx.status = status
+                transport = ctx.proto.response_stream(status, out)
+                await self._pump(ctx, response.body_reader, transport)
+        except (asyncio.CancelledError, ClientGone):
+            raise
+        except Exception as exc:
+            if not ctx.status:
+                return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
+            raise
+
+    async def _pump(self, ctx: Context, reader: Any, transport: Any) -> None:
+        assert ctx.upstream is not None
+        tap = SSETap(ctx)
+        watch = self.chain.watches_chunks
+        while True:
+            try:
+                chunk = await reader.read_chunk()
+            except Exception as exc:
+                err = map_transport_error(exc, ctx.upstream)
+                ctx.error = err
+                await _send(transport, tap.flush() + sse_error_event(err))
+                return
+            if chunk is None:
+                rest = tap.flush()
+                if rest:
+                    await _send(transport, rest)
+                return
+            data = tap.feed(bytes(chunk))
+            if watch:
+                cut = self.chain.chunk(ctx, data)
+                if cut is not None:
+                    ctx.error = cut
+                    await _send(transport, data + sse_error_event(cut))
+                    return
+            if data:
+                await _send(transport, data)
+
+
+async def _send(transport: Any, data: bytes) -> None:
+    try:
+        await transport.send_bytes(data)
+    except Exception as exc:  # granian raises ProtocolClosed once the client is gone
+        raise ClientGone from exc

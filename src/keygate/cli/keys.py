@@ -1,0 +1,91 @@
+"""``keygate keys``: create, list and revoke client keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from .. import keys as keyfmt
+from ..errors import NotFound
+from ..types import KeyRecord
+from ._common import audit, fmt_time, local_store, print_json, print_table
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("keys", parents=[common], help="manage client keys")
+    ks = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    c = ks.add_parser("create", parents=[common], help="create a key; prints the secret once")
+    c.add_argument("--name", required=True, help="what the key is for, e.g. billing-app")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(handler=create)
+
+    ls = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=list_keys)
+
+    r = ks.add_parser("revoke", parents=[common], help="revoke a key; effective on the next request")
+    r.add_argument("key_id", metavar="ID")
+    r.set_defaults(handler=revoke)
+
+
+def key_view(r: KeyRecord) -> dict[str, Any]:
+    """The public view of a key record: everything but its hash."""
+    return {
+        "id": r.id,
+        "name": r.name,
+        "hint": r.hint,
+        "status": r.status,
+        "created_at": fmt_time(r.created_at),
+        "last_used_at": fmt_time(r.last_used_at) if r.last_used_at else None,
+        "team_id": r.team_id,
+        "upstream": r.upstream,
+    }
+
+
+def create(args: argparse.Namespace) -> int:
+    with local_store(args) as (settings, store):
+        secret = keyfmt.generate()
+        record = KeyRecord(
+            id=keyfmt.new_id("key"),
+            name=args.name,
+            key_hash=keyfmt.hash_key(settings.pepper, secret),
+            hint=keyfmt.hint(secret),
+            created_at=time.time(),
+        )
+        store.insert_key(record)
+        audit(store, "keys.create", record.id, name=record.name)
+    if args.json:
+        print_json({**key_view(record), "key": secret})
+    else:
+        print(f"Created key {record.id} ({record.name}).")
+        print(f"\n    {secret}\n")
+        print("Store it now: keygate keeps only a hash and cannot show it again.", file=sys.stderr)
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    with local_store(args) as (_, store):
+        records = store.list_keys()
+    if args.json:
+        print_json([key_view(r) for r in records])
+        return 0
+    rows = [
+        [v["id"], v["name"], v["hint"], v["created_at"], v["last_used_at"] or "-", v["status"]]
+        for v in map(key_view, records)
+    ]
+    print_table(["id", "name", "hint", "created", "last used", "status"], rows)
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    with local_store(args) as (_, store):
+        if store.get_key(args.key_id) is None:
+            raise NotFound(f"no key with id {args.key_id}")
+        changed = store.revoke_key(args.key_id, time.time())
+        if changed:
+            audit(store, "keys.revoke", args.key_id)
+    print(f"Revoked {args.key_id}." if changed else f"{args.key_id} was already revoked.")
+    return 0

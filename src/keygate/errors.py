@@ -1,0 +1,124 @@
+"""One error tree, and the one place that turns an error into OpenAI's error JSON.
+
+::
+
+    KeygateError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   ├── PayloadTooLarge           413
+    │   └── UnsupportedMediaType      415
+    ├── AuthenticationFailed          401 invalid_api_key
+    ├── PermissionDenied              403 permission_denied
+    ├── NotFound                      404 not_found
+    ├── RateLimited                   429 rate_limit_exceeded   (carries Retry-After)
+    ├── UpstreamError                 502 upstream_error
+    │   ├── UpstreamUnavailable       503 upstream_unavailable
+    │   └── UpstreamTimeout           504 upstream_timeout
+    └── ConfigError                   (start-up only, never sent to a client)
+
+Guards return these as values (``return NotFound(...)``) rather than raising from deep inside;
+:func:`error_body` and :func:`error_headers` are the only code that renders them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class KeygateError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = headers or []
+
+
+class InvalidRequest(KeygateError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class AuthenticationFailed(KeygateError):
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(KeygateError):
+    status = 403
+    type = "permission_denied"
+    default_code = "permission_denied"
+
+
+class NotFound(KeygateError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class RateLimited(KeygateError):
+    status = 429
+    type = "rate_limit_exceeded"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+        self.headers = [("retry-after", str(max(1, int(retry_after + 0.999)))), *self.headers]
+
+
+class UpstreamError(KeygateError):
+    status = 502
+    type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    default_code = "upstream_timeout"
+
+
+class ConfigError(KeygateError):
+    """Invalid configuration; raised at start-up, names the offending field."""
+
+    default_code = "config_error"
+
+
+def error_body(err: KeygateError) -> bytes:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
+def error_headers(err: KeygateError) -> list[tuple[str, str]]:
+    return [("content-type", "application/json"), *err.headers]

@@ -1,0 +1,85 @@
+"""Header filtering by allowlist, both directions.
+
+Request headers: only :data:`REQUEST_ALLOW` (plus configured extras) reach the upstream; the
+client's Authorization is replaced by the upstream key, and everything that could identify the
+client or steer the upstream account (Cookie, X-Forwarded-For, Forwarded, X-Real-IP,
+OpenAI-Organization, OpenAI-Project, ...) is dropped simply by not being on the list.
+
+Response headers: only :data:`RESPONSE_ALLOW` and the ``x-ratelimit-*`` family reach the client;
+Set-Cookie, OpenAI-Organization, OpenAI-Project and hop-by-hop headers are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+# RFC 9110 section 7.6.1 (Connection and the fields it conventionally lists) plus
+# Proxy-Connection, Keep-Alive and Host: never forwarded, in either direction, whatever the config.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+# Never forwarded upstream, even if an operator lists them as extras.
+REQUEST_NEVER: Final = HOP_BY_HOP | {
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+    "openai-organization",
+    "openai-project",
+    "api-key",
+}
+
+REQUEST_ALLOW: Final = frozenset({"content-type", "accept", "openai-beta", "idempotency-key"})
+
+RESPONSE_ALLOW: Final = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "retry-after",
+        "retry-after-ms",
+    }
+)
+
+
+def request_allowlist(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The request headers to forward: the built-in list plus safe operator extras."""
+    return (REQUEST_ALLOW | {h.lower() for h in extra}) - REQUEST_NEVER
+
+
+def filter_request(
+    headers: Iterable[tuple[str, str]], allow: frozenset[str], upstream_key: str
+) -> dict[str, str]:
+    """Headers to send upstream: allowlisted client headers plus the upstream Authorization."""
+    out = {name: value for name, value in headers if name.lower() in allow}
+    out = {k.lower(): v for k, v in out.items()}
+    out["authorization"] = "Bearer " + upstream_key
+    return out
+
+
+def filter_response(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers to send back to the client."""
+    return [
+        (name, value)
+        for name, value in headers
+        if (lname := name.lower()) in RESPONSE_ALLOW or lname.startswith("x-ratelimit-")
+    ]

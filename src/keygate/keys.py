@@ -1,0 +1,69 @@
+"""Client key format and hashing.
+
+A key looks like ``kg_<32 base62 chars><6 base62 chars>``: a recognisable prefix, 32 random
+base62 characters (190 bits from :mod:`secrets`) and a CRC32 checksum of prefix and body, so a
+typo or a secret scanner can tell a well-formed key without a database lookup. Admin tokens use
+the same scheme with the ``kga_`` prefix.
+
+Only ``HMAC-SHA256(pepper, key)`` is ever stored; the plaintext exists once, in the output of
+the command that created it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from typing import Final
+
+from .types import Secret
+
+CLIENT_PREFIX: Final = "kg_"
+ADMIN_PREFIX: Final = "kga_"
+ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BODY_LEN: Final = 32
+CHECKSUM_LEN: Final = 6
+_SHAPE = re.compile(r"^(kga?_)([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})$" % (BODY_LEN, CHECKSUM_LEN))
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def _checksum(prefix: str, body: str) -> str:
+    return _base62(zlib.crc32((prefix + body).encode()), CHECKSUM_LEN)
+
+
+def generate(prefix: str = CLIENT_PREFIX) -> str:
+    """A new random key with the given prefix and its checksum."""
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LEN))
+    return prefix + body + _checksum(prefix, body)
+
+
+def is_well_formed(key: str, prefix: str = CLIENT_PREFIX) -> bool:
+    """True if ``key`` has the right prefix, length, alphabet and checksum."""
+    m = _SHAPE.match(key)
+    if m is None or m.group(1) != prefix:
+        return False
+    return hmac.compare_digest(m.group(3), _checksum(m.group(1), m.group(2)))
+
+
+def hash_key(pepper: Secret, key: str) -> str:
+    """HMAC-SHA256 of the key under the server-side pepper, hex encoded."""
+    return hmac.new(pepper.reveal().encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def hint(key: str) -> str:
+    """A non-secret reminder of which key this is: prefix and last four characters."""
+    prefix = key[: key.index("_") + 1]
+    return f"{prefix}...{key[-4:]}"
+
+
+def new_id(kind: str = "key") -> str:
+    return f"{kind}_{secrets.token_hex(8)}"

@@ -1,0 +1,95 @@
+"""Usage rows and access-log lines, batched off the request path.
+
+The request path only appends a :class:`~keygate.types.UsageRow` to a list (well under a
+microsecond). A background task hands the batch to a dedicated writer thread every
+``usage_flush_interval`` seconds, which writes it to the store in one transaction and appends one
+JSON line per request to the access log. A failed write keeps its rows for the next attempt, and
+:meth:`Recorder.close` flushes everything at shutdown, so nothing counted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import IO
+
+import orjson
+
+from .store import Store
+from .types import UsageRow
+
+log = logging.getLogger("keygate.recorder")
+
+
+def access_line(row: UsageRow) -> bytes:
+    entry = asdict(row)
+    t = time.gmtime(row.ts)
+    entry["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int((row.ts % 1) * 1000):03d}Z"
+    entry["total_tokens"] = row.prompt_tokens + row.completion_tokens
+    return orjson.dumps(entry) + b"\n"
+
+
+class Recorder:
+    def __init__(self, store: Store, access_log: str = "-", flush_interval: float = 0.5) -> None:
+        self._store = store
+        self._interval = flush_interval
+        self._pending: list[UsageRow] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-recorder")
+        self._task: asyncio.Task[None] | None = None
+        self._log: IO[bytes] = (
+            sys.stdout.buffer if access_log == "-" else open(access_log, "ab")  # noqa: SIM115
+        )
+        if access_log != "-":
+            os.chmod(access_log, 0o600)
+        self.listeners: list[Callable[[Sequence[UsageRow]], None]] = []
+
+    def record(self, row: UsageRow) -> None:
+        self._pending.append(row)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="keygate-recorder")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, batch)
+        except Exception:
+            log.exception("usage flush failed; will retry", extra={"rows": len(batch)})
+            self._pending[:0] = batch
+
+    def _write(self, batch: list[UsageRow]) -> None:
+        self._store.write_usage(batch)
+        self._log.write(b"".join(access_line(r) for r in batch))
+        self._log.flush()
+        for listener in self.listeners:
+            listener(batch)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _ in range(3):
+            await self.flush()
+            if not self._pending:
+                break
+        if self._pending:
+            log.error("usage rows could not be written at shutdown", extra={"rows": len(self._pending)})
+        self._executor.shutdown(wait=True)
+        if self._log is not sys.stdout.buffer:
+            self._log.close()

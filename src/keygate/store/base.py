@@ -1,0 +1,48 @@
+"""The Store protocol: what the gateway, the CLI and the admin API need from persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..types import KeyRecord, UsageRow
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    key_id: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    first_ts: float | None
+    last_ts: float | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Store(Protocol):
+    def migrate(self) -> None: ...
+    def close(self) -> None: ...
+
+    # client keys
+    def insert_key(self, record: KeyRecord) -> None: ...
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+    def list_keys(self) -> list[KeyRecord]: ...
+    def revoke_key(self, key_id: str, when: float) -> bool: ...
+    def keys_changed(self) -> bool:
+        """Cheap check, safe on every request: did another writer change key records?"""
+        ...
+
+    # usage
+    def write_usage(self, rows: Sequence[UsageRow]) -> None: ...
+    def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]: ...
+    def usage_rows(self, key_id: str | None = None, limit: int = 100) -> list[UsageRow]: ...
+
+    # audit
+    def write_audit(
+        self, ts: float, actor: str, action: str, target: str, origin: str, details: str
+    ) -> None: ...

@@ -1,0 +1,284 @@
+"""SQLite store: the embedded default.
+
+WAL mode, one connection per thread (the event loop reads key records, the recorder thread
+writes usage in batches). Every change to key records bumps ``meta.keys_rev`` in the same
+transaction; :meth:`SQLiteStore.keys_changed` notices another process's change through
+``PRAGMA data_version`` (a shared-memory read, ~3 µs) and only then reads ``keys_rev``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..types import KeyRecord, UsageRow
+from .base import UsageSummary
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    INSERT OR IGNORE INTO meta (k, v) VALUES ('keys_rev', '0');
+    CREATE TABLE IF NOT EXISTS keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        revoked_at REAL,
+        last_used_at REAL,
+        team_id TEXT,
+        upstream TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE IF NOT EXISTS usage (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id TEXT,
+        route TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        model TEXT,
+        status INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        latency_ms REAL NOT NULL,
+        client_ip TEXT NOT NULL,
+        upstream TEXT,
+        stream INTEGER NOT NULL,
+        error_code TEXT
+    );
+    CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    """,
+]
+
+_KEY_COLUMNS = "id, name, key_hash, hint, created_at, status, team_id, upstream, last_used_at, metadata"
+
+
+def _key_from_row(row: Sequence[Any]) -> KeyRecord:
+    return KeyRecord(
+        id=row[0],
+        name=row[1],
+        key_hash=row[2],
+        hint=row[3],
+        created_at=row[4],
+        status=row[5],
+        team_id=row[6],
+        upstream=row[7],
+        last_used_at=row[8],
+        metadata=json.loads(row[9]),
+    )
+
+
+class SQLiteStore:
+    """The embedded store. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._data_version = -1
+        self._keys_rev: str | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            if new:
+                os.chmod(self.path, 0o600)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        # Our own commits do not move PRAGMA data_version on this connection: force a re-check.
+        self._data_version = -1
+
+    def migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {i}")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # -- client keys -------------------------------------------------------------------------
+
+    @staticmethod
+    def _bump_keys_rev(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'keys_rev'")
+
+    def insert_key(self, record: KeyRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    record.key_hash,
+                    record.hint,
+                    record.created_at,
+                    record.status,
+                    record.team_id,
+                    record.upstream,
+                    record.last_used_at,
+                    json.dumps(record.metadata),
+                ),
+            )
+            self._bump_keys_rev(conn)
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        row = self._conn().execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return _key_from_row(row) if row else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        rows = self._conn().execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id").fetchall()
+        return [_key_from_row(r) for r in rows]
+
+    def revoke_key(self, key_id: str, when: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ? AND status != 'revoked'",
+                (when, key_id),
+            )
+            if cur.rowcount:
+                self._bump_keys_rev(conn)
+            return cur.rowcount > 0
+
+    def keys_changed(self) -> bool:
+        conn = self._conn()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        rev = conn.execute("SELECT v FROM meta WHERE k = 'keys_rev'").fetchone()[0]
+        if rev == self._keys_rev:
+            return False
+        self._keys_rev = rev
+        return True
+
+    # -- usage ------------------------------------------------------------------------------
+
+    def write_usage(self, rows: Sequence[UsageRow]) -> None:
+        if not rows:
+            return
+        last_used: dict[str, float] = {}
+        for r in rows:
+            if r.key_id is not None and r.status < 400:
+                last_used[r.key_id] = max(r.ts, last_used.get(r.key_id, 0.0))
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO usage (ts, request_id, key_id, route, method, path, model, status, prompt_tokens,"
+                " completion_tokens, cached_tokens, latency_ms, client_ip, upstream, stream, error_code)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.ts,
+                        r.request_id,
+                        r.key_id,
+                        r.route,
+                        r.method,
+                        r.path,
+                        r.model,
+                        r.status,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.cached_tokens,
+                        r.latency_ms,
+                        r.client_ip,
+                        r.upstream,
+                        int(r.stream),
+                        r.error_code,
+                    )
+                    for r in rows
+                ],
+            )
+            conn.executemany(
+                "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                [(ts, key_id) for key_id, ts in last_used.items()],
+            )
+
+    def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]:
+        where, args = ["1=1"], []
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT key_id, COUNT(*), SUM(status >= 400), SUM(prompt_tokens), SUM(completion_tokens),"
+                f" MIN(ts), MAX(ts) FROM usage WHERE {' AND '.join(where)} GROUP BY key_id ORDER BY key_id",
+                args,
+            )
+            .fetchall()
+        )
+        return [UsageSummary(r[0], r[1], r[2] or 0, r[3] or 0, r[4] or 0, r[5], r[6]) for r in rows]
+
+    def usage_rows(self, key_id: str | None = None, limit: int = 100) -> list[UsageRow]:
+        sql = (
+            "SELECT ts, request_id, key_id, route, method, path, model, status, prompt_tokens,"
+            " completion_tokens, cached_tokens, latency_ms, client_ip, upstream, stream, error_code FROM usage"
+        )
+        args: list[Any] = []
+        if key_id is not None:
+            sql += " WHERE key_id = ?"
+            args.append(key_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [
+            UsageRow(*r[:14], stream=bool(r[14]), error_code=r[15])
+            for r in self._conn().execute(sql, args).fetchall()
+        ]
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def write_audit(self, ts: float, actor: str, action: str, target: str, origin: str, details: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
+                (ts, actor, action, target, origin, details),
+            )

@@ -1,0 +1,96 @@
+"""The small typed contract every module shares: secrets, key records, usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+REDACTED: Final = "**redacted**"
+
+
+class Secret:
+    """A secret string that will not print itself.
+
+    ``str()``, ``repr()`` and f-strings show a redaction marker, so a stray log call cannot leak
+    it. Call :meth:`reveal` at the one place that really needs the value.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        import hmac
+
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A client key as the data plane sees it. Never holds the plaintext key."""
+
+    id: str
+    name: str
+    key_hash: str
+    hint: str
+    created_at: float
+    status: str = "active"  # active | revoked
+    team_id: str | None = None
+    upstream: str | None = None
+    last_used_at: float | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one request, as reported by the upstream."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One finished request, as recorded in the store and the access log."""
+
+    ts: float
+    request_id: str
+    key_id: str | None
+    route: str
+    method: str
+    path: str
+    model: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+    client_ip: str
+    upstream: str | None
+    stream: bool
+    error_code: str | None = None

@@ -1,0 +1,135 @@
+"""The upstream HTTP client: pooled, TLS-verifying, never following redirects.
+
+The URL of every upstream request is the configured base URL plus the allowlisted route's path;
+nothing the client sends (body, header, query) can change the host. Transport failures map onto
+the error tree: refused or failed connections are 502, timeouts 504.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from pyreqwest.client import ClientBuilder
+from pyreqwest.exceptions import (
+    ConnectError,
+    ConnectTimeoutError,
+    PyreqwestError,
+    RequestTimeoutError,
+)
+
+from .config import Settings, Upstream
+from .errors import KeygateError, UpstreamError, UpstreamTimeout
+from .types import Usage
+
+log = logging.getLogger("keygate.upstream")
+
+REJECTED_KEY = UpstreamError(
+    "The gateway's upstream credentials were rejected. The operator has been notified.",
+    code="upstream_auth_failed",
+)
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings) -> None:
+        self.timeout = timedelta(seconds=settings.upstream_timeout)
+        self._client: Any = (
+            ClientBuilder()
+            .follow_redirects(False)
+            .gzip(False)
+            .brotli(False)
+            .zstd(False)
+            .deflate(False)
+            .https_only(False)
+            .connect_timeout(timedelta(seconds=settings.connect_timeout))
+            .read_timeout(self.timeout)
+            .pool_idle_timeout(timedelta(seconds=60))
+            .tcp_nodelay(True)
+            .no_proxy()
+            .build()
+        )
+
+    def request(self, upstream: Upstream, method: str, path: str, query: str, headers: dict[str, str]) -> Any:
+        url = upstream.base_url + path
+        if query:
+            url += "?" + query
+        return self._client.request(method, url).headers(headers)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def map_transport_error(exc: Exception, upstream: Upstream) -> KeygateError:
+    """A pyreqwest exception as the client-facing error; the detail goes to the operator log."""
+    log.warning(
+        "upstream request failed",
+        extra={"upstream": upstream.name, "error": type(exc).__name__},
+    )
+    if isinstance(exc, ConnectTimeoutError):
+        return UpstreamTimeout("Timed out connecting to the upstream API.", code="upstream_connect_timeout")
+    if isinstance(exc, RequestTimeoutError | TimeoutError):
+        return UpstreamTimeout("The upstream API did not answer in time.")
+    if isinstance(exc, ConnectError):
+        return UpstreamError("Could not connect to the upstream API.", code="upstream_connect_failed")
+    if isinstance(exc, PyreqwestError):
+        return UpstreamError("The connection to the upstream API failed.", code="upstream_connection_error")
+    raise exc
+
+
+def upstream_key_rejected(upstream: Upstream, status: int) -> KeygateError:
+    """An upstream 401/403: its body may echo our key, so it is never passed through."""
+    log.error(
+        "upstream rejected the gateway's API key; check or rotate it",
+        extra={"upstream": upstream.name, "upstream_status": status},
+    )
+    return REJECTED_KEY
+
+
+def scrub(body: bytes, upstream: Upstream) -> bytes:
+    """Remove the upstream key from an upstream error body before it reaches a client."""
+    if upstream.api_key is None:
+        return body
+    secret = upstream.api_key.reveal().encode()
+    if secret and secret in body:
+        body = body.replace(secret, b"[redacted]")
+    return body
+
+
+def usage_from_json(body: bytes, usage: Usage) -> None:
+    """Fill ``usage`` from the last ``"usage"`` object of a JSON response, without parsing it all."""
+    idx = body.rfind(b'"usage"')
+    if idx < 0:
+        return
+    start = body.find(b"{", idx)
+    if start < 0 or body[idx + 7 : start].strip(b" \t\r\n:"):
+        return
+    depth = 0
+    for end in range(start, min(len(body), start + 4096)):
+        c = body[end]
+        if c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                try:
+                    fill_usage(orjson.loads(body[start : end + 1]), usage)
+                except orjson.JSONDecodeError:
+                    return
+                return
+
+
+def fill_usage(data: Any, usage: Usage) -> None:
+    """Copy token counts from an OpenAI usage object (chat, completions, embeddings or responses)."""
+    if not isinstance(data, dict):
+        return
+    prompt = data.get("prompt_tokens", data.get("input_tokens"))
+    completion = data.get("completion_tokens", data.get("output_tokens", 0))
+    if isinstance(prompt, int):
+        usage.prompt_tokens = prompt
+    if isinstance(completion, int):
+        usage.completion_tokens = completion
+    details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        usage.cached_tokens = details["cached_tokens"]
