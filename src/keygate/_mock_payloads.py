@@ -24,8 +24,18 @@ FULL_WORDS = len(MOCK_TEXT.split())
 TRANSCRIPT_TEXT = "hello from mock"
 DEFAULT_MODEL = "gpt-4o-mini"
 MODEL_IDS = tuple(
-    "gpt-4o gpt-4o-mini gpt-4.1 o3-mini text-embedding-3-small text-embedding-3-large "
-    "omni-moderation-latest dall-e-3 tts-1 whisper-1".split()
+    [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "o3-mini",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+        "omni-moderation-latest",
+        "dall-e-3",
+        "tts-1",
+        "whisper-1",
+    ]
 )
 MODELS_CREATED = 1_715_367_049
 EMBEDDING_DIMENSIONS = 8
@@ -36,10 +46,21 @@ PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
 
-_MODERATION_CATEGORIES = (
-    "harassment harassment/threatening hate hate/threatening illicit illicit/violent self-harm "
-    "self-harm/instructions self-harm/intent sexual sexual/minors violence violence/graphic".split()
-)
+_MODERATION_CATEGORIES = [
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+]
 
 Json = dict[str, Any]
 

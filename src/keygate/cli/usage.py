@@ -19,10 +19,10 @@ def run(args: argparse.Namespace) -> int:
     with local_store(args) as (_, store):
         summaries = store.usage_summary(args.key)
         names = {k.id: k.name for k in store.list_keys()}
-    views = [
+    views: list[dict[str, Any]] = [
         {
             "key_id": s.key_id,
-            "name": names.get(s.key_id or "", None),
+            "name": names.get(s.key_id or ""),
             "requests": s.requests,
             "errors": s.errors,
             "prompt_tokens": s.prompt_tokens,
