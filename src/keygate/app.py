@@ -144,7 +144,9 @@ class Gateway:
     async def _relay(self, ctx: Context, request: Any) -> None:
         assert ctx.upstream is not None
         try:
-            async with request.build_streamed() as response:
+            # A zero read-ahead buffer: the response (and each chunk) is handed over as soon as it
+            # arrives, instead of after 64 KiB or the end of the stream.
+            async with request.streamed_read_buffer_limit(0).build_streamed() as response:
                 status = response.status
                 headers = list(response.headers.items())
                 self.chain.response_start(ctx, status, headers)
