@@ -46,7 +46,7 @@ def _fresh(upstream: MockUpstream) -> None:
     upstream.set_api_keys([DEFAULT_API_KEY])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(upstream: MockUpstream) -> Iterator[OpenAI]:
     with OpenAI(base_url=upstream.url, api_key=DEFAULT_API_KEY, max_retries=0) as sdk:
         yield sdk

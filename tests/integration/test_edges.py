@@ -72,7 +72,9 @@ def test_request_headers_are_allowlisted(gateway: Gateway, client_key: str, mock
 
 
 def test_response_headers_are_allowlisted(gateway: Gateway, client_key: str) -> None:
-    r = httpx.post(f"{gateway.url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {client_key}"})
+    r = httpx.post(
+        f"{gateway.url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {client_key}"}
+    )
     names = {k.lower() for k in r.headers}
     assert "set-cookie" not in names and "openai-organization" not in names and "openai-project" not in names
     assert {"x-request-id", "x-ratelimit-remaining-requests", "content-type"} <= names
@@ -157,7 +159,9 @@ def test_timeouts_and_refused_connections(tmp_path: Path, upstream: MockUpstream
         assert info.value.body["code"] == "upstream_connect_failed"  # type: ignore[index]
 
 
-def test_client_disconnect_mid_stream_closes_upstream(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+def test_client_disconnect_mid_stream_closes_upstream(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
     mock.fail_next("slow", delay=0.3)
     before = mock.stream_aborts
     with httpx.stream(
@@ -198,11 +202,21 @@ def test_first_byte_is_not_buffered(gateway: Gateway, client_key: str, mock: Moc
 
 def test_malformed_json_and_wrong_content_type(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
     auth = {"Authorization": f"Bearer {client_key}"}
-    r = httpx.post(f"{gateway.url}/chat/completions", content=b"{not json", headers={**auth, "content-type": "application/json"})
+    r = httpx.post(
+        f"{gateway.url}/chat/completions",
+        content=b"{not json",
+        headers={**auth, "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    r = httpx.post(f"{gateway.url}/chat/completions", content=b"[1,2]", headers={**auth, "content-type": "application/json"})
+    r = httpx.post(
+        f"{gateway.url}/chat/completions",
+        content=b"[1,2]",
+        headers={**auth, "content-type": "application/json"},
+    )
     assert r.status_code == 400
-    r = httpx.post(f"{gateway.url}/chat/completions", content=b"model=x", headers={**auth, "content-type": "text/plain"})
+    r = httpx.post(
+        f"{gateway.url}/chat/completions", content=b"model=x", headers={**auth, "content-type": "text/plain"}
+    )
     assert r.status_code == 415
     with pytest.raises(openai.BadRequestError):
         sdk(gateway, client_key).chat.completions.create(model=123, messages=[])  # type: ignore[arg-type]
@@ -272,7 +286,9 @@ def test_slow_and_vanishing_clients_do_not_stop_the_server(gateway: Gateway, cli
     ],
 )
 def test_only_allowlisted_routes(gateway: Gateway, client_key: str, mock: MockUpstream, path: str) -> None:
-    answer = raw(gateway, f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {client_key}\r\n\r\n".encode())
+    answer = raw(
+        gateway, f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {client_key}\r\n\r\n".encode()
+    )
     if path.startswith("/v1/models?"):
         assert answer.startswith(b"HTTP/1.1 200")
         assert mock.requests[0].path == "/v1/models"
@@ -283,10 +299,15 @@ def test_only_allowlisted_routes(gateway: Gateway, client_key: str, mock: MockUp
 
 def test_client_cannot_choose_the_upstream(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
     attacker = f"127.0.0.1:{free_port()}"
-    body = b'{"model":"gpt-4o","messages":[],"base_url":"http://' + attacker.encode() + b'","url":"http://evil"}'
+    body = (
+        b'{"model":"gpt-4o","messages":[],"base_url":"http://' + attacker.encode() + b'","url":"http://evil"}'
+    )
     for request_line, extra in [
         (f"POST http://{attacker}/v1/chat/completions HTTP/1.1", ""),
-        ("POST /v1/chat/completions HTTP/1.1", f"X-Forwarded-Host: {attacker}\r\nX-Original-URL: http://{attacker}/\r\n"),
+        (
+            "POST /v1/chat/completions HTTP/1.1",
+            f"X-Forwarded-Host: {attacker}\r\nX-Original-URL: http://{attacker}/\r\n",
+        ),
     ]:
         answer = raw(
             gateway,
@@ -294,7 +315,11 @@ def test_client_cannot_choose_the_upstream(gateway: Gateway, client_key: str, mo
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body,
         )
-        assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request")
+        assert answer.split(b"\r\n")[0] in (
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 404 Not Found",
+            b"HTTP/1.1 400 Bad Request",
+        )
     for seen in mock.requests:
         assert seen.path == "/v1/chat/completions"
         assert seen.headers.get("host", "").endswith(str(mock.port))

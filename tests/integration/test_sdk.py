@@ -28,7 +28,9 @@ def test_chat_completion(gateway: Gateway, client_key: str, mock: MockUpstream) 
     assert seen.json()["model"] == "gpt-4o-mini"
 
 
-def test_streamed_chat_hides_injected_usage_chunk(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+def test_streamed_chat_hides_injected_usage_chunk(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
     stream = sdk(gateway, client_key).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}], stream=True
     )
@@ -58,7 +60,9 @@ def test_streamed_chat_with_usage_requested(gateway: Gateway, client_key: str) -
 def test_async_client_stream_and_not(gateway: Gateway, client_key: str) -> None:
     async def go() -> tuple[str, str]:
         client = openai.AsyncOpenAI(base_url=gateway.url, api_key=client_key, max_retries=0)
-        whole = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        whole = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
         parts = []
         async for chunk in await client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keygate.chain import Context
+from keygate.streaming import SSETap
+
+
+def chunk(i: int) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"delta": {"content": f"w{i}"}}], "usage": None}) + b"\n\n"
+
+
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}}\n\n'
+STREAM = b"".join(chunk(i) for i in range(5)) + USAGE + b"data: [DONE]\n\n"
+
+
+def ctx(wants_usage: bool) -> Context:
+    c = Context("r", "POST", "/v1/chat/completions", "", {}, "127.0.0.1")
+    c.client_wants_usage = wants_usage
+    return c
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12), st.booleans())
+def test_any_chunking_gives_same_output_and_usage(cuts: list[int], wants_usage: bool) -> None:
+    points = sorted(set(cuts))
+    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    c = ctx(wants_usage)
+    tap = SSETap(c)
+    out = b"".join(tap.feed(p) for p in pieces) + tap.flush()
+    expected = STREAM if wants_usage else STREAM.replace(USAGE, b"")
+    assert out == expected
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.cached_tokens) == (7, 5, 2)
+
+
+def test_complete_events_are_forwarded_immediately() -> None:
+    tap = SSETap(ctx(False))
+    assert tap.feed(chunk(0)) == chunk(0)
+    assert tap.feed(chunk(1)[:10]) == b""
+    assert tap.feed(chunk(1)[10:]) == chunk(1)
+
+
+def test_responses_api_usage_is_captured() -> None:
+    c = ctx(True)
+    event = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}\n\n'
+    assert SSETap(c).feed(event) == event
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (3, 4)
