@@ -458,12 +458,14 @@ def test_disconnect(client: OpenAI, upstream: MockUpstream) -> None:
 
 
 def test_disconnect_mid_stream(client: OpenAI, upstream: MockUpstream) -> None:
-    upstream.fail_next("disconnect_mid_stream")
+    upstream.fail_next("disconnect_mid_stream", delay=0.05)  # delay paces the events here
     received = []
+    started = time.monotonic()
     with pytest.raises(openai.APIConnectionError):
         for chunk in client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
             received.append(chunk)
     assert [c.choices[0].delta.content for c in received] == ["", "Hello"]
+    assert time.monotonic() - started >= 0.1
     upstream.fail_next("disconnect_mid_stream")
     with pytest.raises(openai.APIConnectionError):
         client.models.list()  # not a stream: cut before any response

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import KeygateError
-from .types import KeyRecord, Usage
+from .types import KeyRecord, Team, Usage
 
 if TYPE_CHECKING:
     from .config import Settings, Upstream
@@ -55,6 +55,7 @@ class Context:
         "started",
         "status",
         "stream",
+        "team",
         "ts",
         "upstream",
         "usage",
@@ -87,6 +88,7 @@ class Context:
         self.stream = False
         self.client_wants_usage = True
         self.key: KeyRecord | None = None
+        self.team: Team | None = None
         self.upstream: Upstream | None = None
         self.status = 0
         self.usage = Usage()

@@ -11,18 +11,24 @@ from __future__ import annotations
 import hmac
 
 from .store import Store
-from .types import KeyRecord
+from .types import KeyRecord, Team
 
 
 class KeyCache:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._by_hash: dict[str, KeyRecord] = {}
+        self._teams: dict[str, Team] = {}
         self.refresh()
 
     def refresh(self) -> None:
         self._store.keys_changed()  # arm the change detector before reading
         self._by_hash = {r.key_hash: r for r in self._store.list_keys()}
+        self._teams = {t.id: t for t in self._store.list_teams()}
+
+    def team(self, team_id: str | None) -> Team | None:
+        """The team record of a key just looked up (same snapshot as the key)."""
+        return self._teams.get(team_id) if team_id is not None else None
 
     def lookup(self, key_hash: str) -> KeyRecord | None:
         if self._store.keys_changed():

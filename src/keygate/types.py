@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 REDACTED: Final = "**redacted**"
 
@@ -54,11 +54,24 @@ class KeyRecord:
     team_id: str | None = None
     upstream: str | None = None
     last_used_at: float | None = None
-    metadata: dict[str, object] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Per-key rules (allowed models/routes, expiry, networks, caps, limits, budgets...), as plain
+    # JSON data; each guard reads the part it owns.
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    """A group of keys sharing a policy; the stricter of key and team policy wins."""
+
+    id: str
+    name: str
+    created_at: float
+    policy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ def test_keys_create_list_revoke(tmp_path: Path, upstream: MockUpstream) -> None
     assert first["status"] == "active" and first["last_used_at"] is None
     assert "key" not in first and created["key"] not in gw.cli("keys", "list").stdout
     table = gw.cli("keys", "list").stdout
-    assert table.splitlines()[0].split() == ["ID", "NAME", "HINT", "CREATED", "LAST", "USED", "STATUS"]
+    assert table.splitlines()[0].split() == ["ID", "NAME", "HINT", "CREATED", "LAST", "USED", "STATUS", "POLICY"]
     gw.cli("keys", "revoke", created["id"])
     assert json.loads(gw.cli("keys", "list", "--json").stdout)[0]["status"] == "revoked"
     missing = gw.cli("keys", "revoke", "key_nope", check=False)
@@ -108,3 +108,26 @@ def test_no_secret_is_written_anywhere(tmp_path: Path, upstream: MockUpstream, m
     assert any(p.name == "stdout.log" and p.stat().st_size > 0 for p in written)
     assert any(p.name == "keygate.db" for p in written)
     assert_no_secret_written(written, [*gw.secrets, pepper])
+
+
+def test_teams_and_key_updates(tmp_path: Path, upstream: MockUpstream) -> None:
+    gw = Gateway(tmp_path, upstream.url)
+    team = json.loads(gw.cli("teams", "create", "research", "--json").stdout)
+    assert team["id"].startswith("team_") and team["name"] == "research"
+    dup = gw.cli("teams", "create", "research", check=False)
+    assert dup.returncode == 1 and "exists" in dup.stderr
+    key = gw.create_key("notebook", "--team", "research")
+    assert key["team_id"] == team["id"]
+    updated = json.loads(
+        gw.cli("keys", "update", key["id"], "--name", "laptop", "--team", "", "--json").stdout
+    )
+    assert updated["name"] == "laptop" and updated["team_id"] is None
+    assert gw.cli("keys", "update", "key_missing", "--name", "x", check=False).returncode == 1
+    assert [t["name"] for t in json.loads(gw.cli("teams", "list", "--json").stdout)] == ["research"]
+    audit = (
+        sqlite3.connect(tmp_path / "keygate.db")
+        .execute("SELECT actor, action, target, origin FROM audit")
+        .fetchall()
+    )
+    assert [a[1] for a in audit] == ["teams.create", "keys.create", "keys.update"]
+    assert all(a[0].startswith("cli:") and a[3].startswith("cli@") for a in audit)

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, usage
+from . import keys, serve, teams, usage
 
-AREAS = (serve, keys, usage)
+AREAS = (serve, keys, teams, usage)
 
 
 def build_parser() -> argparse.ArgumentParser:

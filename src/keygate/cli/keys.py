@@ -1,4 +1,4 @@
-"""``keygate keys``: create, list and revoke client keys."""
+"""``keygate keys``: create, list, update and revoke client keys."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 from .. import keys as keyfmt
-from ..errors import NotFound
+from ..errors import InvalidRequest, NotFound
+from ..store import Store
 from ..types import KeyRecord
 from ._common import audit, fmt_time, local_store, print_json, print_table
+from ._policy import add_policy_arguments, apply_policy, describe
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -19,12 +21,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     c = ks.add_parser("create", parents=[common], help="create a key; prints the secret once")
     c.add_argument("--name", required=True, help="what the key is for, e.g. billing-app")
+    c.add_argument("--team", metavar="TEAM", help="team id or name the key belongs to")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    add_policy_arguments(c, update=False)
     c.set_defaults(handler=create)
 
     ls = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=list_keys)
+
+    u = ks.add_parser("update", parents=[common], help="change a key's name, team or policy")
+    u.add_argument("key_id", metavar="ID")
+    u.add_argument("--name")
+    u.add_argument("--team", metavar="TEAM", help="team id or name ('' to leave its team)")
+    u.add_argument("--json", action="store_true")
+    add_policy_arguments(u, update=True)
+    u.set_defaults(handler=update)
 
     r = ks.add_parser("revoke", parents=[common], help="revoke a key; effective on the next request")
     r.add_argument("key_id", metavar="ID")
@@ -42,7 +54,17 @@ def key_view(r: KeyRecord) -> dict[str, Any]:
         "last_used_at": fmt_time(r.last_used_at) if r.last_used_at else None,
         "team_id": r.team_id,
         "upstream": r.upstream,
+        "policy": r.policy,
     }
+
+
+def resolve_team(store: Store, team: str | None) -> str | None:
+    if not team:
+        return None
+    found = store.get_team(team)
+    if found is None:
+        raise NotFound(f"no team with id or name {team}")
+    return found.id
 
 
 def create(args: argparse.Namespace) -> int:
@@ -54,9 +76,11 @@ def create(args: argparse.Namespace) -> int:
             key_hash=keyfmt.hash_key(settings.pepper, secret),
             hint=keyfmt.hint(secret),
             created_at=time.time(),
+            team_id=resolve_team(store, args.team),
+            policy=apply_policy(args, {}),
         )
         store.insert_key(record)
-        audit(store, "keys.create", record.id, name=record.name)
+        audit(store, "keys.create", record.id, name=record.name, team=record.team_id, policy=record.policy)
     if args.json:
         print_json({**key_view(record), "key": secret})
     else:
@@ -73,10 +97,35 @@ def list_keys(args: argparse.Namespace) -> int:
         print_json([key_view(r) for r in records])
         return 0
     rows = [
-        [v["id"], v["name"], v["hint"], v["created_at"], v["last_used_at"] or "-", v["status"]]
-        for v in map(key_view, records)
+        [r.id, r.name, r.hint, fmt_time(r.created_at), fmt_time(r.last_used_at), r.status, describe(r.policy)]
+        for r in records
     ]
-    print_table(["id", "name", "hint", "created", "last used", "status"], rows)
+    print_table(["id", "name", "hint", "created", "last used", "status", "policy"], rows)
+    return 0
+
+
+def update(args: argparse.Namespace) -> int:
+    with local_store(args) as (_, store):
+        current = store.get_key(args.key_id)
+        if current is None:
+            raise NotFound(f"no key with id {args.key_id}")
+        changes: dict[str, Any] = {}
+        if args.name is not None:
+            if not args.name:
+                raise InvalidRequest("--name cannot be empty")
+            changes["name"] = args.name
+        if args.team is not None:
+            changes["team_id"] = resolve_team(store, args.team)
+        policy = apply_policy(args, current.policy)
+        if policy != current.policy:
+            changes["policy"] = policy
+        updated = store.update_key(args.key_id, **changes) if changes else current
+        audit(store, "keys.update", args.key_id, changes=changes)
+    assert updated is not None
+    if args.json:
+        print_json(key_view(updated))
+    else:
+        print(f"Updated {updated.id}: policy {describe(updated.policy)}")
     return 0
 
 

@@ -45,4 +45,5 @@ class KeyAuth(Guard):
         if not record.active:
             return REVOKED
         ctx.key = record
+        ctx.team = self._cache.team(record.team_id)
         return None

@@ -17,11 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..types import KeyRecord, UsageRow
+from ..types import KeyRecord, Team, UsageRow
 from .base import UsageSummary
 
-_MIGRATIONS: list[str] = [
-    """
+# Named migrations, applied once each in list order; the names applied are kept in
+# schema_migrations, so features developed side by side can each append their own.
+_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_core",
+        """
     CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
     INSERT OR IGNORE INTO meta (k, v) VALUES ('keys_rev', '0');
     CREATE TABLE IF NOT EXISTS keys (
@@ -67,9 +71,25 @@ _MIGRATIONS: list[str] = [
         details TEXT NOT NULL
     );
     """,
+    ),
+    (
+        "0002_teams_and_policies",
+        """
+    ALTER TABLE keys ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE IF NOT EXISTS teams (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        policy TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    ),
 ]
 
-_KEY_COLUMNS = "id, name, key_hash, hint, created_at, status, team_id, upstream, last_used_at, metadata"
+_KEY_COLUMNS = (
+    "id, name, key_hash, hint, created_at, status, team_id, upstream, last_used_at, metadata, policy"
+)
+_TEAM_COLUMNS = "id, name, created_at, policy"
 
 
 def _key_from_row(row: Sequence[Any]) -> KeyRecord:
@@ -84,7 +104,12 @@ def _key_from_row(row: Sequence[Any]) -> KeyRecord:
         upstream=row[7],
         last_used_at=row[8],
         metadata=json.loads(row[9]),
+        policy=json.loads(row[10]),
     )
+
+
+def _team_from_row(row: Sequence[Any]) -> Team:
+    return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
 class SQLiteStore:
@@ -129,12 +154,17 @@ class SQLiteStore:
 
     def migrate(self) -> None:
         with self._tx() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+            )
+            applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+            for name, script in _MIGRATIONS:
+                if name in applied:
+                    continue
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {i}")
+                conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s', 'now'))", (name,))
 
     def close(self) -> None:
         with self._lock:
@@ -152,7 +182,7 @@ class SQLiteStore:
     def insert_key(self, record: KeyRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.id,
                     record.name,
@@ -164,9 +194,48 @@ class SQLiteStore:
                     record.upstream,
                     record.last_used_at,
                     json.dumps(record.metadata),
+                    json.dumps(record.policy),
                 ),
             )
             self._bump_keys_rev(conn)
+
+    def update_key(self, key_id: str, **fields: Any) -> KeyRecord | None:
+        """Change name, team_id, upstream, metadata or policy of a key."""
+        allowed = {"name", "team_id", "upstream", "metadata", "policy"}
+        if set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+        with self._tx() as conn:
+            for column, value in fields.items():
+                if column in ("metadata", "policy"):
+                    value = json.dumps(value)
+                conn.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (value, key_id))  # noqa: S608
+            self._bump_keys_rev(conn)
+        return self.get_key(key_id)
+
+    # -- teams ------------------------------------------------------------------------------
+
+    def insert_team(self, team: Team) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO teams (id, name, created_at, policy) VALUES (?, ?, ?, ?)",
+                (team.id, team.name, team.created_at, json.dumps(team.policy)),
+            )
+            self._bump_keys_rev(conn)
+
+    def get_team(self, team_id: str) -> Team | None:
+        sql = f"SELECT {_TEAM_COLUMNS} FROM teams WHERE id = ? OR name = ?"  # noqa: S608 (constant columns)
+        row = self._conn().execute(sql, (team_id, team_id)).fetchone()
+        return _team_from_row(row) if row else None
+
+    def list_teams(self) -> list[Team]:
+        sql = f"SELECT {_TEAM_COLUMNS} FROM teams ORDER BY created_at, id"  # noqa: S608 (constant columns)
+        return [_team_from_row(r) for r in self._conn().execute(sql).fetchall()]
+
+    def update_team(self, team_id: str, policy: dict[str, Any]) -> Team | None:
+        with self._tx() as conn:
+            conn.execute("UPDATE teams SET policy = ? WHERE id = ?", (json.dumps(policy), team_id))
+            self._bump_keys_rev(conn)
+        return self.get_team(team_id)
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         sql = f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?"  # noqa: S608 (constant columns)

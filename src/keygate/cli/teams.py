@@ -1,0 +1,83 @@
+"""``keygate teams``: groups of keys sharing a policy (the stricter of key and team wins)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from .. import keys as keyfmt
+from ..errors import InvalidRequest, NotFound
+from ..types import Team
+from ._common import audit, fmt_time, local_store, print_json, print_table
+from ._policy import add_policy_arguments, apply_policy, describe
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("teams", parents=[common], help="manage teams")
+    ts = p.add_subparsers(dest="teams_command", required=True, metavar="ACTION")
+
+    c = ts.add_parser("create", parents=[common], help="create a team")
+    c.add_argument("name")
+    c.add_argument("--json", action="store_true")
+    add_policy_arguments(c, update=False)
+    c.set_defaults(handler=create)
+
+    ls = ts.add_parser("list", parents=[common], help="list teams")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=list_teams)
+
+    u = ts.add_parser("update", parents=[common], help="change a team's policy")
+    u.add_argument("team", metavar="TEAM", help="team id or name")
+    u.add_argument("--json", action="store_true")
+    add_policy_arguments(u, update=True)
+    u.set_defaults(handler=update)
+
+
+def team_view(t: Team) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "created_at": fmt_time(t.created_at), "policy": t.policy}
+
+
+def create(args: argparse.Namespace) -> int:
+    if not args.name.strip():
+        raise InvalidRequest("a team needs a name")
+    with local_store(args) as (_, store):
+        if store.get_team(args.name) is not None:
+            raise InvalidRequest(f"a team named {args.name} exists already")
+        team = Team(keyfmt.new_id("team"), args.name, time.time(), apply_policy(args, {}))
+        store.insert_team(team)
+        audit(store, "teams.create", team.id, name=team.name, policy=team.policy)
+    if args.json:
+        print_json(team_view(team))
+    else:
+        print(f"Created team {team.id} ({team.name}).")
+    return 0
+
+
+def list_teams(args: argparse.Namespace) -> int:
+    with local_store(args) as (_, store):
+        teams = store.list_teams()
+    if args.json:
+        print_json([team_view(t) for t in teams])
+    else:
+        print_table(
+            ["id", "name", "created", "policy"],
+            [[t.id, t.name, fmt_time(t.created_at), describe(t.policy)] for t in teams],
+        )
+    return 0
+
+
+def update(args: argparse.Namespace) -> int:
+    with local_store(args) as (_, store):
+        team = store.get_team(args.team)
+        if team is None:
+            raise NotFound(f"no team with id or name {args.team}")
+        policy = apply_policy(args, team.policy)
+        updated = store.update_team(team.id, policy)
+        audit(store, "teams.update", team.id, policy=policy)
+    assert updated is not None
+    if args.json:
+        print_json(team_view(updated))
+    else:
+        print(f"Updated {updated.id}: policy {describe(updated.policy)}")
+    return 0
