@@ -28,7 +28,16 @@ def test_keys_create_list_revoke(tmp_path: Path, upstream: MockUpstream) -> None
     assert first["status"] == "active" and first["last_used_at"] is None
     assert "key" not in first and created["key"] not in gw.cli("keys", "list").stdout
     table = gw.cli("keys", "list").stdout
-    assert table.splitlines()[0].split() == ["ID", "NAME", "HINT", "CREATED", "LAST", "USED", "STATUS", "POLICY"]
+    assert table.splitlines()[0].split() == [
+        "ID",
+        "NAME",
+        "HINT",
+        "CREATED",
+        "LAST",
+        "USED",
+        "STATUS",
+        "POLICY",
+    ]
     gw.cli("keys", "revoke", created["id"])
     assert json.loads(gw.cli("keys", "list", "--json").stdout)[0]["status"] == "revoked"
     missing = gw.cli("keys", "revoke", "key_nope", check=False)
