@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 UPSTREAM_SECRET = "sk-test-UPSTREAM-secret-0123456789abcdef"
+SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,7 +72,8 @@ class Gateway:
         }
         config.update(extra or {})
         self.config_path.write_text(yaml.safe_dump(config))
-        self.env = {**os.environ, "OPENAI_API_KEY": UPSTREAM_SECRET, **(env or {})}
+        # Subprocesses import keygate from this checkout, whatever is installed.
+        self.env = {**os.environ, "PYTHONPATH": SRC, "OPENAI_API_KEY": UPSTREAM_SECRET, **(env or {})}
         self.env.pop("KEYGATE_CONFIG", None)
         self.env.pop("KEYGATE_PEPPER", None) if "KEYGATE_PEPPER" not in (env or {}) else None
         self.proc: subprocess.Popen[bytes] | None = None
