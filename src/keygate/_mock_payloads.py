@@ -1,7 +1,7 @@
-"""Canned OpenAI-shaped payloads for the mock upstream in `keygate.testing`.
+"""What the mock upstream in `keygate.testing` answers: canned OpenAI-shaped payloads and routes.
 
-Every builder is a pure function of the parsed request body, so responses are deterministic
-apart from ids and timestamps. The shapes follow the official `openai` SDK's types closely
+Every builder is a pure function of the request, so answers are deterministic apart from ids and
+timestamps, and nothing here does I/O. The shapes follow the official `openai` SDK's types closely
 enough that the SDK parses them (including `client.responses.stream()` accumulation).
 """
 
@@ -23,19 +23,17 @@ MOCK_TEXT = "Hello from mock"
 FULL_WORDS = len(MOCK_TEXT.split())
 TRANSCRIPT_TEXT = "hello from mock"
 DEFAULT_MODEL = "gpt-4o-mini"
-MODEL_IDS = tuple(
-    [
-        "gpt-4o",
-        "gpt-4o-mini",
-        "gpt-4.1",
-        "o3-mini",
-        "text-embedding-3-small",
-        "text-embedding-3-large",
-        "omni-moderation-latest",
-        "dall-e-3",
-        "tts-1",
-        "whisper-1",
-    ]
+MODEL_IDS = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "o3-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "omni-moderation-latest",
+    "dall-e-3",
+    "tts-1",
+    "whisper-1",
 )
 MODELS_CREATED = 1_715_367_049
 EMBEDDING_DIMENSIONS = 8
@@ -46,7 +44,7 @@ PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
 
-_MODERATION_CATEGORIES = [
+_MODERATION_CATEGORIES = (
     "harassment",
     "harassment/threatening",
     "hate",
@@ -60,7 +58,7 @@ _MODERATION_CATEGORIES = [
     "sexual/minors",
     "violence",
     "violence/graphic",
-]
+)
 
 Json = dict[str, Any]
 
@@ -434,6 +432,8 @@ def transcription() -> Json:
 
 @dataclass(frozen=True)
 class Reply:
+    """A complete (non-streamed) answer."""
+
     status: int
     body: bytes
     content_type: str = "application/json"
@@ -442,6 +442,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class StreamReply:
+    """A streamed answer: encoded server-sent events, sent one chunk each."""
+
     events: list[bytes]
 
 
@@ -450,14 +452,17 @@ Route = Callable[[bytes, str, str], "Reply | StreamReply"]
 
 
 def json_reply(status: int, body: Json, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A JSON answer."""
     return Reply(status, orjson.dumps(body), headers=headers)
 
 
 def invalid(message: str, status: int = 400, code: str | None = None, param: str | None = None) -> Reply:
+    """An ``invalid_request_error``, OpenAI's most common error type."""
     return json_reply(status, error_body(message, "invalid_request_error", code, param))
 
 
 def unauthorized(key: str | None) -> Reply:
+    """OpenAI's 401, echoing the presented key in full so leak tests have something to find."""
     if key is None:
         return invalid(
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
@@ -485,17 +490,16 @@ def failure_reply(mode: str, key: str | None, retry_after: int) -> Reply | None:
             "insufficient_permissions",
         )
     if mode == "429":
-        wait = retry_after
         message = (
             "Rate limit reached for requests in organization org-mock on requests per min (RPM): "
-            f"Limit 10000, Used 10000, Requested 1. Please try again in {wait}s."
+            f"Limit 10000, Used 10000, Requested 1. Please try again in {retry_after}s."
         )
         headers = (
-            ("retry-after", str(wait)),
+            ("retry-after", str(retry_after)),
             ("x-ratelimit-remaining-requests", "0"),
-            ("x-ratelimit-reset-requests", f"{wait}s"),
+            ("x-ratelimit-reset-requests", f"{retry_after}s"),
             ("x-ratelimit-remaining-tokens", "0"),
-            ("x-ratelimit-reset-tokens", f"{wait}s"),
+            ("x-ratelimit-reset-tokens", f"{retry_after}s"),
         )
         return json_reply(429, error_body(message, "requests", "rate_limit_exceeded"), headers)
     if mode == "500":
@@ -568,6 +572,7 @@ _ROUTES: dict[tuple[str, str], Route] = {
 
 
 def find_route(method: str, path: str) -> tuple[Route, str] | None:
+    """The route for a request and its path argument, or None (a 404)."""
     route = _ROUTES.get((method, path))
     if route is not None:
         return route, ""

@@ -59,7 +59,7 @@ class Gateway:
             scope.method,
             scope.path,
             scope.query_string,
-            {k.lower(): v for k, v in scope.headers.items()},
+            dict(scope.headers.items()),  # granian hands over lower-cased names (HTTP/1.1 only)
             parse_peer(scope.client),
             proto,
         )

@@ -93,6 +93,7 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else a small write waits ~40 ms on the peer's delayed ACK
     server: _Server
 
     def version_string(self) -> str:
@@ -141,23 +142,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, path: str, body: bytes, headers: dict[str, str], failure: _Failure | None) -> None:
         mode, delay = (failure.mode, failure.delay) if failure else (None, 0.0)
         key = _bearer_key(headers.get("authorization"))
-        if mode not in (None, "slow") and delay > 0 and self._client_gone_within(delay):
-            mode = "disconnect"  # the client left while we waited: nobody to answer
-        if mode == "disconnect":
-            self.close_connection = True
-            return
-        reply: Reply | StreamReply | None = None
+        reply: Reply | StreamReply | None = None  # stays None only for "disconnect"
         if failure is not None:
             reply = failure_reply(failure.mode, key, failure.retry_after)
-        if reply is None:
+        if reply is None and mode != "disconnect":
             reply = self._normal_reply(path, body, headers, key)
-        if isinstance(reply, StreamReply):
+        if isinstance(reply, StreamReply):  # only with no failure, "slow" or "disconnect_mid_stream"
             cut = _MIDSTREAM_EVENTS if mode == "disconnect_mid_stream" else None
-            self._send_stream(reply.events, delay if mode == "slow" else 0.0, cut)
-        elif mode == "disconnect_mid_stream" or (mode == "slow" and self._client_gone_within(delay)):
-            self.close_connection = True  # mid-stream cut of a plain response: no response at all
-        else:
-            self._send(reply)
+            self._send_stream(reply.events, delay, cut)
+            return
+        gone = delay > 0 and self._client_gone_within(delay)
+        if reply is None or gone or mode == "disconnect_mid_stream":
+            self.close_connection = True  # no response at all (a plain reply has no "mid-stream")
+            return
+        self._send(reply)
 
     def _normal_reply(
         self, path: str, body: bytes, headers: dict[str, str], key: str | None
@@ -226,21 +224,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, reply: Reply) -> None:
-        headers = self._standard_headers()
-        headers.update(reply.headers)
-        headers.update({"content-type": reply.content_type, "content-length": str(len(reply.body))})
+        headers = {**self._standard_headers(), **dict(reply.headers), "content-type": reply.content_type}
+        headers["content-length"] = str(len(reply.body))
         self._start_response(reply.status, headers)
         self.wfile.write(reply.body)
 
     def _send_stream(self, events: list[bytes], pause: float, cut_after: int | None) -> None:
-        headers = self._standard_headers()
-        headers.update(
-            {
-                "content-type": "text/event-stream; charset=utf-8",
-                "transfer-encoding": "chunked",
-                "cache-control": "no-cache",
-            }
-        )
+        headers = {**self._standard_headers(), "content-type": "text/event-stream; charset=utf-8"}
+        headers.update({"transfer-encoding": "chunked", "cache-control": "no-cache"})
         self._start_response(200, headers)
         try:
             for index, event in enumerate(events):
@@ -395,8 +386,9 @@ class MockUpstream:
     def fail_next(self, mode: str, count: int = 1, *, retry_after: int = 1, delay: float = 0.0) -> None:
         """Answer the next `count` requests with failure `mode` (see `FAILURE_MODES`).
 
-        `retry_after` is the 429's Retry-After in seconds. `delay` is the wait before answering;
-        for "slow" streams it is the wait before each event instead. Requests are still recorded.
+        `retry_after` is the 429's Retry-After in seconds. `delay` is the wait before answering; for
+        streamed replies ("slow", "disconnect_mid_stream") it is the wait before each event instead.
+        Requests are still recorded.
         """
         failure = _make_failure(mode, retry_after, delay)
         if count < 1:
