@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -52,7 +51,6 @@ class Recorder:
         )
         if access_log != "-":
             os.chmod(access_log, 0o600)
-        self.listeners: list[Callable[[Sequence[UsageRow]], None]] = []
 
     def record(self, row: UsageRow) -> None:
         self._pending.append(row)
@@ -77,11 +75,14 @@ class Recorder:
             self._pending[:0] = batch
 
     def _write(self, batch: list[UsageRow]) -> None:
+        # The store write is the record of truth and is retried on failure; the access log is
+        # written once the rows are safe, so a retried batch is never logged twice.
         self._store.write_usage(batch)
-        self._log.write(b"".join(access_line(r) for r in batch))
-        self._log.flush()
-        for listener in self.listeners:
-            listener(batch)
+        try:
+            self._log.write(b"".join(access_line(r) for r in batch))
+            self._log.flush()
+        except OSError:
+            log.exception("access log write failed", extra={"rows": len(batch)})
 
     async def close(self) -> None:
         if self._task is not None:
