@@ -46,3 +46,23 @@ def test_responses_api_usage_is_captured() -> None:
     event = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}\n\n'
     assert SSETap(c).feed(event) == event
     assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (3, 4)
+
+
+def test_usage_from_json_body() -> None:
+    from keygate.types import Usage
+    from keygate.upstream import usage_from_json
+
+    u = Usage()
+    usage_from_json(
+        b'{"data":[{"x":{"usage":1}}],"usage":{"prompt_tokens":3,"completion_tokens":4,'
+        b'"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":0}}}',
+        u,
+    )
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (3, 4, 1)
+    u = Usage()
+    usage_from_json(b'{"usage": {"input_tokens": 5, "output_tokens": 6}}', u)
+    assert (u.prompt_tokens, u.completion_tokens) == (5, 6)
+    u = Usage()
+    for broken in (b'{"usage":{"prompt_tokens":3', b'{"usage": null}', b"not json", b'{"usage":{"a":}}'):
+        usage_from_json(broken, u)
+    assert (u.prompt_tokens, u.completion_tokens) == (0, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import struct
 import subprocess
 import sys
@@ -508,6 +509,8 @@ def test_command_line() -> None:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         response = httpx.get(url + "/models", headers={"Authorization": "Bearer sk-cli"})
         assert response.status_code == 200
+        process.send_signal(signal.SIGINT)  # Ctrl-C: a clean exit
+        assert process.wait(timeout=5) == 0
     finally:
-        process.terminate()
+        process.kill()
         process.wait(timeout=5)

@@ -7,6 +7,7 @@ the error tree: refused or failed connections are 502, timeouts 504.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
@@ -105,19 +106,18 @@ def usage_from_json(body: bytes, usage: Usage) -> None:
     start = body.find(b"{", idx)
     if start < 0 or body[idx + 7 : start].strip(b" \t\r\n:"):
         return
-    depth = 0
-    for end in range(start, min(len(body), start + 4096)):
-        c = body[end]
-        if c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                try:
-                    fill_usage(orjson.loads(body[start : end + 1]), usage)
-                except orjson.JSONDecodeError:
-                    return
-                return
+    # The usage object nests at most a couple of detail objects: try each closing brace in turn
+    # until the braces balance (C-level searches, no per-byte Python loop).
+    end = start
+    for _ in range(8):
+        end = body.find(b"}", end + 1)
+        if end < 0:
+            return
+        candidate = body[start : end + 1]
+        if candidate.count(b"{") == candidate.count(b"}"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                fill_usage(orjson.loads(candidate), usage)
+            return
 
 
 def fill_usage(data: Any, usage: Usage) -> None:

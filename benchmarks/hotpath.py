@@ -1,0 +1,165 @@
+"""Keygate's own Python cost per request, without sockets: a deterministic complement to run.py.
+
+Drives the real Gateway (real chain, key cache, SQLite store and recorder) with an in-memory RSGI
+request and a canned in-memory upstream, and reports CPU microseconds per request for the whole
+process (event loop plus the recorder thread). Network, HTTP parsing and the upstream client are
+not included: run.py measures those end to end. Useful to see what a guard costs:
+
+    python benchmarks/hotpath.py [--requests 50000] [--config-extra FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BODY = (
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence please"}]}'
+)
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}'
+)
+UPSTREAM_HEADERS = {
+    "content-type": "application/json",
+    "x-request-id": "req_1",
+    "openai-organization": "org-x",
+    "x-ratelimit-remaining-requests": "99",
+    "set-cookie": "a=b",
+}
+
+
+class Headers:
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._items
+
+
+class Scope:
+    proto = "http"
+    method = "POST"
+    path = "/v1/chat/completions"
+    query_string = ""
+    client = "127.0.0.1:40000"
+
+    def __init__(self, key: str) -> None:
+        self.headers = Headers(
+            [
+                ("host", "127.0.0.1:8080"),
+                ("authorization", f"Bearer {key}"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(BODY))),
+                ("user-agent", "OpenAI/Python 1.0"),
+                ("accept", "application/json"),
+            ]
+        )
+
+
+class Proto:
+    status = 0
+
+    async def __call__(self) -> bytes:
+        return BODY
+
+    def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
+        self.status = status
+
+
+class Response:
+    status = 200
+    headers = UPSTREAM_HEADERS
+
+    async def bytes(self) -> bytes:
+        return ANSWER
+
+
+class Request:
+    def body_bytes(self, body: bytes) -> Request:
+        return self
+
+    def timeout(self, t: Any) -> Request:
+        return self
+
+    def build(self) -> Request:
+        return self
+
+    async def send(self) -> Response:
+        return Response()
+
+
+class Upstream:
+    timeout = None
+
+    def request(self, *args: Any) -> Request:
+        return Request()
+
+    async def close(self) -> None:
+        pass
+
+
+async def run(n: int, extra: dict[str, Any]) -> None:
+    from keygate import keys as keyfmt
+    from keygate.config import load_settings
+    from keygate.server import build_gateway
+    from keygate.types import KeyRecord
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "keygate.yaml"
+        base = {
+            "database_url": "sqlite:///keygate.db",
+            "access_log": str(Path(tmp) / "access.log"),
+            "upstreams": {"openai": {"base_url": "http://127.0.0.1:9/v1", "api_key": "${OPENAI_API_KEY}"}},
+        }
+        cfg.write_text(yaml.safe_dump({**base, **extra}))
+        settings = load_settings(cfg, {**os.environ, "OPENAI_API_KEY": "sk-bench"})
+        parts = build_gateway(settings)
+        secret = keyfmt.generate()
+        parts.store.insert_key(
+            KeyRecord(keyfmt.new_id(), "bench", keyfmt.hash_key(settings.pepper, secret), "h", time.time())
+        )
+        parts.gateway.client = Upstream()  # type: ignore[assignment]
+        await parts.recorder.start()
+        await parts.gateway.chain.start()
+        scope, proto = Scope(secret), Proto()
+        app = parts.gateway.__rsgi__
+        for _ in range(2000):  # warm up
+            await app(scope, proto)
+        await parts.recorder.flush()
+        assert proto.status == 200, proto.status
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i in range(n):
+            await app(scope, proto)
+            if i % 2000 == 0:
+                await asyncio.sleep(0)  # let the recorder run as it would between requests
+        await parts.recorder.flush()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        await parts.gateway.chain.stop()
+        await parts.recorder.close()
+        parts.store.close()
+    per_cpu, per_wall = cpu / n * 1e6, wall / n * 1e6
+    print(f"{n} requests: {per_cpu:.1f} µs CPU per request ({per_wall:.1f} µs wall), status {proto.status}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=50_000)
+    ap.add_argument("--config-extra", type=Path, help="YAML merged into the generated config")
+    args = ap.parse_args()
+    extra = yaml.safe_load(args.config_extra.read_text()) if args.config_extra else {}
+    import uvloop
+
+    uvloop.run(run(args.requests, extra or {}))
+
+
+if __name__ == "__main__":
+    main()
