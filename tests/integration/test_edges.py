@@ -323,3 +323,39 @@ def test_client_cannot_choose_the_upstream(gateway: Gateway, client_key: str, mo
     for seen in mock.requests:
         assert seen.path == "/v1/chat/completions"
         assert seen.headers.get("host", "").endswith(str(mock.port))
+
+
+def test_clean_shutdown_drains_streams_and_loses_no_record(
+    tmp_path: Path, upstream: MockUpstream, mock: MockUpstream
+) -> None:
+    import sqlite3
+    import threading
+
+    gw = Gateway(tmp_path, upstream.url).start()
+    key = gw.create_key()["key"]
+    mock.fail_next("slow", delay=0.3)
+    got: dict[str, bytes] = {}
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ) as r:
+            got["body"] = r.read()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while not mock.requests:
+        time.sleep(0.01)
+    assert gw.stop() == 0  # SIGTERM while the stream is in flight
+    t.join()
+    assert got["body"].endswith(b"data: [DONE]\n\n")
+    rows = (
+        sqlite3.connect(tmp_path / "keygate.db")
+        .execute("SELECT status, completion_tokens FROM usage")
+        .fetchall()
+    )
+    assert rows == [(200, 3)]
