@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, teams, usage
+from . import keys, master_key, serve, teams, upstreams, usage
 
-AREAS = (serve, keys, teams, usage)
+AREAS = (serve, keys, teams, usage, upstreams, master_key)
 
 
 def build_parser() -> argparse.ArgumentParser:
