@@ -55,7 +55,7 @@ def test_stored_key_is_sealed_write_only_and_used(tmp_path: Path, mock: MockUpst
     listed = json.loads(gw.cli("upstreams", "list", "--json").stdout)
     (row,) = [v for v in listed if v["source"] == "store"]
     assert row["last4"] == "1111" and row["fingerprint"].startswith("sha256:")
-    assert row["status"] == "active" and row["created_at"]
+    assert row["status"] == "active" and row["created_at"] and row["last_used_at"]
     table = gw.cli("upstreams", "list").stdout
     assert "1111" in table and STORED not in table
     # The ciphertext is bound to its row: a secret never appears in the database in any form.
