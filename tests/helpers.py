@@ -125,8 +125,9 @@ class Gateway:
         )
         if check and result.returncode != 0:
             raise AssertionError(f"keygate {' '.join(args)} failed: {result.stderr}")
-        # Kept for the secret search; `keys create` is the one output meant to show a secret.
-        shown_once = args[:2] == ("keys", "create")
+        # Kept for the secret search; `keys create` and `keys rotate` are the outputs meant to show
+        # a secret (once).
+        shown_once = args[:2] in (("keys", "create"), ("keys", "rotate"))
         with (self.workdir / "cli-output.log").open("a") as fh:
             fh.write(result.stderr if shown_once else result.stdout + result.stderr)
         return result

@@ -94,3 +94,36 @@ def test_pepper_file_must_be_private(tmp_path: Path) -> None:
     (tmp_path / "keygate.pepper").chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_settings(cfg, {})
+
+
+def test_several_keys_file_refs_and_fallback(tmp_path: Path) -> None:
+    secret = tmp_path / "k"
+    secret.write_text("sk-from-file\n")
+    cfg = write(
+        tmp_path,
+        "upstreams:\n"
+        f"  a:\n    base_url: https://a.example/v1\n    api_keys: ['${{K1}}', 'file:{secret}']\n"
+        "    fallback: b\n    strategy: least_in_flight\n"
+        "  b:\n    base_url: https://b.example/v1\n    api_key: ${K1}\n",
+    )
+    s = load_settings(cfg, {"K1": "sk-env", "KEYGATE_PEPPER": "p" * 40})
+    a = s.upstreams["a"]
+    assert [k.reveal() if k else None for k in a.api_keys] == ["sk-env", "sk-from-file"]
+    assert a.fallback == "b" and a.strategy == "least_in_flight"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("upstreams:\n  a:\n    api_key: ${K}\n    fallback: nope\n", "upstreams.a.fallback"),
+        ("upstreams:\n  a:\n    api_key: file:relative/path\n", "upstreams.a.api_keys"),
+        ("upstreams:\n  a:\n    api_key: ${K}\n    strategy: random\n", "upstreams.a.strategy"),
+        ("upstreams:\n  a:\n    api_key: ${K}\n    ca_bundle: /nonexistent.pem\n", "upstreams.a.ca_bundle"),
+        ("upstream_retries: 99\n", "upstream_retries"),
+        ("master_key_file: /nonexistent/master.key\n", "master_key_file"),
+    ],
+)
+def test_invalid_upstream_secret_settings(tmp_path: Path, text: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {"KEYGATE_PEPPER": "p" * 40})
+    assert info.value.message.startswith(field)

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import routes
@@ -23,6 +24,7 @@ from .guards.headers import filter_request, filter_response, request_allowlist
 from .logs import redact
 from .streaming import SSETap, sse_error_event
 from .upstream import UpstreamClient, map_transport_error, scrub, upstream_key_rejected, usage_from_json
+from .upstream_pool import Lease, UpstreamPool
 
 log = logging.getLogger("keygate")
 
@@ -43,10 +45,11 @@ def parse_peer(client: str) -> str:
 class Gateway:
     """The RSGI app. Built by :func:`keygate.server.build_gateway` from settings and a store."""
 
-    def __init__(self, settings: Settings, chain: Chain, client: UpstreamClient) -> None:
+    def __init__(self, settings: Settings, chain: Chain, client: UpstreamClient, pool: UpstreamPool) -> None:
         self.settings = settings
         self.chain = chain
         self.client = client
+        self.pool = pool
         self._allow_headers = request_allowlist(settings.extra_request_headers)
         self._ids = itertools.count(1)
         self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
@@ -92,31 +95,70 @@ class Gateway:
         if err is not None:
             return self._send_error(ctx, err)
         assert ctx.key is not None
-        upstream = ctx.upstream or self.settings.upstream_for(ctx.key.upstream)
-        ctx.upstream = upstream
-        if upstream.api_key is None:
+        base = ctx.upstream or self.pool.upstream_for(ctx.key.upstream)
+        if base is None:
             return self._send_error(ctx, _INTERNAL)
-        headers = filter_request(ctx.headers.items(), self._allow_headers, upstream.api_key.reveal())
-        request = self.client.request(upstream, ctx.method, route.upstream_path, ctx.query, headers)
+        ctx.upstream = base
+        # One attempt per key (see upstream_pool.py); retries only before any byte reached the client.
+        tried: set[str] = set()
+        while True:
+            lease = self.pool.acquire(base.name, tried)
+            if lease is None:
+                return self._send_error(ctx, self.pool.unavailable(base.name))
+            ctx.upstream = lease.upstream
+            try:
+                done = await self._attempt(ctx, route.upstream_path, lease, tried, base.name)
+            finally:
+                lease.release()
+            if done:
+                return None
+
+    async def _attempt(self, ctx: Context, path: str, lease: Lease, tried: set[str], base_name: str) -> bool:
+        """Forward once on the leased key; False means "retry on another key"."""
+        headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
+        request = self.client.request(lease.upstream, ctx.method, path, ctx.query, headers)
         if ctx.body:
             request = request.body_bytes(ctx.body)
-        if ctx.stream:
-            await self._forward_stream(ctx, request)
-        else:
-            await self._forward(ctx, request.timeout(self.client.timeout))
 
-    async def _forward(self, ctx: Context, request: Any) -> None:
+        def retry() -> bool:
+            return self.pool.can_retry(base_name, tried)
+
+        if ctx.stream:
+            return await self._forward_stream(ctx, request, lease, retry)
+        return await self._forward(ctx, request.timeout(self.client.timeout), lease, retry)
+
+    @staticmethod
+    def _retriable(lease: Lease, status: int, retry_after: str | None) -> bool:
+        if status in (401, 403):
+            lease.rejected(status)
+            return True
+        if status == 429:
+            lease.cooldown(retry_after)
+            return True
+        if status >= 500:
+            return True
+        lease.ok()
+        return False
+
+    async def _forward(self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]) -> bool:
         assert ctx.upstream is not None
         try:
             response = await request.build().send()
             status = response.status
             body = bytes(await response.bytes())
         except Exception as exc:
-            return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
+            err = map_transport_error(exc, ctx.upstream)
+            if retry():
+                return False
+            self._send_error(ctx, err)
+            return True
         headers = list(response.headers.items())
+        if self._retriable(lease, status, response.headers.get("retry-after")) and retry():
+            return False
         self.chain.response_start(ctx, status, headers)
         if status in (401, 403):
-            return self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+            self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+            return True
         if status >= 400:
             body = scrub(body, ctx.upstream)
         elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
@@ -125,10 +167,13 @@ class Gateway:
         out.append(("x-keygate-request-id", ctx.request_id))
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)
+        return True
 
-    async def _forward_stream(self, ctx: Context, request: Any) -> None:
+    async def _forward_stream(
+        self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]
+    ) -> bool:
         """Relay a streamed response; a client disconnect closes the upstream request at once."""
-        relay = asyncio.ensure_future(self._relay(ctx, request))
+        relay = asyncio.ensure_future(self._relay(ctx, request, lease, retry))
         gone = asyncio.ensure_future(ctx.proto.client_disconnect())
         try:
             await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -140,8 +185,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
             gone.cancel()
+        return True if relay.cancelled() else relay.result()
 
-    async def _relay(self, ctx: Context, request: Any) -> None:
+    async def _relay(self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]) -> bool:
         assert ctx.upstream is not None
         try:
             # A zero read-ahead buffer: the response (and each chunk) is handed over as soon as it
@@ -149,9 +195,12 @@ class Gateway:
             async with request.streamed_read_buffer_limit(0).build_streamed() as response:
                 status = response.status
                 headers = list(response.headers.items())
+                if self._retriable(lease, status, response.headers.get("retry-after")) and retry():
+                    return False
                 self.chain.response_start(ctx, status, headers)
                 if status in (401, 403):
-                    return self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+                    self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+                    return True
                 ctype = response.headers.get("content-type") or ""
                 if status >= 400 or not ctype.startswith("text/event-stream"):
                     body = bytes(await response.bytes())
@@ -161,7 +210,7 @@ class Gateway:
                     ctx.proto.response_bytes(
                         status, out, scrub(body, ctx.upstream) if status >= 400 else body
                     )
-                    return
+                    return True
                 out = filter_response(headers)
                 out.append(("x-keygate-request-id", ctx.request_id))
                 ctx.status = status
@@ -171,8 +220,13 @@ class Gateway:
             raise
         except Exception as exc:
             if not ctx.status:
-                return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
+                err = map_transport_error(exc, ctx.upstream)
+                if retry():
+                    return False
+                self._send_error(ctx, err)
+                return True
             raise
+        return True
 
     async def _pump(self, ctx: Context, reader: Any, transport: Any) -> None:
         assert ctx.upstream is not None

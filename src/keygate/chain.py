@@ -189,12 +189,16 @@ def build_chain(settings: Settings, keys: Any, recorder: Any) -> Chain:
     """
     from .guards.auth import KeyAuth
     from .guards.body import BodyReader
+    from .guards.honeytoken import Honeytoken
     from .guards.record import Record
+    from .guards.rotation_watch import RotationWatch
 
     return Chain(
         [
             Record(recorder),
+            RotationWatch(keys, settings.rotation_warning_days),
             KeyAuth(keys, settings.pepper),
+            Honeytoken(),
             BodyReader(settings.max_body_bytes),
         ]
     )

@@ -45,6 +45,12 @@ class Upstream:
     api_key_ref: str
     api_key: Secret | None
     allow_insecure: bool = False
+    # Several keys (see upstream_pool.py): every reference, ${ENV} or file:/path, in order.
+    api_key_refs: tuple[str, ...] = ()
+    api_keys: tuple[Secret | None, ...] = ()  # resolved values of api_key_refs, in order
+    fallback: str | None = None
+    ca_bundle: Path | None = None
+    strategy: str = "round_robin"  # round_robin | least_in_flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,12 @@ class Settings:
     usage_flush_interval: float = 0.5
     extra_request_headers: tuple[str, ...] = ()
     config_path: Path | None = None
+    # Upstream secrets (vault.py, upstream_pool.py)
+    master_key: Secret | None = None
+    previous_master_key: Secret | None = None
+    upstream_retries: int = 2
+    rotation_warning_days: float = 7.0
+    key_refresh_interval: float = 0.5
 
     @property
     def database_path(self) -> Path:
@@ -99,17 +111,48 @@ def parse_listen(value: object, field_name: str) -> tuple[str, int]:
 def _resolve_secret_ref(ref: object, field_name: str, env: Mapping[str, str]) -> Secret | None:
     if not isinstance(ref, str):
         raise ConfigError(f"{field_name}: expected a reference such as ${{OPENAI_API_KEY}}")
+    if ref.strip().startswith("file:"):
+        return read_secret_file(ref.strip(), field_name)
     m = _ENV_REF.match(ref.strip())
     if m is None:
         raise ConfigError(
             f"{field_name}: literal secrets are not allowed in the config file; "
             "put the key in an environment variable and write a reference such as ${OPENAI_API_KEY}"
+            " (or file:/path)"
         )
     value = env.get(m.group(1))
     return Secret(value) if value else None
 
 
-def _check_base_url(url: object, field_name: str, allow_insecure: bool) -> str:
+def read_secret_file(ref: str, field_name: str) -> Secret | None:
+    """The secret a ``file:/path`` reference names (Docker/Kubernetes secrets); None if absent."""
+    path = Path(ref[len("file:") :])
+    if not path.is_absolute():
+        raise ConfigError(f"{field_name}: file: references need an absolute path")
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{field_name}: cannot read {path}: {exc.strerror}") from None
+    return Secret(value) if value else None
+
+
+def read_master_key_file(path: Path, field_name: str) -> Secret:
+    """A master key file: must exist and be readable by its owner only."""
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{field_name}: {path} must not be readable by group or others (chmod 600)")
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{field_name}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{field_name}: {path} is empty")
+    return Secret(value)
+
+
+def check_base_url(url: object, field_name: str, allow_insecure: bool) -> str:
     if not isinstance(url, str):
         raise ConfigError(f"{field_name}: expected a URL string")
     parts = urlsplit(url)
@@ -131,17 +174,76 @@ def _parse_upstreams(raw: object, env: Mapping[str, str]) -> dict[str, Upstream]
         where = f"upstreams.{name}"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a map with base_url and api_key")
-        unknown = set(spec) - {"base_url", "api_key", "allow_insecure"}
+        unknown = set(spec) - {
+            "base_url",
+            "api_key",
+            "allow_insecure",
+            "api_keys",
+            "fallback",
+            "ca_bundle",
+            "strategy",
+        }
         if unknown:
             raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown setting")
-        if "api_key" not in spec:
+        if "api_key" not in spec and "api_keys" not in spec:
             raise ConfigError(f"{where}.api_key: required (for example ${{OPENAI_API_KEY}})")
         insecure = bool(spec.get("allow_insecure", False))
-        base = _check_base_url(spec.get("base_url", DEFAULT_UPSTREAM_URL), f"{where}.base_url", insecure)
-        ref = spec["api_key"]
-        key = _resolve_secret_ref(ref, f"{where}.api_key", env)
-        out[str(name)] = Upstream(str(name), base, str(ref).strip(), key, insecure)
+        base = check_base_url(spec.get("base_url", DEFAULT_UPSTREAM_URL), f"{where}.base_url", insecure)
+        refs = _key_refs(spec, where)
+        keys = [_resolve_secret_ref(r, f"{where}.api_keys", env) for r in refs]
+        out[str(name)] = Upstream(
+            str(name),
+            base,
+            refs[0] if refs else "",
+            keys[0] if keys else None,
+            insecure,
+            api_key_refs=tuple(refs),
+            api_keys=tuple(keys),
+            fallback=_optional_str(spec, "fallback", where),
+            ca_bundle=_ca_bundle(spec, where),
+            strategy=_strategy(spec, where),
+        )
+    for up in out.values():
+        if up.fallback is not None and (up.fallback not in out or up.fallback == up.name):
+            raise ConfigError(f"upstreams.{up.name}.fallback: {up.fallback!r} is not another upstream")
     return out
+
+
+def _key_refs(spec: Mapping[str, Any], where: str) -> list[str]:
+    refs: list[str] = []
+    if "api_key" in spec:
+        if not isinstance(spec["api_key"], str):
+            raise ConfigError(f"{where}.api_key: expected a reference such as ${{OPENAI_API_KEY}}")
+        refs.append(spec["api_key"].strip())
+    extra = spec.get("api_keys", [])
+    if not isinstance(extra, list) or not all(isinstance(r, str) for r in extra):
+        raise ConfigError(f"{where}.api_keys: expected a list of references such as ${{OPENAI_API_KEY_2}}")
+    refs.extend(r.strip() for r in extra)
+    return refs
+
+
+def _optional_str(spec: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = spec.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}.{name}: expected a string")
+    return value
+
+
+def _ca_bundle(spec: Mapping[str, Any], where: str) -> Path | None:
+    value = _optional_str(spec, "ca_bundle", where)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{where}.ca_bundle: {value} is not a readable PEM file")
+    return path
+
+
+def _strategy(spec: Mapping[str, Any], where: str) -> str:
+    value = spec.get("strategy", "round_robin")
+    if value not in ("round_robin", "least_in_flight"):
+        raise ConfigError(f"{where}.strategy: expected round_robin or least_in_flight, got {value!r}")
+    return str(value)
 
 
 def _positive(raw: Mapping[str, Any], name: str, default: float, kind: type = float) -> Any:
@@ -162,6 +264,11 @@ _KNOWN = {
     "access_log",
     "usage_flush_interval",
     "extra_request_headers",
+    "master_key_file",
+    "previous_master_key_file",
+    "upstream_retries",
+    "rotation_warning_days",
+    "key_refresh_interval",
 }
 
 
@@ -226,8 +333,38 @@ def load_settings(
         usage_flush_interval=_positive(raw, "usage_flush_interval", 0.5),
         extra_request_headers=tuple(h.lower() for h in extra_headers),
         config_path=cfg_path,
+        master_key=_master_key(raw, env, "master_key_file", "KEYGATE_MASTER_KEY", cfg_path),
+        previous_master_key=_master_key(
+            raw, env, "previous_master_key_file", "KEYGATE_PREVIOUS_MASTER_KEY", cfg_path
+        ),
+        upstream_retries=_retries(raw),
+        rotation_warning_days=_positive(raw, "rotation_warning_days", 7.0),
+        key_refresh_interval=_positive(raw, "key_refresh_interval", 0.5),
     )
     return _with_pepper(settings, env)
+
+
+def _master_key(
+    raw: Mapping[str, Any], env: Mapping[str, str], name: str, env_name: str, cfg_path: Path | None
+) -> Secret | None:
+    if env.get(env_name):
+        return Secret(env[env_name])
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a file path")
+    path = Path(value)
+    if not path.is_absolute() and cfg_path is not None:
+        path = cfg_path.parent / path
+    return read_master_key_file(path, name)
+
+
+def _retries(raw: Mapping[str, Any]) -> int:
+    value = raw.get("upstream_retries", 2)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise ConfigError(f"upstream_retries: expected a whole number from 0 to 10, got {value!r}")
+    return value
 
 
 def _with_pepper(settings: Settings, env: Mapping[str, str]) -> Settings:

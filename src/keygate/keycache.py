@@ -9,6 +9,7 @@ the very next request.
 from __future__ import annotations
 
 import hmac
+import time
 
 from .store import Store
 from .types import KeyRecord, Team
@@ -19,11 +20,16 @@ class KeyCache:
         self._store = store
         self._by_hash: dict[str, KeyRecord] = {}
         self._teams: dict[str, Team] = {}
+        # Secrets replaced by `keygate keys rotate`, still accepted until their grace expiry.
+        self._grace: dict[str, tuple[str, float]] = {}
+        self._by_id: dict[str, KeyRecord] = {}
         self.refresh()
 
     def refresh(self) -> None:
         self._store.keys_changed()  # arm the change detector before reading
         self._by_hash = {r.key_hash: r for r in self._store.list_keys()}
+        self._by_id = {r.id: r for r in self._by_hash.values()}
+        self._grace = {h: (kid, exp) for h, kid, exp in self._store.list_grace_secrets(time.time())}
         self._teams = {t.id: t for t in self._store.list_teams()}
 
     def team(self, team_id: str | None) -> Team | None:
@@ -34,9 +40,23 @@ class KeyCache:
         if self._store.keys_changed():
             self.refresh()
         record = self._by_hash.get(key_hash)
-        if record is None or not hmac.compare_digest(record.key_hash, key_hash):
+        if record is None:
+            return self._lookup_grace(key_hash)
+        if not hmac.compare_digest(record.key_hash, key_hash):
             return None
         return record
+
+    def _lookup_grace(self, key_hash: str) -> KeyRecord | None:
+        grace = self._grace.get(key_hash)
+        if grace is None or grace[1] <= time.time():
+            return None
+        return self._by_id.get(grace[0])
+
+    def records(self) -> list[KeyRecord]:
+        """Every key record (current snapshot, refreshed if the store changed)."""
+        if self._store.keys_changed():
+            self.refresh()
+        return list(self._by_id.values())
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -21,8 +21,10 @@ from .config import Settings
 from .errors import ConfigError
 from .keycache import KeyCache
 from .recorder import Recorder
-from .store import Store, open_store
+from .store import SQLiteStore, Store, open_store
 from .upstream import UpstreamClient
+from .upstream_pool import UpstreamPool
+from .vault import Keyring
 
 log = logging.getLogger("keygate")
 
@@ -36,11 +38,12 @@ class Parts:
     recorder: Recorder
     keys: KeyCache
     gateway: Gateway
+    pool: UpstreamPool | None = None
 
 
-def check_ready_to_serve(settings: Settings) -> None:
+def check_ready_to_serve(settings: Settings, pool: UpstreamPool | None = None) -> None:
     for up in settings.upstreams.values():
-        if up.api_key is None:
+        if up.api_key is None and (pool is None or pool.key_count(up.name) == 0):
             raise ConfigError(
                 f"upstreams.{up.name}.api_key: {up.api_key_ref} is not set in the environment "
                 "(export it before starting keygate)"
@@ -52,14 +55,17 @@ def build_gateway(settings: Settings) -> Parts:
     recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
     keys = KeyCache(store)
     chain = build_chain(settings, keys, recorder)
-    gateway = Gateway(settings, chain, UpstreamClient(settings))
-    return Parts(settings, store, recorder, keys, gateway)
+    keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
+    assert isinstance(store, SQLiteStore)  # the upstream-secret tables live in SQLite for now
+    pool = UpstreamPool(settings, store, keyring)
+    gateway = Gateway(settings, chain, UpstreamClient(settings), pool)
+    return Parts(settings, store, recorder, keys, gateway, pool)
 
 
 async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then drain, flush usage and close."""
-    check_ready_to_serve(settings)
     parts = build_gateway(settings)
+    check_ready_to_serve(settings, parts.pool)
     server = Server(
         parts.gateway,
         address=settings.listen_host,
@@ -77,6 +83,8 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    if parts.pool is not None:
+        loop.add_signal_handler(signal.SIGHUP, parts.pool.refresh_now)
 
     def started() -> None:
         log.info(
@@ -94,9 +102,13 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     server.on_startup(started)
     await parts.recorder.start()
     await parts.gateway.chain.start()
+    if parts.pool is not None:
+        await parts.pool.start()
     try:
         await server.serve()
     finally:
+        if parts.pool is not None:
+            await parts.pool.stop()
         await parts.gateway.chain.stop()
         await parts.recorder.close()
         await parts.gateway.client.close()

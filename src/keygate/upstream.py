@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,9 +37,18 @@ REJECTED_KEY = UpstreamError(
 class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
         self.timeout = timedelta(seconds=settings.upstream_timeout)
-        self._client: Any = (
-            ClientBuilder()
-            .follow_redirects(False)
+        self._settings = settings
+        self._client: Any = self._build(None)
+        # Upstreams with their own CA bundle get their own client (TLS roots are per client).
+        self._by_ca: dict[Path, Any] = {}
+
+    def _build(self, ca_bundle: Path | None) -> Any:
+        builder = ClientBuilder()
+        if ca_bundle is not None:
+            builder = builder.add_root_certificate_pem(ca_bundle.read_bytes())
+        settings = self._settings
+        return (
+            builder.follow_redirects(False)
             .gzip(False)
             .brotli(False)
             .zstd(False)
@@ -56,10 +66,17 @@ class UpstreamClient:
         url = upstream.base_url + path
         if query:
             url += "?" + query
-        return self._client.request(method, url).headers(headers)
+        client = self._client
+        if upstream.ca_bundle is not None:
+            client = self._by_ca.get(upstream.ca_bundle)
+            if client is None:
+                client = self._by_ca[upstream.ca_bundle] = self._build(upstream.ca_bundle)
+        return client.request(method, url).headers(headers)
 
     async def close(self) -> None:
         await self._client.close()
+        for client in self._by_ca.values():
+            await client.close()
 
 
 def map_transport_error(exc: Exception, upstream: Upstream) -> KeygateError:

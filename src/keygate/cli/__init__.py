@@ -5,22 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, teams, usage
+from ..logs import redact
+from . import keys, master_key, serve, teams, upstreams, usage
 
-AREAS = (serve, keys, teams, usage)
+AREAS = (serve, keys, teams, usage, upstreams, master_key)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors echo argv; a secret pasted there by mistake is masked, not repeated."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact(message))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="FILE",
         default=argparse.SUPPRESS,
         help="YAML config file (default: $KEYGATE_CONFIG, else built-in defaults)",
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keygate",
         description="A secure gateway for the OpenAI API.",
         parents=[common],

@@ -11,6 +11,7 @@ from .. import keys as keyfmt
 from ..errors import InvalidRequest, NotFound
 from ..store import Store
 from ..types import KeyRecord
+from . import key_rotation
 from ._common import audit, fmt_time, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
 
@@ -24,6 +25,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--team", metavar="TEAM", help="team id or name the key belongs to")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     add_policy_arguments(c, update=False)
+    key_rotation.add_create_arguments(c)
     c.set_defaults(handler=create)
 
     ls = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
@@ -36,11 +38,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument("--team", metavar="TEAM", help="team id or name ('' to leave its team)")
     u.add_argument("--json", action="store_true")
     add_policy_arguments(u, update=True)
+    key_rotation.add_update_arguments(u)
     u.set_defaults(handler=update)
 
     r = ks.add_parser("revoke", parents=[common], help="revoke a key; effective on the next request")
     r.add_argument("key_id", metavar="ID")
     r.set_defaults(handler=revoke)
+    key_rotation.register(ks, common)
 
 
 def key_view(r: KeyRecord) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def create(args: argparse.Namespace) -> int:
             hint=keyfmt.hint(secret),
             created_at=time.time(),
             team_id=resolve_team(store, args.team),
-            policy=apply_policy(args, {}),
+            policy=key_rotation.apply(args, apply_policy(args, {})),
         )
         store.insert_key(record)
         audit(store, "keys.create", record.id, name=record.name, team=record.team_id, policy=record.policy)
@@ -116,7 +120,7 @@ def update(args: argparse.Namespace) -> int:
             changes["name"] = args.name
         if args.team is not None:
             changes["team_id"] = resolve_team(store, args.team)
-        policy = apply_policy(args, current.policy)
+        policy = key_rotation.apply(args, apply_policy(args, current.policy))
         if policy != current.policy:
             changes["policy"] = policy
         updated = store.update_key(args.key_id, **changes) if changes else current

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +36,10 @@ class Store(Protocol):
     def update_key(self, key_id: str, **fields: Any) -> KeyRecord | None: ...
     def keys_changed(self) -> bool:
         """Cheap check, safe on every request: did another writer change key records?"""
+        ...
+
+    def list_grace_secrets(self, now: float) -> Iterator[tuple[str, str, float]]:
+        """(old hash, key id, expiry) of rotated client-key secrets still in their grace period."""
         ...
 
     # teams (a change to a team counts as a key change for keys_changed)

@@ -19,6 +19,8 @@ from typing import Any
 
 from ..types import KeyRecord, Team, UsageRow
 from .base import UsageSummary
+from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
+from .secrets_sql import SecretsMixin
 
 # Named migrations, applied once each in list order; the names applied are kept in
 # schema_migrations, so features developed side by side can each append their own.
@@ -84,6 +86,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    _SECRETS_MIGRATION,
 ]
 
 _KEY_COLUMNS = (
@@ -112,7 +115,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore:
+class SQLiteStore(SecretsMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:

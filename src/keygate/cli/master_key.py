@@ -1,0 +1,99 @@
+"""``keygate master-key``: generate a master key, re-wrap every stored data key under a new one.
+
+Rotation re-wraps row by row, each in its own transaction, and only rows still wrapped by
+another master key; so an interrupted rotation (crash, kill, power loss) is resumed by running
+the same command again. The ciphertexts themselves never change, so running gateways, which keep
+their decrypted keys in memory, are unaffected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..config import read_master_key_file
+from ..errors import InvalidRequest
+from ..types import Secret
+from ..vault import Keyring, generate_master_key, kek_id, parse_master_key
+from ._common import audit, local_store, print_json
+from .upstreams import sql
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("master-key", parents=[common], help="manage the master key of stored secrets")
+    ms = p.add_subparsers(dest="master_key_command", required=True, metavar="ACTION")
+
+    g = ms.add_parser("generate", parents=[common], help="write a new random master key to a file (0600)")
+    g.add_argument("--out", required=True, metavar="FILE", help="where to write it (must not exist)")
+    g.set_defaults(handler=generate)
+
+    r = ms.add_parser("rotate", parents=[common], help="re-wrap every data key under a new master key")
+    r.add_argument("--new-key-file", required=True, metavar="FILE", help="the new master key (chmod 600)")
+    # Test hook: kill this process (SIGKILL, like a crash) after re-wrapping N keys.
+    r.add_argument("--crash-after", type=int, default=None, help=argparse.SUPPRESS)
+    r.set_defaults(handler=rotate)
+
+    s = ms.add_parser("status", parents=[common], help="how many stored keys each master key wraps")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=status)
+
+
+def generate(args: argparse.Namespace) -> int:
+    path = Path(args.out)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidRequest(f"{path} exists already; keygate never overwrites a key file") from None
+    value = generate_master_key()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    print(f"Wrote a new master key ({kek_id(parse_master_key(Secret(value)))}) to {path}.")
+    return 0
+
+
+def rotate(args: argparse.Namespace) -> int:
+    new = parse_master_key(read_master_key_file(Path(args.new_key_file), "--new-key-file"), "--new-key-file")
+    with local_store(args) as (settings, store):
+        prev = parse_master_key(settings.previous_master_key) if settings.previous_master_key else None
+        current = parse_master_key(settings.master_key) if settings.master_key else None
+        ring = Keyring(new, current, prev)
+        db = sql(store)
+        rows = [r for r in db.list_upstream_keys() if r.sealed is not None]
+        todo = [r for r in rows if r.sealed is not None and r.sealed.kek_id != ring.current_id]
+        done = 0
+        for r in todo:
+            assert r.sealed is not None
+            if db.rewrap_upstream_key(r.id, r.sealed.kek_id, ring.rewrap(r.upstream, r.id, r.sealed)):
+                done += 1
+                print(f"re-wrapped {r.id} ({done}/{len(todo)})", flush=True)
+            if args.crash_after is not None and done >= args.crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        audit(db, "master_key.rotate", ring.current_id, rewrapped=done, total=len(rows))
+    print(
+        f"All {len(rows)} stored key(s) are now wrapped by {ring.current_id} ({done} re-wrapped now).\n"
+        "Next: point master_key_file (or KEYGATE_MASTER_KEY) at the new key; keep the old one as "
+        "previous_master_key_file until every gateway has restarted."
+    )
+    sys.stdout.flush()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with local_store(args) as (settings, store):
+        rows = sql(store).list_upstream_keys()
+    counts = Counter(r.sealed.kek_id for r in rows if r.sealed is not None)
+    ring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
+    current = ring.current_id if ring else None
+    view = {"current": current, "wrapped_by": dict(counts)}
+    if args.json:
+        print_json(view)
+    else:
+        print(f"current master key: {current or '(none configured)'}")
+        for kid, n in sorted(counts.items()):
+            print(f"  {kid}: {n} key(s){'  (current)' if kid == current else ''}")
+    return 0

@@ -1,0 +1,56 @@
+"""Honeytoken keys: keys no one should ever use, created to catch a leak.
+
+Any use is refused exactly like an unknown key (same status, body and code), so whoever holds it
+learns nothing, and raises a high-severity alert with the client IP and the request headers.
+Header values are redacted; credentials-bearing headers are never logged at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..chain import Context, Guard
+from ..errors import KeygateError
+from ..logs import redact
+from .auth import UNKNOWN
+
+log = logging.getLogger("keygate.alert")
+
+_NEVER_LOGGED = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "openai-api-key"}
+)
+
+
+def is_honeytoken(policy: dict[str, object]) -> bool:
+    return policy.get("honeytoken") is True
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Request headers fit for an alert: credentials dropped, key-shaped values masked."""
+    return {k: redact(v[:300]) for k, v in headers.items() if k not in _NEVER_LOGGED}
+
+
+class Honeytoken(Guard):
+    """Runs right after authentication."""
+
+    name = "honeytoken"
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        if ctx.key is None or not is_honeytoken(ctx.key.policy):
+            return None
+        log.critical(
+            "honeytoken key used: a keygate key that should never be used was presented",
+            extra={
+                "alert": "honeytoken_used",
+                "severity": "high",
+                "key_id": ctx.key.id,
+                "key_name": ctx.key.name,
+                "client_ip": ctx.client_ip,
+                "peer_ip": ctx.peer_ip,
+                "method": ctx.method,
+                "path": redact(ctx.path[:200]),
+                "headers": safe_headers(ctx.headers),
+                "request_id": ctx.request_id,
+            },
+        )
+        return UNKNOWN

@@ -1,0 +1,231 @@
+"""SQLite tables for stored upstream keys, store-defined upstreams and client-key grace secrets.
+
+Mixed into :class:`~keygate.store.sqlite.SQLiteStore`. Upstream key rows hold only sealed
+material (see :mod:`keygate.vault`); a retired key's sealed material is wiped (crypto-shredded).
+Every change bumps ``meta.upstreams_rev`` so a running gateway reloads its key pool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..vault import Sealed
+
+MIGRATION = (
+    "0003_upstream_secrets",
+    """
+    INSERT OR IGNORE INTO meta (k, v) VALUES ('upstreams_rev', '0');
+    CREATE TABLE IF NOT EXISTS upstream_defs (
+        name TEXT PRIMARY KEY,
+        base_url TEXT NOT NULL,
+        allow_insecure INTEGER NOT NULL DEFAULT 0,
+        fallback TEXT,
+        ca_bundle TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS upstream_keys (
+        id TEXT PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        last4 TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        status TEXT NOT NULL DEFAULT 'active',
+        retire_at REAL,
+        kek_id TEXT,
+        wrapped_key BLOB,
+        ciphertext BLOB
+    );
+    CREATE INDEX IF NOT EXISTS upstream_keys_upstream ON upstream_keys (upstream);
+    CREATE TABLE IF NOT EXISTS key_grace_secrets (
+        key_hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamDef:
+    name: str
+    base_url: str
+    allow_insecure: bool
+    fallback: str | None
+    ca_bundle: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKeyRow:
+    id: str
+    upstream: str
+    last4: str
+    fingerprint: str
+    created_at: float
+    last_used_at: float | None
+    status: str  # active | retiring | retired
+    retire_at: float | None
+    sealed: Sealed | None
+
+    def effective_status(self, now: float) -> str:
+        if self.status == "retiring" and self.retire_at is not None and self.retire_at <= now:
+            return "retired"
+        return self.status
+
+
+_UK_COLUMNS = (
+    "id, upstream, last4, fingerprint, created_at, last_used_at, status, retire_at, kek_id,"
+    " wrapped_key, ciphertext"
+)
+
+
+def _uk_row(r: Any) -> UpstreamKeyRow:
+    sealed = Sealed(r[8], bytes(r[9]), bytes(r[10])) if r[9] is not None else None
+    return UpstreamKeyRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], sealed)
+
+
+class SecretsMixin:
+    if TYPE_CHECKING:
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _conn(self) -> sqlite3.Connection: ...
+        @staticmethod
+        def _bump_keys_rev(conn: sqlite3.Connection) -> None: ...
+
+    @staticmethod
+    def _bump_upstreams_rev(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'upstreams_rev'")
+
+    def upstreams_rev(self) -> str:
+        row = self._conn().execute("SELECT v FROM meta WHERE k = 'upstreams_rev'").fetchone()
+        return str(row[0]) if row else "0"
+
+    # -- store-defined upstreams -----------------------------------------------------------------
+
+    def put_upstream_def(self, d: UpstreamDef) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO upstream_defs VALUES (?, ?, ?, ?, ?, ?)",
+                (d.name, d.base_url, int(d.allow_insecure), d.fallback, d.ca_bundle, d.created_at),
+            )
+            self._bump_upstreams_rev(conn)
+
+    def list_upstream_defs(self) -> list[UpstreamDef]:
+        rows = self._conn().execute(
+            "SELECT name, base_url, allow_insecure, fallback, ca_bundle, created_at FROM upstream_defs"
+            " ORDER BY name"
+        )
+        return [UpstreamDef(r[0], r[1], bool(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    # -- upstream keys -----------------------------------------------------------------------------
+
+    def insert_upstream_key(self, row: UpstreamKeyRow, retire_others_at: float | None = None) -> None:
+        """Add a key; with ``retire_others_at``, the upstream's other active keys start retiring."""
+        assert row.sealed is not None
+        with self._tx() as conn:
+            if retire_others_at is not None:
+                conn.execute(
+                    "UPDATE upstream_keys SET status = 'retiring', retire_at = ?"
+                    " WHERE upstream = ? AND status = 'active'",
+                    (retire_others_at, row.upstream),
+                )
+            conn.execute(
+                f"INSERT INTO upstream_keys ({_UK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    row.id,
+                    row.upstream,
+                    row.last4,
+                    row.fingerprint,
+                    row.created_at,
+                    None,
+                    row.status,
+                    row.retire_at,
+                    row.sealed.kek_id,
+                    row.sealed.wrapped_key,
+                    row.sealed.ciphertext,
+                ),
+            )
+            self._bump_upstreams_rev(conn)
+
+    def list_upstream_keys(self, upstream: str | None = None) -> list[UpstreamKeyRow]:
+        sql = f"SELECT {_UK_COLUMNS} FROM upstream_keys"  # noqa: S608 (constant columns)
+        args: tuple[str, ...] = ()
+        if upstream is not None:
+            sql += " WHERE upstream = ?"
+            args = (upstream,)
+        return [_uk_row(r) for r in self._conn().execute(sql + " ORDER BY created_at, id", args)]
+
+    def retire_upstream_keys(self, now: float, key_id: str | None = None, upstream: str | None = None) -> int:
+        """Retire (and wipe) one key now, or every key whose grace period is over."""
+        with self._tx() as conn:
+            if key_id is not None:
+                cur = conn.execute(
+                    "UPDATE upstream_keys SET status = 'retired', retire_at = ?, kek_id = NULL,"
+                    " wrapped_key = NULL, ciphertext = NULL WHERE id = ? AND status != 'retired'"
+                    " AND (? IS NULL OR upstream = ?)",
+                    (now, key_id, upstream, upstream),
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE upstream_keys SET status = 'retired', kek_id = NULL, wrapped_key = NULL,"
+                    " ciphertext = NULL WHERE status = 'retiring' AND retire_at <= ?",
+                    (now,),
+                )
+            if cur.rowcount:
+                self._bump_upstreams_rev(conn)
+            return cur.rowcount
+
+    def rewrap_upstream_key(self, key_id: str, old_kek: str, new: Sealed) -> bool:
+        """Replace one row's wrapped data key, only if it is still wrapped by ``old_kek``."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE upstream_keys SET kek_id = ?, wrapped_key = ? WHERE id = ? AND kek_id = ?",
+                (new.kek_id, new.wrapped_key, key_id, old_kek),
+            )
+            return cur.rowcount > 0
+
+    def touch_upstream_keys(self, used: dict[str, float]) -> None:
+        if not used:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE upstream_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                [(ts, kid) for kid, ts in used.items()],
+            )
+
+    def count_sealed_upstream_keys(self) -> int:
+        row = self._conn().execute("SELECT COUNT(*) FROM upstream_keys WHERE ciphertext IS NOT NULL")
+        return int(row.fetchone()[0])
+
+    # -- client keys: rotation with a grace period -------------------------------------------------
+
+    def rotate_key_secret(
+        self, key_id: str, new_hash: str, new_hint: str, grace_until: float, policy_json: str
+    ) -> bool:
+        """Give a key record a new secret hash; the old hash keeps working until ``grace_until``."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT key_hash FROM keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO key_grace_secrets (key_hash, key_id, expires_at) VALUES (?, ?, ?)",
+                (row[0], key_id, grace_until),
+            )
+            conn.execute(
+                "UPDATE keys SET key_hash = ?, hint = ?, policy = ? WHERE id = ?",
+                (new_hash, new_hint, policy_json, key_id),
+            )
+            self._bump_keys_rev(conn)
+            return True
+
+    def list_grace_secrets(self, now: float) -> Iterator[tuple[str, str, float]]:
+        """(old hash, key id, expiry) of rotated-away secrets still inside their grace period."""
+        rows = self._conn().execute(
+            "SELECT key_hash, key_id, expires_at FROM key_grace_secrets WHERE expires_at > ?", (now,)
+        )
+        return ((str(r[0]), str(r[1]), float(r[2])) for r in rows.fetchall())
