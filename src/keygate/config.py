@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
+from .limitconf import LimitSettings, parse_limits
 from .types import Secret
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
@@ -62,6 +63,7 @@ class Settings:
     usage_flush_interval: float = 0.5
     extra_request_headers: tuple[str, ...] = ()
     config_path: Path | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)  # rate limits, budgets (limitconf)
 
     @property
     def database_path(self) -> Path:
@@ -162,6 +164,7 @@ _KNOWN = {
     "access_log",
     "usage_flush_interval",
     "extra_request_headers",
+    "limits",
 }
 
 
@@ -226,6 +229,7 @@ def load_settings(
         usage_flush_interval=_positive(raw, "usage_flush_interval", 0.5),
         extra_request_headers=tuple(h.lower() for h in extra_headers),
         config_path=cfg_path,
+        limits=parse_limits(raw.get("limits")),
     )
     return _with_pepper(settings, env)
 

@@ -51,7 +51,7 @@ def build_gateway(settings: Settings) -> Parts:
     store = open_store(settings)
     recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
     keys = KeyCache(store)
-    chain = build_chain(settings, keys, recorder)
+    chain = build_chain(settings, keys, recorder, store)
     gateway = Gateway(settings, chain, UpstreamClient(settings))
     return Parts(settings, store, recorder, keys, gateway)
 

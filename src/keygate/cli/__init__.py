@@ -7,9 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, teams, usage
+from . import _limits, _policy, keys, serve, teams, usage
 
 AREAS = (serve, keys, teams, usage)
+_policy.GROUPS.append(_limits.LimitOptions())
 
 
 def build_parser() -> argparse.ArgumentParser:
