@@ -24,12 +24,13 @@ from ._estimate import add_headers, estimate
 class Plan:
     """A key's compiled limits."""
 
-    __slots__ = ("gates", "requests", "tokens")
+    __slots__ = ("gate_names", "gates", "requests", "tokens")
 
     def __init__(self, requests: list[Rate], tokens: list[Rate], gates: list[tuple[str, int]]) -> None:
         self.requests = requests
         self.tokens = tokens
         self.gates = gates
+        self.gate_names = [name for name, _ in gates]
 
     @property
     def empty(self) -> bool:
@@ -111,7 +112,7 @@ class RateLimit(Guard):
                     "Too many requests in flight for this key or team; wait for one to finish.",
                     code="concurrency_limit_exceeded",
                 )
-            ctx.extras["gates"] = plan.gates
+            ctx.extras["gates"] = plan.gate_names
         rates = plan.requests + plan.tokens
         if not rates:
             return None
