@@ -81,7 +81,13 @@ class SpendBook:
     def load(self) -> None:
         if self._store is None:
             return
-        self._counters.load({n: spent + held for n, (spent, held) in self._store.load_spend().items()})
+        rows = self._store.load_spend()
+        self._counters.load({n: spent + held for n, (spent, held) in rows.items()})
+        orphans = [(n, spent + held, 0.0) for n, (spent, held) in rows.items() if held > 0]
+        if orphans:
+            # Held by requests in flight when the last run died: now counted as spent.
+            self._store.save_spend(orphans, time.time())
+            log.warning("unfinished holds counted as spent", extra={"counters": len(orphans)})
 
     async def start(self) -> None:
         self.load()
@@ -131,7 +137,7 @@ def _post(url: str, payload: dict[str, Any]) -> None:
 
 def notify(url: str | None, payload: dict[str, Any]) -> None:
     """Log the soft-threshold warning and POST it to the webhook in the background (best effort)."""
-    log.warning("budget soft threshold reached", extra=payload)
+    log.warning("budget soft threshold reached", extra={"budget_notice": payload})
     if url is None:
         return
     with contextlib.suppress(RuntimeError):

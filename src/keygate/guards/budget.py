@@ -147,6 +147,8 @@ class BudgetGuard(Guard):
         refused = await self._counters.reserve(holds)
         if refused is not None:
             return self._exhausted(budgets[holds.index(refused)], ctx.ts)
+        for h in holds:
+            self._book.touch(h.name)  # persisted held: a crash counts it at its worst case
         res = Reservation(budgets, holds, price, est)
         if ctx.stream:
             res.markers = _MARKERS.get(route)
