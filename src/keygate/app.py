@@ -81,7 +81,7 @@ class Gateway:
     def _send_error(self, ctx: Context, err: KeygateError) -> None:
         ctx.status = err.status
         ctx.error = err
-        headers = error_headers(err)
+        headers = with_extras(ctx, error_headers(err))
         headers.append(("x-keygate-request-id", ctx.request_id))
         ctx.proto.response_bytes(err.status, headers, error_body(err))
 
@@ -163,7 +163,7 @@ class Gateway:
             body = scrub(body, ctx.upstream)
         elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
             usage_from_json(body, ctx.usage)
-        out = filter_response(headers)
+        out = with_extras(ctx, filter_response(headers))
         out.append(("x-keygate-request-id", ctx.request_id))
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)
@@ -204,14 +204,14 @@ class Gateway:
                 ctype = response.headers.get("content-type") or ""
                 if status >= 400 or not ctype.startswith("text/event-stream"):
                     body = bytes(await response.bytes())
-                    out = filter_response(headers)
+                    out = with_extras(ctx, filter_response(headers))
                     out.append(("x-keygate-request-id", ctx.request_id))
                     ctx.status = status
                     ctx.proto.response_bytes(
                         status, out, scrub(body, ctx.upstream) if status >= 400 else body
                     )
                     return True
-                out = filter_response(headers)
+                out = with_extras(ctx, filter_response(headers))
                 out.append(("x-keygate-request-id", ctx.request_id))
                 ctx.status = status
                 transport = ctx.proto.response_stream(status, out)
@@ -254,6 +254,16 @@ class Gateway:
                     return
             if data:
                 await _send(transport, data)
+
+
+def with_extras(ctx: Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Add the headers guards left in ``ctx.extras["headers"]`` (e.g. keygate's own rate-limit
+    counts), replacing upstream headers of the same name."""
+    extra: list[tuple[str, str]] | None = ctx.extras.get("headers")
+    if not extra:
+        return headers
+    names = {name for name, _ in extra}
+    return [h for h in headers if h[0].lower() not in names] + extra
 
 
 async def _send(transport: Any, data: bytes) -> None:

@@ -181,12 +181,20 @@ class Chain:
             await g.stop()
 
 
-def build_chain(settings: Settings, keys: Any, recorder: Any) -> Chain:
+def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None) -> Chain:
     """The one place the guard order is decided.
 
-    ip → auth → body → (policy → limits → budget, added by later modules) → forward; the
+    ip → auth → body → (policy) → rate limits → budget → global upstream caps → forward; the
     recorder's complete phase accounts and logs every request, rejected or not.
     """
+    from .counters import MemoryCounters
+    from .guards.budget import BudgetGuard
+    from .guards.global_limits import GlobalLimit
+    from .guards.ratelimit import RateLimit
+    from .spend import SpendBook
+
+    counters = MemoryCounters()  # in process; a Redis implementation plugs in here
+    limits = settings.limits
     from .guards.auth import KeyAuth
     from .guards.body import BodyReader
     from .guards.honeytoken import Honeytoken
@@ -200,5 +208,8 @@ def build_chain(settings: Settings, keys: Any, recorder: Any) -> Chain:
             KeyAuth(keys, settings.pepper),
             Honeytoken(),
             BodyReader(settings.max_body_bytes),
+            RateLimit(counters, limits),
+            BudgetGuard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),
+            GlobalLimit(limits.global_),
         ]
     )

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
+from .limitconf import LimitSettings, parse_limits
 from .types import Secret
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
@@ -74,6 +75,7 @@ class Settings:
     upstream_retries: int = 2
     rotation_warning_days: float = 7.0
     key_refresh_interval: float = 0.5
+    limits: LimitSettings = field(default_factory=LimitSettings)  # rate limits, budgets (limitconf)
 
     @property
     def database_path(self) -> Path:
@@ -269,6 +271,7 @@ _KNOWN = {
     "upstream_retries",
     "rotation_warning_days",
     "key_refresh_interval",
+    "limits",
 }
 
 
@@ -340,6 +343,7 @@ def load_settings(
         upstream_retries=_retries(raw),
         rotation_warning_days=_positive(raw, "rotation_warning_days", 7.0),
         key_refresh_interval=_positive(raw, "key_refresh_interval", 0.5),
+        limits=parse_limits(raw.get("limits")),
     )
     return _with_pepper(settings, env)
 

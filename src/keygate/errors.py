@@ -10,6 +10,7 @@
     ├── PermissionDenied              403 permission_denied
     ├── NotFound                      404 not_found
     ├── RateLimited                   429 rate_limit_exceeded   (carries Retry-After)
+    │   └── BudgetExceeded            429 insufficient_quota    (x-should-retry: false)
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamUnavailable       503 upstream_unavailable
     │   └── UpstreamTimeout           504 upstream_timeout
@@ -89,6 +90,17 @@ class RateLimited(KeygateError):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
         self.headers = [("retry-after", str(max(1, int(retry_after + 0.999)))), *self.headers]
+
+
+class BudgetExceeded(RateLimited):
+    """A budget is spent: retrying before the period ends cannot help, so the SDK is told not to."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: object) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+        self.headers.append(("x-should-retry", "false"))
 
 
 class UpstreamError(KeygateError):

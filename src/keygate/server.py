@@ -54,7 +54,7 @@ def build_gateway(settings: Settings) -> Parts:
     store = open_store(settings)
     recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
     keys = KeyCache(store)
-    chain = build_chain(settings, keys, recorder)
+    chain = build_chain(settings, keys, recorder, store)
     keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
     assert isinstance(store, SQLiteStore)  # the upstream-secret tables live in SQLite for now
     pool = UpstreamPool(settings, store, keyring)

@@ -9,9 +9,10 @@ from typing import NoReturn
 
 from ..errors import ConfigError, KeygateError
 from ..logs import redact
-from . import keys, master_key, serve, teams, upstreams, usage
+from . import _limits, _policy, keys, master_key, serve, teams, upstreams, usage
 
 AREAS = (serve, keys, teams, usage, upstreams, master_key)
+_policy.GROUPS.append(_limits.LimitOptions())
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import _budgets
 from ._common import fmt_time, local_store, print_json, print_table
 
 
@@ -12,10 +13,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("usage", parents=[common], help="summarise recorded usage per key")
     p.add_argument("--key", metavar="ID", help="only this key")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--budgets", action="store_true", help="show spend against budget per key and team")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.budgets:
+        with local_store(args) as (settings, store):
+            _budgets.show(settings, store, args.json)
+        return 0
     with local_store(args) as (_, store):
         summaries = store.usage_summary(args.key)
         names = {k.id: k.name for k in store.list_keys()}

@@ -87,6 +87,17 @@ _MIGRATIONS: list[tuple[str, str]] = [
     """,
     ),
     _SECRETS_MIGRATION,
+    (
+        "0003_spend",
+        """
+    CREATE TABLE IF NOT EXISTS spend (
+        name TEXT PRIMARY KEY,
+        spent REAL NOT NULL,
+        held REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    ),
 ]
 
 _KEY_COLUMNS = (
@@ -364,6 +375,22 @@ class SQLiteStore(SecretsMixin):
             )
             for r in self._conn().execute(sql, args).fetchall()
         ]
+
+    # -- budget spend (see keygate.spend) ----------------------------------------------------
+
+    def load_spend(self) -> dict[str, tuple[float, float]]:
+        rows = self._conn().execute("SELECT name, spent, held FROM spend").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def save_spend(self, rows: Sequence[tuple[str, float, float]], ts: float) -> None:
+        """Absolute ``(name, spent, held)`` values of the budget counters that changed."""
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO spend (name, spent, held, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET spent = excluded.spent, held = excluded.held,"
+                " updated_at = excluded.updated_at",
+                [(n, spent, held, ts) for n, spent, held in rows],
+            )
 
     # -- audit ------------------------------------------------------------------------------
 

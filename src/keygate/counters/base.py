@@ -1,0 +1,96 @@
+"""The Counters protocol: what limits and budgets need from shared state.
+
+The in-process :class:`~keygate.counters.memory.MemoryCounters` is the default. A Redis
+implementation (several gateway instances sharing limits exactly) implements the same protocol
+with one Lua script per call, so every check-and-update stays atomic:
+
+* the ``async`` methods decide (take, enter, reserve): they may await a round trip, and each one
+  checks *all* the limits it is given and updates them only if every one passes;
+* the plain methods settle (adjust, leave, settle): they run in the ``complete`` phase, which is
+  synchronous, so a networked implementation queues them and sends them in the background.
+
+Rates use GCRA (a token bucket kept as one "theoretical arrival time" per limit): a full bucket
+holds ``limit`` units and refills continuously at ``limit / period``, so there is no window edge to
+burst across: in any interval of length ``d`` at most ``limit + d * limit / period`` units pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One rate limit: ``limit`` units per ``period`` seconds on the counter ``name``."""
+
+    name: str
+    limit: int
+    period: float
+    kind: str = "requests"  # requests | tokens
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of :meth:`Counters.take`: allowed, or the limit that refused and when to retry.
+
+    ``remaining`` and ``reset`` (seconds until the bucket is full again) are given per rate, in the
+    order the rates were passed, after this request's cost (or unchanged if refused).
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    denied: Rate | None = None
+    remaining: list[int] = field(default_factory=list)
+    reset: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A budget reservation: ``amount`` held on counter ``name`` whose ceiling is ``limit``."""
+
+    name: str
+    limit: float
+    amount: float
+
+
+class Counters(Protocol):
+    async def take(self, rates: Sequence[Rate], costs: Sequence[float], now: float) -> Decision:
+        """Consume ``costs[i]`` from each ``rates[i]`` if all of them allow it, else none."""
+        ...
+
+    def adjust(self, rate: Rate, delta: float, now: float) -> None:
+        """Correct a rate after the fact (real tokens minus the estimate; may be negative)."""
+        ...
+
+    async def enter(self, gates: Sequence[tuple[str, int]]) -> str | None:
+        """Enter every ``(name, max_in_flight)`` gate, or none; the name of a full gate if refused."""
+        ...
+
+    def leave(self, names: Sequence[str]) -> None:
+        """Leave gates entered with :meth:`enter`."""
+        ...
+
+    async def reserve(self, holds: Sequence[Hold]) -> Hold | None:
+        """Hold every amount if each fits (spent + held + amount <= limit), else none.
+
+        Returns the first hold that did not fit, or None when all were taken.
+        """
+        ...
+
+    async def available(self, names: Sequence[str]) -> list[tuple[float, float]]:
+        """``(spent, held)`` of each budget counter."""
+        ...
+
+    def settle(self, name: str, held: float, spent: float) -> tuple[float, float]:
+        """Release ``held`` and add ``spent``; returns the counter's spent before and after."""
+        ...
+
+    def load(self, spent: Mapping[str, float]) -> None:
+        """Seed budget counters with spend persisted by an earlier run."""
+        ...
+
+    def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """``(spent, held)`` of the given budget counters, for persisting."""
+        ...

@@ -1,0 +1,103 @@
+"""Protect the upstream account: a global cap on requests per second and on requests in flight.
+
+The last guard before forwarding, so requests refused earlier never use global capacity. Excess
+waits in a bounded queue for up to ``queue_timeout`` seconds; past that (or with the queue full)
+it gets 503 with ``Retry-After``. An upstream 429 is passed to the client with its own
+``Retry-After`` (the relay keeps that header) and counted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from ..chain import Context, Guard
+from ..counters import Rate
+from ..counters.memory import MemoryCounters
+from ..errors import KeygateError, UpstreamUnavailable
+from ..limitconf import GlobalLimits
+
+log = logging.getLogger("keygate.limits")
+
+
+def _busy(retry_after: float) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        "The gateway is at its upstream capacity; please retry shortly.",
+        code="gateway_busy",
+        headers=[("retry-after", str(max(1, int(retry_after + 0.999))))],
+    )
+
+
+class GlobalLimit(Guard):
+    """Global caps are per gateway process (the upstream account is one), so they stay in memory."""
+
+    name = "global"
+
+    def __init__(self, limits: GlobalLimits) -> None:
+        self._limits = limits
+        self._bucket = MemoryCounters()
+        self._rate = Rate("global:rps", limits.rps, 1.0) if limits.rps else None
+        self._cap = limits.max_concurrent
+        self._in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiting = 0
+        self.upstream_429 = 0
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        deadline = time.monotonic() + self._limits.queue_timeout
+        if self._rate is not None:
+            while True:
+                now = time.monotonic()
+                d = self._bucket.take_now((self._rate,), (1.0,), now)
+                if d.allowed:
+                    break
+                if self._waiting >= self._limits.queue or now + d.retry_after > deadline:
+                    return _busy(d.retry_after)
+                self._waiting += 1
+                try:
+                    await asyncio.sleep(d.retry_after)
+                finally:
+                    self._waiting -= 1
+        if self._cap is not None:
+            if self._in_flight >= self._cap:
+                if self._waiting >= self._limits.queue:
+                    return _busy(1.0)
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                self._waiting += 1
+                try:
+                    await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    pass
+                except BaseException:
+                    if fut.done() and not fut.cancelled():
+                        self._release()  # handed a slot while being cancelled: pass it on
+                    raise
+                finally:
+                    self._waiting -= 1
+                if fut.cancelled() or not fut.done():
+                    return _busy(1.0)
+                # the slot was handed over by complete(): in_flight already counts us
+            else:
+                self._in_flight += 1
+            ctx.extras["global_slot"] = True
+        return None
+
+    def response_start(self, ctx: Context, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 429:
+            self.upstream_429 += 1
+            log.warning("upstream rate limited the gateway", extra={"upstream_429_total": self.upstream_429})
+
+    def complete(self, ctx: Context) -> None:
+        if ctx.extras.pop("global_slot", None) is not None:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand our slot to the longest waiter
+                return
+        self._in_flight -= 1

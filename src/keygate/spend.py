@@ -1,0 +1,144 @@
+"""Budget periods, counter names, spend persistence and the soft-threshold webhook.
+
+Spend lives in the counters (in process by default) and is written to the store in batches:
+every ``usage_flush_interval`` the budget counters changed since the last write are saved as
+absolute ``(spent, held)`` values, and once more at shutdown. At start-up each counter is seeded
+with ``spent + held``: money held by requests that were in flight when the process died is counted
+as spent at its worst case, so a crash can only make a budget stricter, never looser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import datetime
+import logging
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import orjson
+
+from .counters import Counters
+
+log = logging.getLogger("keygate.budget")
+
+
+class SpendStore(Protocol):
+    def load_spend(self) -> dict[str, tuple[float, float]]: ...
+    def save_spend(self, rows: Sequence[tuple[str, float, float]], ts: float) -> None: ...
+
+
+def period_key(period: str, ts: float) -> str:
+    """The name of the budget period ``ts`` falls in (UTC calendar periods)."""
+    if period == "lifetime":
+        return "lifetime"
+    t = time.gmtime(ts)
+    if period == "day":
+        return time.strftime("%Y-%m-%d", t)
+    if period == "month":
+        return time.strftime("%Y-%m", t)
+    year, week, _ = datetime.date(t.tm_year, t.tm_mon, t.tm_mday).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def period_end(period: str, ts: float) -> float:
+    """Seconds from ``ts`` until the period ends (a day for lifetime, as a polite retry hint)."""
+    t = time.gmtime(ts)
+    day_start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
+    if period == "month":
+        days = calendar.monthrange(t.tm_year, t.tm_mon)[1]
+        end = day_start + (days - t.tm_mday + 1) * 86400
+    elif period == "week":
+        end = day_start + (7 - t.tm_wday) * 86400
+    else:
+        end = day_start + 86400
+    return max(1.0, end - ts)
+
+
+def counter_name(scope: str, kind: str, period: str, ts: float) -> str:
+    """``key:<id>|usd|2025-08`` style names; the store keeps them as its spend rows."""
+    return f"{scope}|{kind}|{period_key(period, ts)}"
+
+
+class SpendBook:
+    """Which budget counters changed, and the batch writer that persists them."""
+
+    def __init__(self, counters: Counters, store: SpendStore | None, interval: float) -> None:
+        self._counters = counters
+        self._store = store
+        self._interval = interval
+        self._dirty: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-spend")
+
+    def touch(self, name: str) -> None:
+        self._dirty.add(name)
+
+    def load(self) -> None:
+        if self._store is None:
+            return
+        rows = self._store.load_spend()
+        self._counters.load({n: spent + held for n, (spent, held) in rows.items()})
+        orphans = [(n, spent + held, 0.0) for n, (spent, held) in rows.items() if held > 0]
+        if orphans:
+            # Held by requests in flight when the last run died: now counted as spent.
+            self._store.save_spend(orphans, time.time())
+            log.warning("unfinished holds counted as spent", extra={"counters": len(orphans)})
+
+    async def start(self) -> None:
+        self.load()
+        self._task = asyncio.create_task(self._run(), name="keygate-spend")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._dirty or self._store is None:
+            return
+        names, self._dirty = sorted(self._dirty), set()
+        snap = self._counters.snapshot(names)
+        rows = [(n, spent, held) for n, (spent, held) in snap.items()]
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._store.save_spend, rows, time.time()
+            )
+        except Exception:
+            log.exception("spend flush failed; will retry")
+            self._dirty.update(names)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _ in range(3):
+            await self.flush()
+            if not self._dirty:
+                break
+        self._executor.shutdown(wait=True)
+
+
+def _post(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(  # noqa: S310 (the URL is an http(s) URL checked at config load)
+        url, data=orjson.dumps(payload), headers={"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            response.read(1024)
+    except Exception as exc:
+        log.warning("budget webhook failed", extra={"error": type(exc).__name__})
+
+
+def notify(url: str | None, payload: dict[str, Any]) -> None:
+    """Log the soft-threshold warning and POST it to the webhook in the background (best effort)."""
+    log.warning("budget soft threshold reached", extra={"budget_notice": payload})
+    if url is None:
+        return
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().run_in_executor(None, _post, url, payload)
