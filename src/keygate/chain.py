@@ -184,17 +184,26 @@ class Chain:
 def build_chain(settings: Settings, keys: Any, recorder: Any) -> Chain:
     """The one place the guard order is decided.
 
-    ip → auth → body → (policy → limits → budget, added by later modules) → forward; the
+    ip → lockout → auth → policy → body → request policy → (limits → budget, added by later
+    modules) → forward; the
     recorder's complete phase accounts and logs every request, rejected or not.
     """
-    from .guards.auth import KeyAuth
+    from .guards.access import build_authenticate
     from .guards.body import BodyReader
+    from .guards.client_ip import ClientIP
+    from .guards.lockout import AuthLockout
+    from .guards.policy import AccessPolicy, RequestPolicy
     from .guards.record import Record
 
+    access = settings.access
     return Chain(
         [
             Record(recorder),
-            KeyAuth(keys, settings.pepper),
+            ClientIP(access.network),
+            AuthLockout(access.network.lockout),
+            build_authenticate(settings, keys),
+            AccessPolicy(),
             BodyReader(settings.max_body_bytes),
+            RequestPolicy(),
         ]
     )

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .access_config import KNOWN_SECTIONS, AccessSettings, parse_access
 from .errors import ConfigError
 from .types import Secret
 
@@ -62,6 +63,7 @@ class Settings:
     usage_flush_interval: float = 0.5
     extra_request_headers: tuple[str, ...] = ()
     config_path: Path | None = None
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def database_path(self) -> Path:
@@ -162,6 +164,7 @@ _KNOWN = {
     "access_log",
     "usage_flush_interval",
     "extra_request_headers",
+    *KNOWN_SECTIONS,
 }
 
 
@@ -226,6 +229,7 @@ def load_settings(
         usage_flush_interval=_positive(raw, "usage_flush_interval", 0.5),
         extra_request_headers=tuple(h.lower() for h in extra_headers),
         config_path=cfg_path,
+        access=parse_access(raw, env, cfg_path.parent if cfg_path is not None else None),
     )
     return _with_pepper(settings, env)
 

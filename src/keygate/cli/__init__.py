@@ -7,9 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, teams, usage
+from . import _policy, access_policy, keys, serve, teams, usage
 
 AREAS = (serve, keys, teams, usage)
+POLICY_OPTIONS = (access_policy.OPTIONS,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A secure gateway for the OpenAI API.",
         parents=[common],
     )
+    for options in POLICY_OPTIONS:
+        if options not in _policy.GROUPS:
+            _policy.GROUPS.append(options)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for area in AREAS:
         area.register(sub, common)
