@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .keycache import KeyCache
 from .recorder import Recorder
 from .store import Store, open_store
+from .tls import CertWatcher, confirm_reload, server_options
 from .upstream import UpstreamClient
 
 log = logging.getLogger("keygate")
@@ -68,21 +69,37 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         http=HTTPModes.http1,
         backlog=2048,
         log_enabled=False,
+        **server_options(settings.access.tls),
     )
+    # Old workers get this long to finish in-flight requests after a TLS reload's new worker is up.
+    server.respawn_interval = 1.0
 
     def stop() -> None:
         server.interrupt_signal = True
         server.main_loop_interrupt.set()
 
+    confirmations: set[asyncio.Task[None]] = set()
+
+    def reload_tls() -> None:
+        task = asyncio.ensure_future(confirm_reload(list(server.wrks)))
+        confirmations.add(task)
+        task.add_done_callback(confirmations.discard)
+        server.reload_signal = True
+        server.main_loop_interrupt.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    watcher = CertWatcher(settings.access.tls, reload_tls)
+    if settings.access.tls.enabled:
+        loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
+        watcher.start()
 
     def started() -> None:
         log.info(
             "keygate listening",
             extra={
-                "url": f"http://{settings.listen_host}:{settings.listen_port}/v1",
+                "url": f"{'https' if settings.access.tls.enabled else 'http'}://{settings.listen_host}:{settings.listen_port}/v1",
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": sorted(settings.upstreams),
@@ -97,6 +114,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     try:
         await server.serve()
     finally:
+        await watcher.stop()
+        for task in confirmations:
+            task.cancel()
         await parts.gateway.chain.stop()
         await parts.recorder.close()
         await parts.gateway.client.close()
