@@ -23,6 +23,7 @@ from .guards.body import ClientGone
 from .guards.headers import filter_request, filter_response, request_allowlist
 from .logs import redact
 from .streaming import SSETap, sse_error_event
+from .tls import hsts_headers
 from .upstream import UpstreamClient, map_transport_error, scrub, upstream_key_rejected, usage_from_json
 from .upstream_pool import Lease, UpstreamPool
 
@@ -53,6 +54,7 @@ class Gateway:
         self._allow_headers = request_allowlist(settings.extra_request_headers)
         self._ids = itertools.count(1)
         self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
+        self._hsts = hsts_headers(settings.access.tls)
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
@@ -82,7 +84,7 @@ class Gateway:
         ctx.status = err.status
         ctx.error = err
         headers = with_extras(ctx, error_headers(err))
-        headers.append(("x-keygate-request-id", ctx.request_id))
+        headers += [("x-keygate-request-id", ctx.request_id), *self._hsts]
         ctx.proto.response_bytes(err.status, headers, error_body(err))
 
     async def _handle(self, ctx: Context, proto: Any) -> None:
@@ -164,7 +166,7 @@ class Gateway:
         elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
             usage_from_json(body, ctx.usage)
         out = with_extras(ctx, filter_response(headers))
-        out.append(("x-keygate-request-id", ctx.request_id))
+        out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)
         return True
@@ -205,14 +207,14 @@ class Gateway:
                 if status >= 400 or not ctype.startswith("text/event-stream"):
                     body = bytes(await response.bytes())
                     out = with_extras(ctx, filter_response(headers))
-                    out.append(("x-keygate-request-id", ctx.request_id))
+                    out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
                     ctx.status = status
                     ctx.proto.response_bytes(
                         status, out, scrub(body, ctx.upstream) if status >= 400 else body
                     )
                     return True
                 out = with_extras(ctx, filter_response(headers))
-                out.append(("x-keygate-request-id", ctx.request_id))
+                out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
                 ctx.status = status
                 transport = ctx.proto.response_stream(status, out)
                 await self._pump(ctx, response.body_reader, transport)

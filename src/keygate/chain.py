@@ -184,30 +184,38 @@ class Chain:
 def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None) -> Chain:
     """The one place the guard order is decided.
 
-    ip → auth → body → (policy) → rate limits → budget → global upstream caps → forward; the
-    recorder's complete phase accounts and logs every request, rejected or not.
+    ip → lockout → auth → honeytoken → access policy → body → request policy → rate limits →
+    budget → global upstream caps → forward; the recorder's complete phase accounts and logs
+    every request, rejected or not.
     """
     from .counters import MemoryCounters
-    from .guards.budget import BudgetGuard
-    from .guards.global_limits import GlobalLimit
-    from .guards.ratelimit import RateLimit
-    from .spend import SpendBook
-
-    counters = MemoryCounters()  # in process; a Redis implementation plugs in here
-    limits = settings.limits
-    from .guards.auth import KeyAuth
+    from .guards.access import build_authenticate
     from .guards.body import BodyReader
+    from .guards.budget import BudgetGuard
+    from .guards.client_ip import ClientIP
+    from .guards.global_limits import GlobalLimit
     from .guards.honeytoken import Honeytoken
+    from .guards.lockout import AuthLockout
+    from .guards.policy import AccessPolicy, RequestPolicy
+    from .guards.ratelimit import RateLimit
     from .guards.record import Record
     from .guards.rotation_watch import RotationWatch
+    from .spend import SpendBook
 
+    access = settings.access
+    limits = settings.limits
+    counters = MemoryCounters()  # in process; a Redis implementation plugs in here
     return Chain(
         [
             Record(recorder),
             RotationWatch(keys, settings.rotation_warning_days),
-            KeyAuth(keys, settings.pepper),
+            ClientIP(access.network),
+            AuthLockout(access.network.lockout),
+            build_authenticate(settings, keys),
             Honeytoken(),
+            AccessPolicy(),
             BodyReader(settings.max_body_bytes),
+            RequestPolicy(),
             RateLimit(counters, limits),
             BudgetGuard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),
             GlobalLimit(limits.global_),

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .access_config import KNOWN_SECTIONS, AccessSettings, parse_access
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
 from .types import Secret
@@ -76,6 +77,7 @@ class Settings:
     rotation_warning_days: float = 7.0
     key_refresh_interval: float = 0.5
     limits: LimitSettings = field(default_factory=LimitSettings)  # rate limits, budgets (limitconf)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def database_path(self) -> Path:
@@ -272,6 +274,7 @@ _KNOWN = {
     "rotation_warning_days",
     "key_refresh_interval",
     "limits",
+    *KNOWN_SECTIONS,
 }
 
 
@@ -344,6 +347,7 @@ def load_settings(
         rotation_warning_days=_positive(raw, "rotation_warning_days", 7.0),
         key_refresh_interval=_positive(raw, "key_refresh_interval", 0.5),
         limits=parse_limits(raw.get("limits")),
+        access=parse_access(raw, env, cfg_path.parent if cfg_path is not None else None),
     )
     return _with_pepper(settings, env)
 

@@ -36,6 +36,15 @@ class KeyCache:
         """The team record of a key just looked up (same snapshot as the key)."""
         return self._teams.get(team_id) if team_id is not None else None
 
+    def find_team(self, id_or_name: str) -> Team | None:
+        """A team by id or name, from the current snapshot (refreshed if the store changed)."""
+        if self._store.keys_changed():
+            self.refresh()
+        team = self._teams.get(id_or_name)
+        if team is not None:
+            return team
+        return next((t for t in self._teams.values() if t.name == id_or_name), None)
+
     def lookup(self, key_hash: str) -> KeyRecord | None:
         if self._store.keys_changed():
             self.refresh()

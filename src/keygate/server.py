@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .keycache import KeyCache
 from .recorder import Recorder
 from .store import SQLiteStore, Store, open_store
+from .tls import CertWatcher, confirm_reload, server_options
 from .upstream import UpstreamClient
 from .upstream_pool import UpstreamPool
 from .vault import Keyring
@@ -74,23 +75,45 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         http=HTTPModes.http1,
         backlog=2048,
         log_enabled=False,
+        **server_options(settings.access.tls),
     )
+    # Old workers get this long to finish in-flight requests after a TLS reload's new worker is up.
+    server.respawn_interval = 1.0
 
     def stop() -> None:
         server.interrupt_signal = True
         server.main_loop_interrupt.set()
 
+    confirmations: set[asyncio.Task[None]] = set()
+
+    def reload_tls() -> None:
+        task = asyncio.ensure_future(confirm_reload(list(server.wrks)))
+        confirmations.add(task)
+        task.add_done_callback(confirmations.discard)
+        server.reload_signal = True
+        server.main_loop_interrupt.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    if parts.pool is not None:
-        loop.add_signal_handler(signal.SIGHUP, parts.pool.refresh_now)
+    watcher = CertWatcher(settings.access.tls, reload_tls)
+
+    def on_sighup() -> None:
+        # SIGHUP re-reads what lives in files: upstream key references and TLS certificates.
+        if parts.pool is not None:
+            parts.pool.refresh_now()
+        if settings.access.tls.enabled:
+            watcher.reload_now()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if settings.access.tls.enabled:
+        watcher.start()
 
     def started() -> None:
         log.info(
             "keygate listening",
             extra={
-                "url": f"http://{settings.listen_host}:{settings.listen_port}/v1",
+                "url": f"{'https' if settings.access.tls.enabled else 'http'}://{settings.listen_host}:{settings.listen_port}/v1",
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": sorted(settings.upstreams),
@@ -107,6 +130,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     try:
         await server.serve()
     finally:
+        await watcher.stop()
+        for task in confirmations:
+            task.cancel()
         if parts.pool is not None:
             await parts.pool.stop()
         await parts.gateway.chain.stop()

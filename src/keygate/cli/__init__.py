@@ -9,10 +9,10 @@ from typing import NoReturn
 
 from ..errors import ConfigError, KeygateError
 from ..logs import redact
-from . import _limits, _policy, keys, master_key, serve, teams, upstreams, usage
+from . import _limits, _policy, access_policy, keys, master_key, serve, teams, upstreams, usage
 
 AREAS = (serve, keys, teams, usage, upstreams, master_key)
-_policy.GROUPS.append(_limits.LimitOptions())
+POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A secure gateway for the OpenAI API.",
         parents=[common],
     )
+    for options in POLICY_OPTIONS:
+        if options not in _policy.GROUPS:
+            _policy.GROUPS.append(options)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for area in AREAS:
         area.register(sub, common)

@@ -1,0 +1,28 @@
+"""Assemble the authentication guard from the configured methods."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .auth import KeyAuth
+from .authn import Authenticate, TokenVerifier
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..keycache import KeyCache
+
+
+def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate:
+    auth = settings.access.auth
+    jwt: TokenVerifier | None = None
+    introspect: TokenVerifier | None = None
+    if auth.jwt is not None:
+        from .jwt_auth import JWTVerifier
+
+        jwt = JWTVerifier(auth.jwt, keys)
+    if auth.introspection is not None:
+        from .introspect import Introspector
+
+        introspect = Introspector(auth.introspection, keys)
+    key_auth = KeyAuth(keys, settings.pepper) if auth.keys else None
+    return Authenticate(keys, key_auth, jwt, introspect)

@@ -1,0 +1,75 @@
+"""Brute-force protection: too many failed authentications from one client IP lock it out.
+
+Runs before authentication. Failures are counted in the ``complete`` phase (any 401 from a
+request that did not authenticate); once ``max_failures`` fall within ``window`` seconds, that IP
+gets 429 with Retry-After for ``duration`` seconds, and the lockout is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from ..access_config import Lockout
+from ..chain import Context, Guard
+from ..errors import AuthenticationFailed, KeygateError, RateLimited
+
+log = logging.getLogger("keygate.access")
+_MAX_TRACKED = 100_000  # bound memory under a spray from many addresses
+
+
+class AuthLockout(Guard):
+    name = "lockout"
+
+    def __init__(self, settings: Lockout) -> None:
+        self._settings = settings
+        self._failures: dict[str, deque[float]] = {}
+        self._locked: dict[str, float] = {}
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        until = self._locked.get(ctx.client_ip)
+        if until is None:
+            return None
+        now = time.monotonic()
+        if now >= until:
+            del self._locked[ctx.client_ip]
+            return None
+        return RateLimited(
+            "Too many failed authentication attempts from your address; try again later.",
+            code="auth_locked_out",
+            retry_after=until - now,
+        )
+
+    def complete(self, ctx: Context) -> None:
+        if ctx.key is not None or not isinstance(ctx.error, AuthenticationFailed):
+            return
+        ip = ctx.client_ip
+        now = time.monotonic()
+        window = self._failures.get(ip)
+        if window is None:
+            if len(self._failures) >= _MAX_TRACKED:
+                self._prune(now)
+            window = self._failures[ip] = deque()
+        window.append(now)
+        while window and window[0] <= now - self._settings.window:
+            window.popleft()
+        if len(window) >= self._settings.max_failures and ip not in self._locked:
+            self._locked[ip] = now + self._settings.duration
+            del self._failures[ip]
+            log.warning(
+                "client locked out after repeated authentication failures",
+                extra={
+                    "client_ip": ip,
+                    "failures": self._settings.max_failures,
+                    "window_s": self._settings.window,
+                    "lockout_s": self._settings.duration,
+                },
+            )
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self._settings.window
+        for ip in [ip for ip, w in self._failures.items() if not w or w[-1] <= horizon]:
+            del self._failures[ip]
+        if len(self._failures) >= _MAX_TRACKED:
+            self._failures.clear()

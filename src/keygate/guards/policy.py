@@ -1,0 +1,150 @@
+"""Per-key and per-team access policy: expiry, networks, routes, models and per-request caps.
+
+Policies are plain JSON in ``KeyRecord.policy`` and ``Team.policy`` (written by
+``keygate keys/teams create/update``, see :mod:`keygate.cli.access_policy`):
+
+================== ========================== ==================================================
+field              example                    effect
+================== ========================== ==================================================
+expires_at         "2027-01-31T00:00:00Z"     afterwards 401 ``expired_api_key``
+allow_ips          ["10.0.0.0/8", "::1/128"]  from any other client IP 403 ``ip_not_allowed``
+routes             ["embeddings"]             other routes 403 ``route_not_allowed``
+models             ["gpt-4o*", "o3"]          other models 403 ``model_not_allowed`` (names it)
+max_body_bytes     65536                      larger bodies 413
+max_output_tokens  256                        max_tokens / max_completion_tokens /
+                                              max_output_tokens are clamped to it (and set to it
+                                              when the request gave none)
+================== ========================== ==================================================
+
+Both the key's and its team's policy are applied, each in full, so the stricter one wins.
+:class:`AccessPolicy` runs before the body is read (a forbidden route or network costs no
+upload); :class:`RequestPolicy` runs after it (model and caps need the body).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from ..chain import Context, Guard
+from ..errors import AuthenticationFailed, KeygateError, PayloadTooLarge, PermissionDenied
+from .client_ip import client_addr, in_networks
+
+EXPIRED = AuthenticationFailed("This API key has expired.", code="expired_api_key")
+IP_DENIED = PermissionDenied("This key may not be used from your network.", code="ip_not_allowed")
+# Which body field caps output length, per route, when the request names none.
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_DEFAULT_TOKEN_FIELD = {
+    "chat.completions": "max_completion_tokens",
+    "completions": "max_tokens",
+    "responses": "max_output_tokens",
+}
+
+
+def policies(ctx: Context) -> Iterator[dict[str, Any]]:
+    """The key's policy, then its team's (each only when non-empty)."""
+    if ctx.key is not None and ctx.key.policy:
+        yield ctx.key.policy
+    if ctx.team is not None and ctx.team.policy:
+        yield ctx.team.policy
+
+
+@lru_cache(maxsize=4096)
+def expiry_ts(value: str) -> float:
+    """Seconds since the epoch of an ISO 8601 timestamp (naive means UTC)."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        from datetime import UTC
+
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+@lru_cache(maxsize=4096)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def model_allowed(model: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+class AccessPolicy(Guard):
+    """Expiry, client networks and routes: everything that needs no body."""
+
+    name = "policy"
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        now = time.time()
+        for policy in policies(ctx):
+            expires = policy.get("expires_at")
+            if isinstance(expires, str) and now >= expiry_ts(expires):
+                return EXPIRED
+            allow_ips = policy.get("allow_ips")
+            if allow_ips:
+                addr = client_addr(ctx)
+                if addr is None or not in_networks(addr, _networks(tuple(allow_ips))):
+                    return IP_DENIED
+            routes = policy.get("routes")
+            if routes and (ctx.route is None or ctx.route.name not in routes):
+                name = ctx.route.name if ctx.route is not None else "-"
+                return PermissionDenied(
+                    f"This key may not use the {name} endpoint.", code="route_not_allowed"
+                )
+            cap = policy.get("max_body_bytes")
+            declared = ctx.headers.get("content-length", "")
+            if isinstance(cap, int) and declared.isdigit() and int(declared) > cap:
+                return PayloadTooLarge(f"Request body is larger than this key's {cap} byte limit.")
+        return None
+
+
+class RequestPolicy(Guard):
+    """Body size, model and output-token caps: needs the body the BodyReader read."""
+
+    name = "request_policy"
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        token_cap: int | None = None
+        for policy in policies(ctx):
+            cap = policy.get("max_body_bytes")
+            if isinstance(cap, int) and len(ctx.body) > cap:
+                return PayloadTooLarge(f"Request body is larger than this key's {cap} byte limit.")
+            models = policy.get("models")
+            if models and ctx.model is not None and not model_allowed(ctx.model, models):
+                return PermissionDenied(
+                    f"This key may not use the model '{ctx.model[:200]}'.",
+                    code="model_not_allowed",
+                    param="model",
+                )
+            tokens = policy.get("max_output_tokens")
+            if isinstance(tokens, int):
+                token_cap = tokens if token_cap is None else min(token_cap, tokens)
+        if token_cap is not None and ctx.json is not None:
+            self._clamp(ctx, token_cap)
+        return None
+
+    @staticmethod
+    def _clamp(ctx: Context, cap: int) -> None:
+        data = ctx.json
+        assert data is not None
+        changed = False
+        present = [f for f in _TOKEN_FIELDS if f in data]
+        for f in present:
+            value = data[f]
+            if not isinstance(value, int) or isinstance(value, bool) or value > cap:
+                data[f] = cap
+                changed = True
+        default = _DEFAULT_TOKEN_FIELD.get(ctx.route.name if ctx.route is not None else "")
+        if not present and default is not None:
+            data[default] = cap
+            changed = True
+        if changed:
+            ctx.body = orjson.dumps(data)
+            ctx.extras["max_output_tokens_clamped"] = cap

@@ -1,0 +1,231 @@
+"""TLS and mTLS termination: protocol floor, strong ciphers only, HSTS, client certificates, reload."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from cryptography import x509
+
+from keygate.testing import MockUpstream
+
+from ..certs import CA
+from ..helpers import Gateway, wait_port
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class TLSGateway(Gateway):
+    """A gateway started with ``serve --tls-cert ... [--client-ca ...]`` on the command line."""
+
+    def __init__(self, workdir: Path, upstream_url: str, serve_args: list[str], **kw: object) -> None:
+        super().__init__(workdir, upstream_url, **kw)  # type: ignore[arg-type]
+        self.serve_args = serve_args
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> TLSGateway:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "keygate", "--config", str(self.config_path), "serve", *self.serve_args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self.stdout_path.open("ab"),
+            stderr=self.stderr_path.open("ab"),
+        )
+        wait_port(self.host, self.port, proc=self.proc)
+        return self
+
+
+def client_ctx(ca: CA, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca.pem().decode())
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+def handshake(gw: Gateway, ctx: ssl.SSLContext) -> tuple[str | None, x509.Certificate]:
+    with (
+        socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return tls.version(), x509.load_der_x509_certificate(der)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CA, Path]:
+    work = tmp_path_factory.mktemp("pki")
+    ca = CA("keygate test CA")
+    (work / "ca.crt").write_bytes(ca.pem())
+    ca.write(work, "server", "keygate-1", server=True)
+    return ca, work
+
+
+@pytest.fixture(scope="module")
+def tls_gw(
+    pki: tuple[CA, Path], upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    _, work = pki
+    args = ["--tls-cert", str(work / "server.crt"), "--tls-key", str(work / "server.key")]
+    with TLSGateway(tmp_path_factory.mktemp("tls"), upstream.url, args) as gw:
+        yield gw
+
+
+def test_https_with_the_sdk_and_hsts(tls_gw: Gateway, pki: tuple[CA, Path], mock: MockUpstream) -> None:
+    ca, _ = pki
+    key = tls_gw.create_key("tls")["key"]
+    http = httpx.Client(verify=client_ctx(ca))
+    client = openai.OpenAI(base_url=tls_gw.url, api_key=key, max_retries=0, http_client=http)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["strict-transport-security"].startswith("max-age=31536000")
+    err = http.get(f"{tls_gw.url}/models")  # errors carry HSTS too
+    assert err.status_code == 401 and "strict-transport-security" in err.headers
+    assert len(mock.requests) == 1
+
+
+def test_plain_http_is_not_served(tls_gw: Gateway, mock: MockUpstream) -> None:
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{tls_gw.port}/v1/models", timeout=5)
+    assert mock.requests == []
+
+
+def test_tls13_preferred_tls12_allowed_older_refused(tls_gw: Gateway, pki: tuple[CA, Path]) -> None:
+    ca, _ = pki
+    assert handshake(tls_gw, client_ctx(ca))[0] == "TLSv1.3"
+    ctx12 = client_ctx(ca)
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert handshake(tls_gw, ctx12)[0] == "TLSv1.2"
+    old = client_ctx(ca)
+    with pytest.warns(DeprecationWarning):
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with contextlib.suppress(ssl.SSLError):
+        old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, OSError)):
+        handshake(tls_gw, old)
+
+
+def test_weak_ciphers_refused(tls_gw: Gateway, pki: tuple[CA, Path]) -> None:
+    ca, _ = pki
+    tried = 0
+    for weak in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-SHA", "DES-CBC3-SHA"):
+        ctx = client_ctx(ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.set_ciphers(weak + ":@SECLEVEL=0")
+        except ssl.SSLError:
+            continue  # this OpenSSL cannot even offer it
+        tried += 1
+        with pytest.raises((ssl.SSLError, OSError)):
+            handshake(tls_gw, ctx)
+    assert tried >= 2
+
+
+def test_mtls_requires_a_client_certificate_from_the_ca(
+    pki: tuple[CA, Path], upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    ca, work = pki
+    good = ca.write(tmp_path, "client", "good-client", server=False)
+    stranger = CA("some other CA").write(tmp_path, "stranger", "bad-client", server=False)
+    args = [
+        "--tls-cert",
+        str(work / "server.crt"),
+        "--tls-key",
+        str(work / "server.key"),
+        "--client-ca",
+        str(work / "ca.crt"),
+    ]
+    with TLSGateway(tmp_path, upstream.url, args) as gw:
+        key = gw.create_key("m")["key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        ok = httpx.post(f"{gw.url}/chat/completions", json=CHAT, headers=headers, verify=client_ctx(ca, good))
+        assert ok.status_code == 200
+        for ctx in (client_ctx(ca), client_ctx(ca, stranger)):
+            with pytest.raises(httpx.HTTPError):
+                httpx.post(f"{gw.url}/chat/completions", json=CHAT, headers=headers, verify=ctx, timeout=5)
+        assert len(mock.requests) == 1
+
+
+def test_certificate_reload_on_sighup_and_on_change_without_dropping(
+    pki: tuple[CA, Path], upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    ca, _ = pki
+    cert, key = ca.write(tmp_path, "srv", "generation-1", server=True)
+    extra = {"tls": {"cert": str(cert), "key": str(key), "watch_interval": 0.2}}
+    with Gateway(tmp_path, upstream.url, extra=extra) as gw:
+        gw_url = f"https://127.0.0.1:{gw.port}/v1"
+        api_key = gw.create_key("r")["key"]
+        ctx = client_ctx(ca)
+
+        def serving_cn() -> str:
+            return handshake(gw, ctx)[1].subject.rfc4514_string()
+
+        def reloads() -> int:
+            return (tmp_path / "stderr.log").read_text().count("TLS certificates reloaded")
+
+        assert serving_cn() == "CN=generation-1"
+        # A slow stream in flight across both reloads must finish.
+        mock.fail_next("slow", delay=0.4)
+        streamed: list[str] = []
+
+        def stream() -> None:
+            client = openai.OpenAI(
+                base_url=gw_url, api_key=api_key, max_retries=0, http_client=httpx.Client(verify=ctx)
+            )
+            for chunk in client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+            ):
+                if chunk.choices:
+                    streamed.append(chunk.choices[0].delta.content or "")
+
+        t = threading.Thread(target=stream)
+        t.start()
+        # 1. SIGHUP after replacing the files in place
+        new_cert, new_key = ca.issue("generation-2", server=True)
+        key.write_bytes(new_key)
+        cert.write_bytes(new_cert)
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        failures = 0
+        deadline = time.monotonic() + 20
+        while reloads() < 1 and time.monotonic() < deadline:  # traffic all through the reload
+            r = httpx.get(f"{gw_url}/models", headers={"Authorization": f"Bearer {api_key}"}, verify=ctx)
+            failures += r.status_code != 200
+        assert failures == 0
+        assert [serving_cn() for _ in range(5)] == ["CN=generation-2"] * 5
+        t.join(30)
+        assert "".join(streamed).replace(" ", "") == "Hellofrommock"
+        # 2. the watcher notices a change by itself
+        new_cert, new_key = ca.issue("generation-3", server=True)
+        key.write_bytes(new_key)
+        cert.write_bytes(new_cert)
+        deadline = time.monotonic() + 20
+        while reloads() < 2 and time.monotonic() < deadline:
+            r = httpx.get(f"{gw_url}/models", headers={"Authorization": f"Bearer {api_key}"}, verify=ctx)
+            assert r.status_code == 200
+        assert [serving_cn() for _ in range(5)] == ["CN=generation-3"] * 5
+        # 3. a broken pair (key of another certificate) is refused; the server keeps serving
+        key.write_bytes(ca.issue("unrelated", server=True)[1])
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "do not load" not in (tmp_path / "stderr.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert serving_cn() == "CN=generation-3" and reloads() == 2
