@@ -60,6 +60,10 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     """Serve until SIGINT or SIGTERM, then drain, flush usage and close."""
     check_ready_to_serve(settings)
     parts = build_gateway(settings)
+    from .admin.listener import admin_server, announce_first_token
+
+    announce_first_token(settings, parts.store)
+    admin = admin_server(settings, parts.store)
     server = Server(
         parts.gateway,
         address=settings.listen_host,
@@ -71,8 +75,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     )
 
     def stop() -> None:
-        server.interrupt_signal = True
-        server.main_loop_interrupt.set()
+        for s in (server, admin):
+            s.interrupt_signal = True
+            s.main_loop_interrupt.set()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +88,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             "keygate listening",
             extra={
                 "url": f"http://{settings.listen_host}:{settings.listen_port}/v1",
+                "admin_url": f"http://{settings.admin_host}:{settings.admin_port}/",
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": sorted(settings.upstreams),
@@ -95,7 +101,17 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     await parts.recorder.start()
     await parts.gateway.chain.start()
     try:
-        await server.serve()
+        # Both listeners share this loop; when either ends (or fails to bind), stop both.
+        async def run(s: Server) -> None:
+            try:
+                await s.serve()
+            finally:
+                stop()
+
+        results = await asyncio.gather(run(server), run(admin), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
     finally:
         await parts.gateway.chain.stop()
         await parts.recorder.close()

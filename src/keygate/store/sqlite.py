@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..types import KeyRecord, Team, UsageRow
+from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
 from .base import UsageSummary
 
 # Named migrations, applied once each in list order; the names applied are kept in
@@ -84,6 +85,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
 ]
 
 _KEY_COLUMNS = (
@@ -112,7 +114,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore:
+class SQLiteStore(AdminTokensMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:
