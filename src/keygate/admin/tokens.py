@@ -12,7 +12,7 @@ auditor      read-only: keys, teams, usage, audit, admin tokens
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
 from .. import keys as keyfmt
 from ..errors import InvalidRequest
@@ -76,7 +76,7 @@ def has_admin(store: Store) -> bool:
     return any(t.active and t.role == "admin" for t in store.list_admin_tokens())
 
 
-def token_view(t: AdminToken) -> dict[str, object]:
+def token_view(t: AdminToken) -> dict[str, Any]:
     from ..cli._common import fmt_time
 
     return {

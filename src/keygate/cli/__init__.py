@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, KeygateError
-from . import keys, serve, teams, usage
+from . import admin_tokens, keys, serve, teams, usage
 
-AREAS = (serve, keys, teams, usage)
+AREAS = (serve, keys, teams, usage, admin_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=argparse.SUPPRESS,
         help="YAML config file (default: $KEYGATE_CONFIG, else built-in defaults)",
+    )
+    common.add_argument(
+        "--admin-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="send keys/teams/usage commands to this admin API (token from $KEYGATE_ADMIN_TOKEN)",
     )
     parser = argparse.ArgumentParser(
         prog="keygate",
@@ -36,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
+    if not hasattr(args, "admin_url"):
+        args.admin_url = None
     try:
         result: int = args.handler(args)
         return result
