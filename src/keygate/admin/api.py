@@ -86,6 +86,15 @@ async def _json_body(request: Request) -> Any:
         raise InvalidRequest("the request body is not valid JSON") from None
 
 
+def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """Unknown or repeated query parameters are an error, not silently ignored."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed or name in seen:
+            raise InvalidRequest(f"unexpected query parameter {name[:50]!r}", param=name[:50])
+        seen.add(name)
+
+
 def _bearer(request: Request) -> str | None:
     value = request.headers.get("authorization", "")
     if value[:7].lower() != "bearer ":
@@ -115,7 +124,13 @@ class AdminAPI:
         return token
 
     def endpoint(
-        self, permission: str, op: Operation, *, status: int = 200, body: bool = False
+        self,
+        permission: str,
+        op: Operation,
+        *,
+        status: int = 200,
+        body: bool = False,
+        query: tuple[str, ...] = (),
     ) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             origin = request.client.host if request.client else "unknown"
@@ -123,6 +138,7 @@ class AdminAPI:
                 token = await run_in_threadpool(
                     self._authenticate, _bearer(request), origin, permission, request.url.path
                 )
+                _check_query(request, query)
                 payload = await _json_body(request) if body else None
                 result = await run_in_threadpool(op, Call(token, origin, request, payload))
             except KeygateError as err:
@@ -140,6 +156,9 @@ class AdminAPI:
         return int(raw)
 
     def routes(self) -> list[Route]:
+        return _one_route_per_path(self._routes())
+
+    def _routes(self) -> list[Route]:
         s = self.store
         ep = self.endpoint
         return [
@@ -202,11 +221,17 @@ class AdminAPI:
                 methods=["PATCH"],
             ),
             Route(
-                "/admin/usage", ep("usage:read", lambda c: service.usage(s, c.query.get("key"))), methods=GET
+                "/admin/usage",
+                ep("usage:read", lambda c: service.usage(s, c.query.get("key")), query=("key",)),
+                methods=GET,
             ),
             Route(
                 "/admin/audit",
-                ep("audit:read", lambda c: service.audit_entries(s, self._limit(c), c.query.get("action"))),
+                ep(
+                    "audit:read",
+                    lambda c: service.audit_entries(s, self._limit(c), c.query.get("action")),
+                    query=("limit", "action"),
+                ),
                 methods=GET,
             ),
             Route(
@@ -238,6 +263,23 @@ class AdminAPI:
         )
 
 
+def _one_route_per_path(routes: list[Route]) -> list[Route]:
+    """Merge same-path routes, so a 405 names every method the path allows in ``Allow``."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for route in routes:
+        for method in route.methods or ():
+            by_path.setdefault(route.path, {})[method] = route.endpoint
+    merged = []
+    for path, handlers in by_path.items():
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            response: Response = await handlers[request.method](request)
+            return response
+
+        merged.append(Route(path, dispatch, methods=list(handlers)))
+    return merged
+
+
 async def healthz(request: Request) -> Response:
     """Liveness only: no data, no version, so it is safe without a token (see docs/admin-api.md)."""
     return JSONResponse({"status": "ok"})
@@ -247,7 +289,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFound("Not found: no such admin API route."))
-    err = KeygateError("Method not allowed.", code="method_not_allowed")
+    err = InvalidRequest("Method not allowed.", code="method_not_allowed")
     response = error_response(err)
     response.status_code = exc.status_code
     for k, v in (exc.headers or {}).items():
