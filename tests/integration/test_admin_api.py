@@ -283,3 +283,15 @@ def test_init_and_first_serve_print_the_first_token_once(tmp_path: Path, upstrea
     again = gw.cli("init")
     assert "kga_" not in again.stdout + again.stderr and "exists already" in again.stdout
     assert json.loads(gw.cli("admin-tokens", "list", "--json").stdout)[0]["role"] == "admin"
+
+
+def test_awkward_json_is_stored_or_refused_never_a_500(admin: Admin) -> None:
+    api = admin.client("admin")
+    big = api.post("/admin/teams", json={"name": "big-ints", "policy": {"n": -(2**90), "f": 5.5e286}})
+    assert big.status_code == 201 and big.json()["policy"]["n"] == -(2**90)
+    lone = api.post(
+        "/admin/teams", content=b'{"name": "\\ud800"}', headers={"content-type": "application/json"}
+    )
+    assert_openai_error(lone, 400)
+    assert_openai_error(api.post("/admin/teams", content=b'{"name": "x", "policy": {"a": NaN}}'), 400)
+    assert_openai_error(api.post("/admin/teams", content=b"[" * 100000), 400)

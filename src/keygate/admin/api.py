@@ -81,9 +81,12 @@ async def _json_body(request: Request) -> Any:
     if not raw.strip():
         raise InvalidRequest("a JSON request body is required")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant)
+        # Lone surrogates (valid JSON escapes, invalid text) could not be stored: refuse them here.
+        json.dumps(value, ensure_ascii=False).encode()
     except (ValueError, RecursionError):
         raise InvalidRequest("the request body is not valid JSON") from None
+    return value
 
 
 def _check_query(request: Request, allowed: tuple[str, ...]) -> None:

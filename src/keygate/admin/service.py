@@ -7,11 +7,10 @@ itself (never from the created secret) and passed through :func:`keygate.logs.re
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Final
-
-import orjson
 
 from .. import keys as keyfmt
 from ..cli._common import fmt_time
@@ -36,7 +35,8 @@ class Actor:
 
 
 def audit(store: Store, actor: Actor, action: str, target: str, **details: Any) -> None:
-    raw = orjson.dumps(details, default=str).decode()
+    # stdlib json, not orjson: a policy may hold integers beyond 64 bits.
+    raw = json.dumps(details, default=str, ensure_ascii=False)
     store.write_audit(time.time(), actor.id, action, target, actor.origin, redact(raw))
 
 
