@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -295,3 +296,44 @@ def test_awkward_json_is_stored_or_refused_never_a_500(admin: Admin) -> None:
     assert_openai_error(lone, 400)
     assert_openai_error(api.post("/admin/teams", content=b'{"name": "x", "policy": {"a": NaN}}'), 400)
     assert_openai_error(api.post("/admin/teams", content=b"[" * 100000), 400)
+
+
+def test_first_serve_shows_the_first_token_on_its_terminal_only(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    """With a terminal on stderr, the first start prints an admin token there, and in no file."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    gw = Gateway(tmp_path, upstream.url)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keygate", "--config", str(gw.config_path), "serve"],
+        cwd=tmp_path,
+        env=gw.env,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 20
+        while (m := re.search(rb"kga_[0-9A-Za-z]{38}", seen)) is None:
+            assert time.monotonic() < deadline, "no admin token shown on the terminal"
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+        token = m.group().decode()
+        wait_port(gw.host, gw.admin_port, proc=proc)
+        r = httpx.get(f"{gw.admin_url}/admin/tokens", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and [t["role"] for t in r.json()] == ["admin"]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        os.close(master)
+    # A second start finds the token and prints nothing; no file ever held it.
+    again = gw.cli("init")
+    assert "exists already" in again.stdout
+    assert_no_secret_written(gw.written_files(), [token])
