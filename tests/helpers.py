@@ -30,14 +30,11 @@ def wait_port(
     host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"keygate exited early with {proc.returncode}")
         try:
-            with socket.create_connection(
-                (host, port) if family == socket.AF_INET else (host, port, 0, 0), 0.2
-            ):
+            with socket.create_connection((host, port), 0.2):
                 return
         except OSError:
             time.sleep(0.02)

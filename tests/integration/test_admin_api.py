@@ -337,3 +337,21 @@ def test_first_serve_shows_the_first_token_on_its_terminal_only(
     again = gw.cli("init")
     assert "exists already" in again.stdout
     assert_no_secret_written(gw.written_files(), [token])
+
+
+def test_admin_listener_on_ipv6(tmp_path: Path, upstream: MockUpstream, mock: MockUpstream) -> None:
+    with Gateway(tmp_path, upstream.url, host="::1") as gw:
+        wait_port(gw.host, gw.admin_port, proc=gw.proc)
+        token = json.loads(gw.cli("init", "--json").stdout)["token"]
+        gw.secrets.append(token)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{gw.admin_url}/admin/keys", headers=headers).json() == []
+        assert httpx.get(f"{gw.base}/admin/keys", headers=headers).status_code == 404
+        made = httpx.post(f"{gw.admin_url}/admin/keys", json={"name": "v6"}, headers=headers).json()
+        gw.secrets.append(made["key"])
+        audit = httpx.get(f"{gw.admin_url}/admin/audit", headers=headers).json()
+        assert [(e["action"], e["origin"]) for e in audit if e["target"] == made["id"]] == [
+            ("keys.create", "::1")
+        ]
+    assert not mock.requests
+    assert_no_secret_written(gw.written_files(), gw.secrets)
