@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,7 +44,7 @@ def audit(store: Store, actor: Actor, action: str, target: str, **details: Any) 
 # -- input checks (they mirror the schemas in openapi.py) --------------------------------------
 
 
-def check_object(body: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def check_object(body: Any, allowed: Set[str], required: Set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     unknown = set(body) - allowed

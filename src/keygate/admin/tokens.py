@@ -15,6 +15,7 @@ import time
 from typing import Any, Final
 
 from .. import keys as keyfmt
+from ..cli._common import fmt_time
 from ..errors import InvalidRequest
 from ..store import Store
 from ..store.admin_tokens import AdminToken
@@ -77,8 +78,6 @@ def has_admin(store: Store) -> bool:
 
 
 def token_view(t: AdminToken) -> dict[str, Any]:
-    from ..cli._common import fmt_time
-
     return {
         "id": t.id,
         "name": t.name,
