@@ -56,12 +56,14 @@ class Gateway:
         self.workdir = workdir
         self.host = host
         self.port = free_port(host)
+        self.admin_port = free_port(host)
         self.config_path = workdir / "keygate.yaml"
         self.access_log = workdir / "access.log"
         self.stdout_path = workdir / "stdout.log"
         self.stderr_path = workdir / "stderr.log"
         config: dict[str, Any] = {
             "listen": f"{host}:{self.port}",
+            "admin_listen": f"{host}:{self.admin_port}",
             "database_url": "sqlite:///keygate.db",
             "access_log": str(self.access_log),
             "usage_flush_interval": 0.05,
@@ -80,6 +82,11 @@ class Gateway:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.admin_port}"
 
     @property
     def base(self) -> str:
@@ -122,9 +129,12 @@ class Gateway:
         )
         if check and result.returncode != 0:
             raise AssertionError(f"keygate {' '.join(args)} failed: {result.stderr}")
-        # Kept for the secret search; `keys create` and `keys rotate` are the outputs meant to show
-        # a secret (once).
-        shown_once = args[:2] in (("keys", "create"), ("keys", "rotate"))
+        # Kept for the secret search; these are the outputs meant to show a secret (once).
+        shown_once = args[:2] in (
+            ("keys", "create"),
+            ("keys", "rotate"),
+            ("admin-tokens", "create"),
+        ) or args[:1] == ("init",)
         with (self.workdir / "cli-output.log").open("a") as fh:
             fh.write(result.stderr if shown_once else result.stdout + result.stderr)
         return result

@@ -5,7 +5,7 @@ This is the only module that reads the environment. Sources, later ones winning:
 1. built-in defaults (upstream ``https://api.openai.com/v1`` keyed by ``${OPENAI_API_KEY}``,
    database ``./keygate.db``, listener ``127.0.0.1:8080``);
 2. a YAML file: ``--config FILE`` or ``KEYGATE_CONFIG``;
-3. ``KEYGATE_LISTEN`` and ``KEYGATE_DATABASE_URL``.
+3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``.
 
 Secrets never appear literally in the file: an upstream key is a reference (``${ENV_VAR}``),
 and a literal is refused at load with a message saying so. Any invalid value fails fast with a
@@ -59,6 +59,8 @@ class Upstream:
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
     database_url: str = DEFAULT_DATABASE_URL
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     default_upstream: str = "openai"
@@ -259,6 +261,7 @@ def _positive(raw: Mapping[str, Any], name: str, default: float, kind: type = fl
 
 _KNOWN = {
     "listen",
+    "admin_listen",
     "database_url",
     "upstreams",
     "default_upstream",
@@ -302,6 +305,11 @@ def load_settings(
         raise ConfigError(f"{sorted(unknown)[0]}: unknown setting")
 
     host, port = parse_listen(env.get("KEYGATE_LISTEN") or raw.get("listen", DEFAULT_LISTEN), "listen")
+    admin_host, admin_port = parse_listen(
+        env.get("KEYGATE_ADMIN_LISTEN") or raw.get("admin_listen", DEFAULT_ADMIN_LISTEN), "admin_listen"
+    )
+    if (admin_host, admin_port) == (host, port) and port != 0:
+        raise ConfigError("admin_listen: must differ from listen (the public listener never serves admin)")
     db_url = env.get("KEYGATE_DATABASE_URL") or raw.get("database_url", DEFAULT_DATABASE_URL)
     if not isinstance(db_url, str):
         raise ConfigError("database_url: expected a string such as sqlite:///keygate.db")
@@ -329,6 +337,8 @@ def load_settings(
     settings = Settings(
         listen_host=host,
         listen_port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
         database_url=db_url,
         upstreams=upstreams,
         default_upstream=str(default_upstream),
@@ -399,3 +409,9 @@ def load_or_create_pepper(path: Path) -> Secret:
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_urlsafe(32) + "\n")
     return Secret(path.read_text().strip())
+
+
+def admin_token_from_env(env: Mapping[str, str] | None = None) -> Secret | None:
+    """The admin token the CLI sends to a remote admin API (``KEYGATE_ADMIN_TOKEN``)."""
+    value = (os.environ if env is None else env).get("KEYGATE_ADMIN_TOKEN", "").strip()
+    return Secret(value) if value else None

@@ -9,6 +9,7 @@
     ├── AuthenticationFailed          401 invalid_api_key
     ├── PermissionDenied              403 permission_denied
     ├── NotFound                      404 not_found
+    ├── Conflict                      409 conflict
     ├── RateLimited                   429 rate_limit_exceeded   (carries Retry-After)
     │   └── BudgetExceeded            429 insufficient_quota    (x-should-retry: false)
     ├── UpstreamError                 502 upstream_error
@@ -79,6 +80,12 @@ class NotFound(KeygateError):
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
+
+
+class Conflict(KeygateError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class RateLimited(KeygateError):

@@ -67,6 +67,10 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     """Serve until SIGINT or SIGTERM, then drain, flush usage and close."""
     parts = build_gateway(settings)
     check_ready_to_serve(settings, parts.pool)
+    from .admin.listener import admin_server, announce_first_token
+
+    announce_first_token(settings, parts.store)
+    admin = admin_server(settings, parts.store)
     server = Server(
         parts.gateway,
         address=settings.listen_host,
@@ -81,8 +85,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     server.respawn_interval = 1.0
 
     def stop() -> None:
-        server.interrupt_signal = True
-        server.main_loop_interrupt.set()
+        for s in (server, admin):
+            s.interrupt_signal = True
+            s.main_loop_interrupt.set()
 
     confirmations: set[asyncio.Task[None]] = set()
 
@@ -114,6 +119,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             "keygate listening",
             extra={
                 "url": f"{'https' if settings.access.tls.enabled else 'http'}://{settings.listen_host}:{settings.listen_port}/v1",
+                "admin_url": f"http://{settings.admin_host}:{settings.admin_port}/",
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": sorted(settings.upstreams),
@@ -128,7 +134,17 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     if parts.pool is not None:
         await parts.pool.start()
     try:
-        await server.serve()
+        # Both listeners share this loop; when either ends (or fails to bind), stop both.
+        async def run(s: Server) -> None:
+            try:
+                await s.serve()
+            finally:
+                stop()
+
+        results = await asyncio.gather(run(server), run(admin), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
     finally:
         await watcher.stop()
         for task in confirmations:

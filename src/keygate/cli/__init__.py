@@ -9,9 +9,20 @@ from typing import NoReturn
 
 from ..errors import ConfigError, KeygateError
 from ..logs import redact
-from . import _limits, _policy, access_policy, keys, master_key, serve, teams, upstreams, usage
+from . import (
+    _limits,
+    _policy,
+    access_policy,
+    admin_tokens,
+    keys,
+    master_key,
+    serve,
+    teams,
+    upstreams,
+    usage,
+)
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 
@@ -29,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=argparse.SUPPRESS,
         help="YAML config file (default: $KEYGATE_CONFIG, else built-in defaults)",
+    )
+    common.add_argument(
+        "--admin-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="send keys/teams/usage commands to this admin API (token from $KEYGATE_ADMIN_TOKEN)",
     )
     parser = _Parser(
         prog="keygate",
@@ -49,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
+    if not hasattr(args, "admin_url"):
+        args.admin_url = None
     try:
         result: int = args.handler(args)
         return result

@@ -11,7 +11,7 @@ from .. import keys as keyfmt
 from ..errors import InvalidRequest, NotFound
 from ..store import Store
 from ..types import KeyRecord
-from . import key_rotation
+from . import _remote, key_rotation
 from ._common import audit, fmt_time, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
 
@@ -72,6 +72,10 @@ def resolve_team(store: Store, team: str | None) -> str | None:
 
 
 def create(args: argparse.Namespace) -> int:
+    if _remote.is_remote(args):
+        body = {"name": args.name, "team": args.team, "policy": apply_policy(args, {})}
+        view = _remote.call(args, "POST", "/admin/keys", body)
+        return _show_created(args, view)
     with local_store(args) as (settings, store):
         secret = keyfmt.generate()
         record = KeyRecord(
@@ -85,30 +89,47 @@ def create(args: argparse.Namespace) -> int:
         )
         store.insert_key(record)
         audit(store, "keys.create", record.id, name=record.name, team=record.team_id, policy=record.policy)
+    return _show_created(args, {**key_view(record), "key": secret})
+
+
+def _show_created(args: argparse.Namespace, view: dict[str, Any]) -> int:
     if args.json:
-        print_json({**key_view(record), "key": secret})
+        print_json(view)
     else:
-        print(f"Created key {record.id} ({record.name}).")
-        print(f"\n    {secret}\n")
+        print(f"Created key {view['id']} ({view['name']}).")
+        print(f"\n    {view['key']}\n")
         print("Store it now: keygate keeps only a hash and cannot show it again.", file=sys.stderr)
     return 0
 
 
 def list_keys(args: argparse.Namespace) -> int:
-    with local_store(args) as (_, store):
-        records = store.list_keys()
+    if _remote.is_remote(args):
+        views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/keys")
+    else:
+        with local_store(args) as (_, store):
+            views = [key_view(r) for r in store.list_keys()]
     if args.json:
-        print_json([key_view(r) for r in records])
+        print_json(views)
         return 0
     rows = [
-        [r.id, r.name, r.hint, fmt_time(r.created_at), fmt_time(r.last_used_at), r.status, describe(r.policy)]
-        for r in records
+        [
+            v["id"],
+            v["name"],
+            v["hint"],
+            v["created_at"],
+            v["last_used_at"] or "-",
+            v["status"],
+            describe(v["policy"]),
+        ]
+        for v in views
     ]
     print_table(["id", "name", "hint", "created", "last used", "status", "policy"], rows)
     return 0
 
 
 def update(args: argparse.Namespace) -> int:
+    if _remote.is_remote(args):
+        return _update_remote(args)
     with local_store(args) as (_, store):
         current = store.get_key(args.key_id)
         if current is None:
@@ -133,7 +154,33 @@ def update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _update_remote(args: argparse.Namespace) -> int:
+    path = f"/admin/keys/{_remote.segment(args.key_id)}"
+    current = _remote.call(args, "GET", path)
+    body: dict[str, Any] = {}
+    if args.name is not None:
+        body["name"] = args.name
+    if args.team is not None:
+        body["team"] = args.team or None
+    policy = apply_policy(args, current["policy"])
+    if policy != current["policy"]:
+        body["policy"] = policy
+    updated = _remote.call(args, "PATCH", path, body)
+    if args.json:
+        print_json(updated)
+    else:
+        print(f"Updated {updated['id']}: policy {describe(updated['policy'])}")
+    return 0
+
+
 def revoke(args: argparse.Namespace) -> int:
+    if _remote.is_remote(args):
+        path = f"/admin/keys/{_remote.segment(args.key_id)}"
+        was = _remote.call(args, "GET", path)["status"]
+        _remote.call(args, "POST", path + "/revoke")
+        changed = was != "revoked"
+        print(f"Revoked {args.key_id}." if changed else f"{args.key_id} was already revoked.")
+        return 0
     with local_store(args) as (_, store):
         if store.get_key(args.key_id) is None:
             raise NotFound(f"no key with id {args.key_id}")

@@ -9,6 +9,7 @@ from typing import Any
 from .. import keys as keyfmt
 from ..errors import InvalidRequest, NotFound
 from ..types import Team
+from . import _remote
 from ._common import audit, fmt_time, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
 
@@ -41,6 +42,12 @@ def team_view(t: Team) -> dict[str, Any]:
 def create(args: argparse.Namespace) -> int:
     if not args.name.strip():
         raise InvalidRequest("a team needs a name")
+    if _remote.is_remote(args):
+        view = _remote.call(
+            args, "POST", "/admin/teams", {"name": args.name, "policy": apply_policy(args, {})}
+        )
+        print_json(view) if args.json else print(f"Created team {view['id']} ({view['name']}).")
+        return 0
     with local_store(args) as (_, store):
         if store.get_team(args.name) is not None:
             raise InvalidRequest(f"a team named {args.name} exists already")
@@ -55,19 +62,28 @@ def create(args: argparse.Namespace) -> int:
 
 
 def list_teams(args: argparse.Namespace) -> int:
-    with local_store(args) as (_, store):
-        teams = store.list_teams()
+    if _remote.is_remote(args):
+        views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/teams")
+    else:
+        with local_store(args) as (_, store):
+            views = [team_view(t) for t in store.list_teams()]
     if args.json:
-        print_json([team_view(t) for t in teams])
+        print_json(views)
     else:
         print_table(
             ["id", "name", "created", "policy"],
-            [[t.id, t.name, fmt_time(t.created_at), describe(t.policy)] for t in teams],
+            [[v["id"], v["name"], v["created_at"], describe(v["policy"])] for v in views],
         )
     return 0
 
 
 def update(args: argparse.Namespace) -> int:
+    if _remote.is_remote(args):
+        path = f"/admin/teams/{_remote.segment(args.team)}"
+        current = _remote.call(args, "GET", path)
+        view = _remote.call(args, "PATCH", path, {"policy": apply_policy(args, current["policy"])})
+        print_json(view) if args.json else print(f"Updated {view['id']}: policy {describe(view['policy'])}")
+        return 0
     with local_store(args) as (_, store):
         team = store.get_team(args.team)
         if team is None:

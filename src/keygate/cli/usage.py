@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import _budgets
-from ._common import fmt_time, local_store, print_json, print_table
+from . import _budgets, _remote
+from ._common import local_store, print_json, print_table
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -22,26 +22,25 @@ def run(args: argparse.Namespace) -> int:
         with local_store(args) as (settings, store):
             _budgets.show(settings, store, args.json)
         return 0
-    with local_store(args) as (_, store):
-        summaries = store.usage_summary(args.key)
-        names = {k.id: k.name for k in store.list_keys()}
-    views: list[dict[str, Any]] = [
-        {
-            "key_id": s.key_id,
-            "name": names.get(s.key_id or ""),
-            "requests": s.requests,
-            "errors": s.errors,
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "total_tokens": s.total_tokens,
-            "first": fmt_time(s.first_ts),
-            "last": fmt_time(s.last_ts),
-        }
-        for s in summaries
-    ]
+    if _remote.is_remote(args):
+        views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/usage", key=args.key)
+    else:
+        views = _local_views(args)
     if args.json:
         print_json(views)
         return 0
+    _print(views)
+    return 0
+
+
+def _local_views(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ..admin.service import usage
+
+    with local_store(args) as (_, store):
+        return usage(store, args.key)
+
+
+def _print(views: list[dict[str, Any]]) -> None:
     print_table(
         ["key", "name", "requests", "errors", "prompt", "completion", "total", "last"],
         [
@@ -58,4 +57,3 @@ def run(args: argparse.Namespace) -> int:
             for v in views
         ],
     )
-    return 0

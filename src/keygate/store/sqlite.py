@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..types import KeyRecord, Team, UsageRow
+from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
 from .base import UsageSummary
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
@@ -98,6 +99,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
 ]
 
 _KEY_COLUMNS = (
@@ -126,7 +128,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore(SecretsMixin):
+class SQLiteStore(SecretsMixin, AdminTokensMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:

@@ -1,0 +1,310 @@
+"""The admin API: a Starlette app on its own listener, never on the public one.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer kga_...`` with a role allowed to do
+what the route does (see :mod:`keygate.admin.tokens`). Store work runs in a worker thread, so
+the data plane sharing this event loop is never blocked by an admin write. Every error, also
+404 and 405 from routing, is OpenAI's error JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..cli.keys import key_view
+from ..cli.teams import team_view
+from ..config import Settings
+from ..errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    KeygateError,
+    NotFound,
+    PermissionDenied,
+    error_body,
+    error_headers,
+)
+from ..store import Store
+from ..store.admin_tokens import AdminToken
+from . import service, tokens
+from .openapi import openapi_document
+from .service import Actor
+
+log = logging.getLogger("keygate.admin")
+
+MAX_BODY = 1024 * 1024
+GET = ["GET"]
+_LIMIT = re.compile(r"^[0-9]{1,6}$")
+
+MISSING = AuthenticationFailed(
+    "Missing admin token. Send it as 'Authorization: Bearer kga_...'.", code="missing_admin_token"
+)
+INVALID = AuthenticationFailed("Invalid or revoked admin token.", code="invalid_admin_token")
+
+Operation = Callable[["Call"], Any]
+
+
+class Call:
+    """One authorised admin request, as the operation sees it."""
+
+    __slots__ = ("actor", "body", "params", "query", "token")
+
+    def __init__(self, token: AdminToken, origin: str, request: Request, body: Any) -> None:
+        self.token = token
+        self.actor = Actor(token.id, origin)
+        self.params: dict[str, str] = dict(request.path_params)
+        self.query = request.query_params
+        self.body = body
+
+
+def error_response(err: KeygateError) -> Response:
+    return Response(error_body(err), err.status, headers=dict(error_headers(err)))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidRequest("request body too large")
+    if not raw.strip():
+        raise InvalidRequest("a JSON request body is required")
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+        # Lone surrogates (valid JSON escapes, invalid text) could not be stored: refuse them here.
+        json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    return value
+
+
+def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """Unknown or repeated query parameters are an error, not silently ignored."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed or name in seen:
+            raise InvalidRequest(f"unexpected query parameter {name[:50]!r}", param=name[:50])
+        seen.add(name)
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    if value[:7].lower() != "bearer ":
+        return None
+    return value[7:].strip() or None
+
+
+class AdminAPI:
+    """Builds the Starlette app; holds the settings and store it serves from."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+    def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
+        if presented is None:
+            raise MISSING
+        token = tokens.authenticate(self.store, self.settings.pepper, presented)
+        if token is None:
+            log.warning("admin authentication failed", extra={"origin": origin, "path": path[:200]})
+            raise INVALID
+        if not tokens.allowed(token.role, permission):
+            service.audit(
+                self.store, Actor(token.id, origin), "denied", path[:200], role=token.role, needs=permission
+            )
+            raise PermissionDenied(f"The {token.role} role may not do this (needs {permission}).")
+        return token
+
+    def endpoint(
+        self,
+        permission: str,
+        op: Operation,
+        *,
+        status: int = 200,
+        body: bool = False,
+        query: tuple[str, ...] = (),
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            origin = request.client.host if request.client else "unknown"
+            try:
+                token = await run_in_threadpool(
+                    self._authenticate, _bearer(request), origin, permission, request.url.path
+                )
+                _check_query(request, query)
+                payload = await _json_body(request) if body else None
+                result = await run_in_threadpool(op, Call(token, origin, request, payload))
+            except KeygateError as err:
+                return error_response(err)
+            return JSONResponse(result, status)
+
+        return handle
+
+    # -- operations (run in a worker thread) ---------------------------------------------------
+
+    def _limit(self, call: Call) -> int:
+        raw = call.query.get("limit", "100")
+        if not _LIMIT.match(raw) or not 1 <= int(raw) <= 1000:
+            raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
+        return int(raw)
+
+    def routes(self) -> list[Route]:
+        return _one_route_per_path(self._routes())
+
+    def _routes(self) -> list[Route]:
+        s = self.store
+        ep = self.endpoint
+        return [
+            Route("/healthz", healthz, methods=GET),
+            Route("/openapi.json", ep("keys:read", lambda c: openapi_document()), methods=GET),
+            Route(
+                "/admin/keys", ep("keys:read", lambda c: [key_view(k) for k in s.list_keys()]), methods=GET
+            ),
+            Route(
+                "/admin/keys",
+                ep(
+                    "keys:write",
+                    lambda c: service.create_key(s, self.settings, c.actor, c.body),
+                    status=201,
+                    body=True,
+                ),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/keys/{key_id}",
+                ep("keys:read", lambda c: key_view(service.get_key(s, c.params["key_id"]))),
+                methods=GET,
+            ),
+            Route(
+                "/admin/keys/{key_id}",
+                ep(
+                    "keys:write",
+                    lambda c: service.update_key(s, c.actor, c.params["key_id"], c.body),
+                    body=True,
+                ),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/admin/keys/{key_id}/revoke",
+                ep("keys:write", lambda c: service.revoke_key(s, c.actor, c.params["key_id"])),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/teams",
+                ep("teams:read", lambda c: [team_view(t) for t in s.list_teams()]),
+                methods=GET,
+            ),
+            Route(
+                "/admin/teams",
+                ep("teams:write", lambda c: service.create_team(s, c.actor, c.body), status=201, body=True),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/teams/{team}",
+                ep("teams:read", lambda c: team_view(service.get_team(s, c.params["team"]))),
+                methods=GET,
+            ),
+            Route(
+                "/admin/teams/{team}",
+                ep(
+                    "teams:write",
+                    lambda c: service.update_team(s, c.actor, c.params["team"], c.body),
+                    body=True,
+                ),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/admin/usage",
+                ep("usage:read", lambda c: service.usage(s, c.query.get("key")), query=("key",)),
+                methods=GET,
+            ),
+            Route(
+                "/admin/audit",
+                ep(
+                    "audit:read",
+                    lambda c: service.audit_entries(s, self._limit(c), c.query.get("action")),
+                    query=("limit", "action"),
+                ),
+                methods=GET,
+            ),
+            Route(
+                "/admin/tokens",
+                ep("tokens:read", lambda c: [tokens.token_view(t) for t in s.list_admin_tokens()]),
+                methods=GET,
+            ),
+            Route(
+                "/admin/tokens",
+                ep(
+                    "tokens:write",
+                    lambda c: service.create_token(s, self.settings, c.actor, c.body),
+                    status=201,
+                    body=True,
+                ),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/tokens/{token_id}/revoke",
+                ep("tokens:write", lambda c: service.revoke_token(s, c.actor, c.params["token_id"])),
+                methods=["POST"],
+            ),
+        ]
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=self.routes(),
+            exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        )
+
+
+def _one_route_per_path(routes: list[Route]) -> list[Route]:
+    """Merge same-path routes, so a 405 names every method the path allows in ``Allow``."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for route in routes:
+        for method in route.methods or ():
+            by_path.setdefault(route.path, {})[method] = route.endpoint
+    merged = []
+    for path, handlers in by_path.items():
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            response: Response = await handlers[request.method](request)
+            return response
+
+        merged.append(Route(path, dispatch, methods=list(handlers)))
+    return merged
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness only: no data, no version, so it is safe without a token (see docs/admin-api.md)."""
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("Not found: no such admin API route."))
+    err = InvalidRequest("Method not allowed.", code="method_not_allowed")
+    response = error_response(err)
+    response.status_code = exc.status_code
+    for k, v in (exc.headers or {}).items():
+        response.headers[k] = v
+    return response
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("admin API internal error", exc_info=exc)
+    return error_response(KeygateError("The admin API hit an internal error."))
+
+
+def build_admin_app(settings: Settings, store: Store) -> Starlette:
+    """The admin ASGI app for these settings and this store."""
+    return AdminAPI(settings, store).app()

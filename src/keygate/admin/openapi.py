@@ -1,0 +1,270 @@
+"""The admin API's published contract (OpenAPI 3.0), written by hand to match :mod:`.service`.
+
+The test suite runs schemathesis against it: every response must match, none may be a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .service import NAME_MAX
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": r"\S"}
+_POLICY = {"type": "object", "description": "feature rules (models, routes, expiry, limits...)"}
+_TIME = {"type": "string", "description": "UTC, ISO 8601 (YYYY-MM-DDTHH:MM:SSZ), or '-'"}
+_NTIME = {**_TIME, "nullable": True}
+_NSTR = {"type": "string", "nullable": True}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = _json(_ref("Error"), "an error, in OpenAI's error shape")
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    status: str = "200",
+    body: str | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "responses": {status: _json(ok, "success"), "default": _ERROR},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _obj(props: dict[str, Any], required: list[str], *, closed: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": props, "required": required}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+_KEY = _obj(
+    {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "hint": {"type": "string"},
+        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "created_at": _TIME,
+        "last_used_at": _NTIME,
+        "team_id": _NSTR,
+        "upstream": _NSTR,
+        "policy": _POLICY,
+    },
+    ["id", "name", "hint", "status", "created_at", "team_id", "policy"],
+)
+_TEAM = _obj(
+    {"id": {"type": "string"}, "name": {"type": "string"}, "created_at": _TIME, "policy": _POLICY},
+    ["id", "name", "created_at", "policy"],
+)
+_INT = {"type": "integer", "minimum": 0}
+_USAGE = _obj(
+    {
+        "key_id": _NSTR,
+        "name": _NSTR,
+        "requests": _INT,
+        "errors": _INT,
+        "prompt_tokens": _INT,
+        "completion_tokens": _INT,
+        "total_tokens": _INT,
+        "first": _TIME,
+        "last": _TIME,
+    },
+    ["key_id", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"],
+)
+_AUDIT = _obj(
+    {
+        "id": {"type": "integer"},
+        "ts": _TIME,
+        "actor": {"type": "string"},
+        "action": {"type": "string"},
+        "target": {"type": "string"},
+        "origin": {"type": "string"},
+        "details": {"type": "object"},
+    },
+    ["id", "ts", "actor", "action", "target", "origin", "details"],
+)
+_ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor"]}
+_TOKEN = _obj(
+    {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "hint": {"type": "string"},
+        "role": _ROLE,
+        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "created_at": _TIME,
+        "revoked_at": _NTIME,
+    },
+    ["id", "name", "hint", "role", "status", "created_at"],
+)
+_ERROR_SCHEMA = _obj(
+    {
+        "error": _obj(
+            {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": _NSTR,
+                "code": _NSTR,
+            },
+            ["message", "type", "param", "code"],
+        )
+    },
+    ["error"],
+)
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _ERROR_SCHEMA,
+    "Key": _KEY,
+    "CreatedKey": {
+        "allOf": [
+            _ref("Key"),
+            _obj({"key": {"type": "string", "description": "the secret, shown once"}}, ["key"]),
+        ]
+    },
+    "KeyCreate": _obj(
+        {
+            "name": _NAME,
+            "team": {"type": "string", "maxLength": NAME_MAX, "nullable": True},
+            "policy": _POLICY,
+        },
+        ["name"],
+        closed=True,
+    ),
+    "KeyUpdate": _obj(
+        {
+            "name": _NAME,
+            "team": {"type": "string", "maxLength": NAME_MAX, "nullable": True},
+            "policy": _POLICY,
+        },
+        [],
+        closed=True,
+    ),
+    "Team": _TEAM,
+    "TeamCreate": _obj({"name": _NAME, "policy": _POLICY}, ["name"], closed=True),
+    "TeamUpdate": _obj({"policy": _POLICY}, ["policy"], closed=True),
+    "Usage": _USAGE,
+    "AuditEntry": _AUDIT,
+    "AdminToken": _TOKEN,
+    "CreatedAdminToken": {
+        "allOf": [
+            _ref("AdminToken"),
+            _obj({"token": {"type": "string", "description": "the secret, shown once"}}, ["token"]),
+        ]
+    },
+    "AdminTokenCreate": _obj({"role": _ROLE, "name": _NAME}, ["role"], closed=True),
+}
+
+
+def _list(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 document served at ``GET /openapi.json``."""
+    key_id, team, token_id = _path_param("key_id"), _path_param("team"), _path_param("token_id")
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "keygate admin API", "version": "1"},
+        "security": [{"adminToken": []}],
+        "components": {
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer", "bearerFormat": "kga_..."}
+            },
+            "schemas": _SCHEMAS,
+        },
+        "paths": {
+            "/healthz": {
+                "get": {
+                    **_op("healthz", "liveness", _obj({"status": {"type": "string"}}, ["status"])),
+                    "security": [],
+                }
+            },
+            "/admin/keys": {
+                "get": _op("listKeys", "list client keys (never their secrets)", _list("Key")),
+                "post": _op(
+                    "createKey",
+                    "create a key; the secret is in this response only",
+                    _ref("CreatedKey"),
+                    status="201",
+                    body="KeyCreate",
+                ),
+            },
+            "/admin/keys/{key_id}": {
+                "get": _op("getKey", "one key", _ref("Key"), params=[key_id]),
+                "patch": _op(
+                    "updateKey", "change name, team or policy", _ref("Key"), body="KeyUpdate", params=[key_id]
+                ),
+            },
+            "/admin/keys/{key_id}/revoke": {
+                "post": _op("revokeKey", "revoke a key (idempotent)", _ref("Key"), params=[key_id]),
+            },
+            "/admin/teams": {
+                "get": _op("listTeams", "list teams", _list("Team")),
+                "post": _op("createTeam", "create a team", _ref("Team"), status="201", body="TeamCreate"),
+            },
+            "/admin/teams/{team}": {
+                "get": _op("getTeam", "one team, by id or name", _ref("Team"), params=[team]),
+                "patch": _op(
+                    "updateTeam", "replace a team's policy", _ref("Team"), body="TeamUpdate", params=[team]
+                ),
+            },
+            "/admin/usage": {
+                "get": _op(
+                    "usage",
+                    "requests and tokens per key",
+                    _list("Usage"),
+                    params=[_query("key", {"type": "string"})],
+                ),
+            },
+            "/admin/audit": {
+                "get": _op(
+                    "audit",
+                    "the audit trail, newest first",
+                    _list("AuditEntry"),
+                    params=[
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                        _query("action", {"type": "string"}),
+                    ],
+                ),
+            },
+            "/admin/tokens": {
+                "get": _op("listAdminTokens", "list admin tokens (never their secrets)", _list("AdminToken")),
+                "post": _op(
+                    "createAdminToken",
+                    "issue an admin token; the secret is in this response only",
+                    _ref("CreatedAdminToken"),
+                    status="201",
+                    body="AdminTokenCreate",
+                ),
+            },
+            "/admin/tokens/{token_id}/revoke": {
+                "post": _op(
+                    "revokeAdminToken", "revoke an admin token", _ref("AdminToken"), params=[token_id]
+                ),
+            },
+        },
+    }

@@ -1,0 +1,134 @@
+"""Admin tokens and the audit trail in SQLite: what the admin plane reads and writes.
+
+A mixin of :class:`~keygate.store.sqlite.SQLiteStore`, kept apart so the admin plane's tables
+live next to the code that owns them. Only ``HMAC-SHA256(pepper, token)`` is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+ADMIN_TOKENS_MIGRATION = """
+    CREATE TABLE IF NOT EXISTS admin_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        revoked_at REAL
+    );
+    CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)
+"""
+
+_COLUMNS = "id, name, token_hash, hint, role, created_at, status, revoked_at"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    """An admin-plane credential as stored: never the plaintext token."""
+
+    id: str
+    name: str
+    token_hash: str
+    hint: str
+    role: str
+    created_at: float
+    status: str = "active"
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    ts: float
+    actor: str
+    action: str
+    target: str
+    origin: str
+    details: dict[str, Any]
+
+
+def _token(row: Sequence[Any]) -> AdminToken:
+    return AdminToken(*row)
+
+
+def _details(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"raw": raw}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class AdminTokensMixin:
+    """Admin token and audit queries; the connection handling comes from the store class."""
+
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def insert_admin_token(self, token: AdminToken) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO admin_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    token.id,
+                    token.name,
+                    token.token_hash,
+                    token.hint,
+                    token.role,
+                    token.created_at,
+                    token.status,
+                    token.revoked_at,
+                ),
+            )
+
+    def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
+        sql = f"SELECT {_COLUMNS} FROM admin_tokens WHERE token_hash = ?"  # noqa: S608 (constant columns)
+        row = self._conn().execute(sql, (token_hash,)).fetchone()
+        return _token(row) if row else None
+
+    def get_admin_token(self, token_id: str) -> AdminToken | None:
+        sql = f"SELECT {_COLUMNS} FROM admin_tokens WHERE id = ?"  # noqa: S608 (constant columns)
+        row = self._conn().execute(sql, (token_id,)).fetchone()
+        return _token(row) if row else None
+
+    def list_admin_tokens(self) -> list[AdminToken]:
+        sql = f"SELECT {_COLUMNS} FROM admin_tokens ORDER BY created_at, id"  # noqa: S608 (constant columns)
+        return [_token(r) for r in self._conn().execute(sql).fetchall()]
+
+    def revoke_admin_token(self, token_id: str, when: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE admin_tokens SET status = 'revoked', revoked_at = ?"
+                " WHERE id = ? AND status = 'active'",
+                (when, token_id),
+            )
+            return cur.rowcount > 0
+
+    def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        """The newest audit entries first."""
+        sql = "SELECT id, ts, actor, action, target, origin, details FROM audit"
+        args: list[Any] = []
+        if action is not None:
+            sql += " WHERE action = ?"
+            args.append(action)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [
+            AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], _details(r[6]))
+            for r in self._conn().execute(sql, args).fetchall()
+        ]
