@@ -214,7 +214,7 @@ def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None)
             build_authenticate(settings, keys),
             Honeytoken(),
             AccessPolicy(),
-            BodyReader(settings.max_body_bytes),
+            BodyReader(settings.max_body_bytes, settings.body_read_timeout),
             RequestPolicy(),
             RateLimit(counters, limits),
             BudgetGuard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),

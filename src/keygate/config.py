@@ -66,6 +66,7 @@ class Settings:
     default_upstream: str = "openai"
     pepper: Secret = field(default_factory=lambda: Secret(""))
     max_body_bytes: int = 10 * 1024 * 1024
+    body_read_timeout: float = 60.0
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     access_log: str = "-"
@@ -266,6 +267,7 @@ _KNOWN = {
     "upstreams",
     "default_upstream",
     "max_body_bytes",
+    "body_read_timeout",
     "connect_timeout",
     "upstream_timeout",
     "access_log",
@@ -343,6 +345,7 @@ def load_settings(
         upstreams=upstreams,
         default_upstream=str(default_upstream),
         max_body_bytes=_positive(raw, "max_body_bytes", 10 * 1024 * 1024, int),
+        body_read_timeout=_positive(raw, "body_read_timeout", 60.0),
         connect_timeout=_positive(raw, "connect_timeout", 10.0),
         upstream_timeout=_positive(raw, "upstream_timeout", 600.0),
         access_log=access_log,

@@ -359,3 +359,17 @@ def test_clean_shutdown_drains_streams_and_loses_no_record(
         .fetchall()
     )
     assert rows == [(200, 3)]
+
+
+def test_stalled_body_times_out(tmp_path: Path, upstream: MockUpstream, mock: MockUpstream) -> None:
+    with Gateway(tmp_path, upstream.url, extra={"body_read_timeout": 0.5}) as gw:
+        key = gw.create_key()["key"]
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
+        answer = raw(gw, head + b'{"model"', read_timeout=10)  # 8 of 100 bytes, then silence
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert b'"request_timeout"' in answer
+        assert mock.requests == []
+        assert sdk(gw, key).models.list()  # and the gateway keeps serving

@@ -8,7 +8,9 @@ out, and one that vanishes is recorded as such.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 from typing import Any
 
 import orjson
@@ -25,13 +27,73 @@ class ClientGone(Exception):
     """The client went away while sending its body."""
 
 
+class Deadlines:
+    """One sweeper for every in-flight body read, instead of a timer per request.
+
+    ``asyncio.timeout`` costs a timer-heap entry and a running-loop lookup on every request; here a
+    read registers its task in a dict, and a background task wakes every ``resolution`` seconds to
+    cancel reads past their deadline. A read may run up to ``resolution`` longer than its limit.
+    """
+
+    def __init__(self, timeout: float, resolution: float = 0.25) -> None:
+        self.timeout = timeout
+        self.resolution = min(resolution, timeout)
+        self._reads: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def track(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task(self._loop)
+        if task is not None:
+            self._reads[task] = time.monotonic() + self.timeout
+        return task
+
+    def done(self, task: asyncio.Task[Any] | None) -> bool:
+        """Stop tracking ``task``; True if it was cancelled for running out of time."""
+        if task is None:
+            return False
+        self._reads.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = asyncio.create_task(self._sweep(), name="keygate-body-deadlines")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.resolution)
+            now = time.monotonic()
+            for task, deadline in list(self._reads.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+
 class BodyReader(Guard):
     name = "body"
 
     def __init__(self, max_bytes: int, read_timeout: float = 60.0) -> None:
         self.max_bytes = max_bytes
-        self.read_timeout = read_timeout
+        self._deadlines = Deadlines(read_timeout)
         self._too_large = PayloadTooLarge(f"Request body is larger than the {max_bytes} byte limit.")
+        self._timed_out = InvalidRequest("Timed out reading the request body.", code="request_timeout")
+
+    async def start(self) -> None:
+        await self._deadlines.start()
+
+    async def stop(self) -> None:
+        await self._deadlines.stop()
 
     async def request(self, ctx: Context) -> KeygateError | None:
         route = ctx.route
@@ -49,11 +111,17 @@ class BodyReader(Guard):
             return UnsupportedMediaType("Content-Type must be application/json for this endpoint.")
         if route.body == "multipart" and not ctype.startswith("multipart/form-data"):
             return UnsupportedMediaType("Content-Type must be multipart/form-data for this endpoint.")
+        # The body read is the only await between track() and done(), so a sweeper cancel can only
+        # land on it.
+        task = self._deadlines.track()
         try:
-            async with asyncio.timeout(self.read_timeout):
-                body = await self._read(ctx, declared is not None)
-        except TimeoutError:
-            return InvalidRequest("Timed out reading the request body.", code="request_timeout")
+            body = await self._read(ctx, declared is not None)
+        except asyncio.CancelledError:
+            if self._deadlines.done(task):
+                return self._timed_out
+            raise
+        finally:
+            self._deadlines.done(task)
         if body is None:
             return self._too_large
         ctx.body = body
@@ -77,7 +145,7 @@ class BodyReader(Guard):
                     return None
                 parts.append(part)
             return b"".join(parts)
-        except (TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise ClientGone from exc

@@ -9,6 +9,7 @@ transaction; :meth:`SQLiteStore.keys_changed` notices another process's change t
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sqlite3
 import threading
@@ -138,6 +139,19 @@ class SQLiteStore(SecretsMixin, AdminTokensMixin):
         self._conns: list[sqlite3.Connection] = []
         self._data_version = -1
         self._keys_rev: str | None = None
+        self._wal_map: mmap.mmap | None = None
+        self._wal_header = b""
+
+    def _wal_index(self) -> mmap.mmap | None:
+        """The -shm file mapped read-only, once it exists (WAL mode); None before that."""
+        if self._wal_map is None:
+            self._conn()  # opening a connection in WAL mode creates the -shm file
+            try:
+                with open(f"{self.path}-shm", "rb") as fh:
+                    self._wal_map = mmap.mmap(fh.fileno(), 48, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                return None
+        return self._wal_map
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -183,6 +197,9 @@ class SQLiteStore(SecretsMixin, AdminTokensMixin):
                 conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s', 'now'))", (name,))
 
     def close(self) -> None:
+        if self._wal_map is not None:
+            self._wal_map.close()
+            self._wal_map = None
         with self._lock:
             for conn in self._conns:
                 conn.close()
@@ -274,6 +291,17 @@ class SQLiteStore(SecretsMixin, AdminTokensMixin):
             return cur.rowcount > 0
 
     def keys_changed(self) -> bool:
+        # Fast path, no system call and no GIL release: every commit by any connection rewrites
+        # the WAL-index header at the start of the -shm file (its iChange counter increments per
+        # transaction; https://www.sqlite.org/walformat.html). While those 48 bytes are unchanged,
+        # nothing was committed since the last full check. The snapshot is taken before the full
+        # check, so a commit racing with it is seen either by that check or by the next comparison.
+        shm = self._wal_index()
+        if shm is not None:
+            header = shm[:48]
+            if header == self._wal_header:
+                return False
+            self._wal_header = header
         conn = self._conn()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
