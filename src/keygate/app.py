@@ -130,12 +130,15 @@ class Gateway:
         return await self._forward(ctx, request.timeout(self.client.timeout), lease, retry)
 
     @staticmethod
-    def _retriable(lease: Lease, status: int, retry_after: str | None) -> bool:
+    def _retriable(lease: Lease, status: int, response: Any) -> bool:
+        if status < 400:
+            lease.ok()
+            return False
         if status in (401, 403):
             lease.rejected(status)
             return True
         if status == 429:
-            lease.cooldown(retry_after)
+            lease.cooldown(response.headers.get("retry-after"))
             return True
         if status >= 500:
             return True
@@ -155,7 +158,7 @@ class Gateway:
             self._send_error(ctx, err)
             return True
         headers = list(response.headers.items())
-        if self._retriable(lease, status, response.headers.get("retry-after")) and retry():
+        if self._retriable(lease, status, response) and retry():
             return False
         self.chain.response_start(ctx, status, headers)
         if status in (401, 403):
@@ -197,7 +200,7 @@ class Gateway:
             async with request.streamed_read_buffer_limit(0).build_streamed() as response:
                 status = response.status
                 headers = list(response.headers.items())
-                if self._retriable(lease, status, response.headers.get("retry-after")) and retry():
+                if self._retriable(lease, status, response) and retry():
                     return False
                 self.chain.response_start(ctx, status, headers)
                 if status in (401, 403):

@@ -78,8 +78,14 @@ def filter_request(
 
 def filter_response(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers to send back to the client."""
-    return [
-        (name, value)
-        for name, value in headers
-        if (lname := name.lower()) in RESPONSE_ALLOW or lname.startswith("x-ratelimit-")
-    ]
+    out = []
+    for name, value in headers:
+        # The upstream client hands over lower-cased names (HTTP/1.1 and HTTP/2 alike); lower()
+        # only the rare name that is not, rather than every name of every response.
+        if name in RESPONSE_ALLOW or name.startswith("x-ratelimit-"):
+            out.append((name, value))
+        elif not name.islower():
+            lname = name.lower()
+            if lname in RESPONSE_ALLOW or lname.startswith("x-ratelimit-"):
+                out.append((lname, value))
+    return out
