@@ -165,7 +165,7 @@ class Gateway:
             self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
             return True
         if status >= 400:
-            body = scrub(body, ctx.upstream)
+            body = scrub(body, lease.key.secret)
         elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
             usage_from_json(body, ctx.usage)
         out = with_extras(ctx, filter_response(headers))
@@ -213,7 +213,7 @@ class Gateway:
                     out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
                     ctx.status = status
                     ctx.proto.response_bytes(
-                        status, out, scrub(body, ctx.upstream) if status >= 400 else body
+                        status, out, scrub(body, lease.key.secret) if status >= 400 else body
                     )
                     return True
                 out = with_extras(ctx, filter_response(headers))

@@ -24,7 +24,7 @@ from pyreqwest.exceptions import (
 
 from .config import Settings, Upstream
 from .errors import KeygateError, UpstreamError, UpstreamTimeout
-from .types import Usage
+from .types import Secret, Usage
 
 log = logging.getLogger("keygate.upstream")
 
@@ -105,11 +105,9 @@ def upstream_key_rejected(upstream: Upstream, status: int) -> KeygateError:
     return REJECTED_KEY
 
 
-def scrub(body: bytes, upstream: Upstream) -> bytes:
-    """Remove the upstream key from an upstream error body before it reaches a client."""
-    if upstream.api_key is None:
-        return body
-    secret = upstream.api_key.reveal().encode()
+def scrub(body: bytes, key: Secret) -> bytes:
+    """Remove the upstream key that was used from an upstream error body before it reaches a client."""
+    secret = key.reveal().encode()
     if secret and secret in body:
         body = body.replace(secret, b"[redacted]")
     return body
