@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=seconds, default=10, help="measured wrk run per scenario (10s)")
     parser.add_argument("--warmup", type=seconds, default=3, help="warm-up wrk run per scenario (3s)")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    # One wrk thread: on a 2-core machine a second one takes a core away from the process under test.
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument(
         "--variants", default="json,stream", help="comma-separated: json, stream (default both)"
     )

@@ -121,8 +121,8 @@ def test_roles(admin: Admin, mock: MockUpstream) -> None:
     assert made.status_code == 201
     admin.gw.secrets.append(made.json()["key"])
     assert manager.post("/admin/teams", json={"name": "managers"}).status_code == 201
-    assert manager.patch("/admin/teams/managers", json={"policy": {"note": "x"}}).json()["policy"] == {
-        "note": "x"
+    assert manager.patch("/admin/teams/managers", json={"policy": {"rpm": 60}}).json()["policy"] == {
+        "rpm": 60
     }
     for path in ("/admin/usage", "/admin/audit", "/admin/tokens"):
         assert assert_openai_error(manager.get(path), 403)["type"] == "permission_denied"
@@ -138,7 +138,7 @@ def test_roles(admin: Admin, mock: MockUpstream) -> None:
 
 def test_audit_trail_names_actor_origin_and_hides_secrets(admin: Admin) -> None:
     api = admin.client("admin")
-    made = api.post("/admin/keys", json={"name": "audited", "policy": {"comment": "kg_" + "x" * 30}})
+    made = api.post("/admin/keys", json={"name": "audited", "policy": {"models": ["kg_" + "x" * 30]}})
     admin.gw.secrets.append(made.json()["key"])
     api.post(f"/admin/keys/{made.json()['id']}/revoke")
     admin.client("auditor").post("/admin/keys", json={"name": "denied"})
@@ -288,8 +288,9 @@ def test_init_and_first_serve_print_the_first_token_once(tmp_path: Path, upstrea
 
 def test_awkward_json_is_stored_or_refused_never_a_500(admin: Admin) -> None:
     api = admin.client("admin")
-    big = api.post("/admin/teams", json={"name": "big-ints", "policy": {"n": -(2**90), "f": 5.5e286}})
-    assert big.status_code == 201 and big.json()["policy"]["n"] == -(2**90)
+    big = api.post("/admin/teams", json={"name": "big-ints", "policy": {"max_output_tokens": -(2**90)}})
+    assert_openai_error(big, 400)
+    assert_openai_error(api.post("/admin/teams", json={"name": "floats", "policy": {"rpm": 5.5e286}}), 400)
     lone = api.post(
         "/admin/teams", content=b'{"name": "\\ud800"}', headers={"content-type": "application/json"}
     )
@@ -355,3 +356,29 @@ def test_admin_listener_on_ipv6(tmp_path: Path, upstream: MockUpstream, mock: Mo
         ]
     assert not mock.requests
     assert_no_secret_written(gw.written_files(), gw.secrets)
+
+
+def test_policies_from_the_api_are_validated_and_enforced(admin: Admin, mock: MockUpstream) -> None:
+    api = admin.client("admin")
+    for bad in (
+        {"allow_ips": ["not-a-network"]},
+        {"routes": ["admin"]},
+        {"models": "gpt-4o"},
+        {"rpm": "ten"},
+        {"budget_usd": "lots"},
+        {"expires_at": "someday"},
+        {"unheard_of": 1},
+    ):
+        err = assert_openai_error(api.post("/admin/keys", json={"name": "bad", "policy": bad}), 400)
+        assert err["param"] == "policy"
+    made = api.post("/admin/keys", json={"name": "narrow", "policy": {"models": ["gpt-4o-mini"], "rpm": 100}})
+    assert made.status_code == 201
+    key = made.json()
+    admin.gw.secrets.append(key["key"])
+    assert key["policy"] == {"models": ["gpt-4o-mini"], "rpm": 100}
+    sdk = openai.OpenAI(base_url=admin.gw.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError, match="gpt-4o"):
+        sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert [r.json()["model"] for r in mock.requests] == ["gpt-4o-mini"]
+    assert_openai_error(api.patch(f"/admin/keys/{key['id']}", json={"policy": {"allow_ips": ["x"]}}), 400)

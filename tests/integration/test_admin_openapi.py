@@ -10,6 +10,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from keygate.testing import MockUpstream
 
@@ -40,9 +41,17 @@ schema = schemathesis.pytest.from_fixture("admin_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same examples every run, so CI is reproducible; raise max_examples to fuzz harder.
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_every_response_matches_the_schema(case: Any) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {_TOKEN['token']}"})
+    # Every check but "schema-valid data is accepted": a policy's values are validated beyond what
+    # JSON Schema expresses (CIDR networks, real calendar dates, known routes, budget syntax), so
+    # an arbitrary object that fits the schema is rightly refused with a 400. Negative data must
+    # still be rejected, and every response must match the schema with no 500s.
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {_TOKEN['token']}"},
+        excluded_checks=[positive_data_acceptance],
+    )
 
 
 def test_openapi_document_needs_a_token(admin_gateway: Gateway) -> None:

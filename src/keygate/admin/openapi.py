@@ -10,7 +10,15 @@ from typing import Any
 from .service import NAME_MAX
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": r"\S"}
-_POLICY = {"type": "object", "description": "feature rules (models, routes, expiry, limits...)"}
+_POLICY = {
+    "type": "object",
+    "description": (
+        "rules of a key or team; fields: models, routes, allow_ips, expires_at, max_body_bytes,"
+        " max_output_tokens, rps, rpm, rph, rpd, tpm, max_concurrent, budget_usd, budget_tokens,"
+        " honeytoken, rotate_every (see docs/access-control.md and docs/limits.md); an unknown"
+        " field or a malformed value is refused with 400"
+    ),
+}
 _TIME = {"type": "string", "description": "UTC, ISO 8601 (YYYY-MM-DDTHH:MM:SSZ), or '-'"}
 _NTIME = {**_TIME, "nullable": True}
 _NSTR = {"type": "string", "nullable": True}

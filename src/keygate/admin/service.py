@@ -20,6 +20,7 @@ from ..cli.teams import team_view
 from ..config import Settings
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..logs import redact
+from ..policies import validate_policy
 from ..store import Store
 from ..types import KeyRecord, Team
 from . import tokens
@@ -65,9 +66,7 @@ def check_name(value: Any, field: str = "name") -> str:
 
 
 def check_policy(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest("policy must be a JSON object", param="policy")
-    return value
+    return validate_policy(value)
 
 
 def check_team_ref(value: Any) -> str | None:

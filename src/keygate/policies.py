@@ -1,0 +1,92 @@
+"""The one validator for policy JSON (keys and teams), whichever feature owns each field.
+
+The CLI builds policies from flags it has already checked; the admin API accepts policy JSON from
+the network, and everything in it reaches guards on the hot path. This function is the gate: an
+unknown field or a malformed value is refused with a message naming it, so a guard never meets a
+value it cannot read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from .errors import ConfigError, InvalidRequest
+from .limitconf import POLICY_KEYS as LIMIT_KEYS
+from .limitconf import check_policy as check_limits
+from .routes import ROUTE_NAMES
+
+_MAX_LIST = 256
+
+
+def _str_list(name: str, value: Any, item: Callable[[str], Any] | None = None) -> list[str]:
+    if not isinstance(value, list) or len(value) > _MAX_LIST or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"policy.{name}: expected a list of at most {_MAX_LIST} strings", param="policy")
+    for v in value:
+        if item is not None:
+            try:
+                item(v)
+            except ValueError:
+                raise InvalidRequest(f"policy.{name}: {v[:80]!r} is not valid", param="policy") from None
+    return list(value)
+
+
+def _route(name: str) -> None:
+    if name not in ROUTE_NAMES:
+        raise ValueError(name)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise InvalidRequest(f"policy.{name}: expected a positive whole number", param="policy")
+    return value
+
+
+def _timestamp(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return value
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidRequest(f"policy.{name}: expected an ISO 8601 time", param="policy")
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"policy.{name}: expected true or false", param="policy")
+    return value
+
+
+_ACCESS: dict[str, Callable[[str, Any], Any]] = {
+    "models": lambda n, v: _str_list(n, v),
+    "routes": lambda n, v: _str_list(n, v, _route),
+    "allow_ips": lambda n, v: _str_list(n, v, lambda c: ipaddress.ip_network(c, strict=False)),
+    "expires_at": _timestamp,
+    "max_body_bytes": _positive_int,
+    "max_output_tokens": _positive_int,
+    "honeytoken": _flag,
+    "rotate_every": _positive_int,
+    "rotated_at": _timestamp,
+}
+
+
+def validate_policy(policy: Any) -> dict[str, Any]:
+    """A checked copy of ``policy``, or :class:`InvalidRequest` naming the first bad field."""
+    if not isinstance(policy, Mapping):
+        raise InvalidRequest("policy must be a JSON object", param="policy")
+    out: dict[str, Any] = {}
+    for name, value in policy.items():
+        if name in _ACCESS:
+            out[name] = _ACCESS[name](name, value)
+        elif name not in LIMIT_KEYS:
+            raise InvalidRequest(f"policy.{str(name)[:80]}: unknown policy field", param="policy")
+    try:
+        out.update(check_limits({k: v for k, v in policy.items() if k in LIMIT_KEYS}, "policy"))
+    except ConfigError as exc:
+        raise InvalidRequest(exc.message, param="policy") from None
+    return out
