@@ -13,6 +13,7 @@ import asyncio
 import calendar
 import contextlib
 import datetime
+import functools
 import logging
 import time
 import urllib.request
@@ -36,7 +37,13 @@ def period_key(period: str, ts: float) -> str:
     """The name of the budget period ``ts`` falls in (UTC calendar periods)."""
     if period == "lifetime":
         return "lifetime"
-    t = time.gmtime(ts)
+    return _period_key(period, int(ts))
+
+
+@functools.lru_cache(maxsize=64)
+def _period_key(period: str, second: int) -> str:
+    # Cached per second: every request of that second asks, and strftime is not free.
+    t = time.gmtime(second)
     if period == "day":
         return time.strftime("%Y-%m-%d", t)
     if period == "month":

@@ -30,32 +30,32 @@ class MemoryCounters:
         tats = self._tat
         new: list[float] = []
         for rate, cost in zip(rates, costs, strict=True):
-            interval = rate.period / rate.limit
             tat = tats.get(rate.name, now)
             if tat < now:
                 tat = now
-            after = tat + cost * interval
+            after = tat + cost * rate.period / rate.limit
             if after - now > rate.period + 1e-9:
                 wait = after - now - rate.period
                 if cost > rate.limit:
                     wait = rate.period  # can never fit: tell the client to back off a full period
+                olds = [max(tats.get(r.name, now), now) for r in rates]
                 return Decision(
                     False,
                     wait,
                     rate,
-                    [_remaining(self._tat.get(r.name, now), now, r) for r in rates],
-                    [max(0.0, self._tat.get(r.name, now) - now) for r in rates],
+                    [_remaining(t, now, r) for t, r in zip(olds, rates, strict=True)],
+                    [t - now for t in olds],
                 )
             new.append(after)
+        resets = []
+        remaining = []
         for rate, after in zip(rates, new, strict=True):
             tats[rate.name] = after
-        return Decision(
-            True,
-            0.0,
-            None,
-            [_remaining(t, now, r) for t, r in zip(new, rates, strict=True)],
-            [t - now for t in new],
-        )
+            ahead = after - now
+            resets.append(ahead)
+            # Inline of _remaining(): this runs for every limit of every request.
+            remaining.append(max(0, rate.limit - math.ceil(ahead * rate.limit / rate.period - 1e-9)))
+        return Decision(True, 0.0, None, remaining, resets)
 
     def adjust(self, rate: Rate, delta: float, now: float) -> None:
         tat = max(self._tat.get(rate.name, now), now) + delta * rate.period / rate.limit
