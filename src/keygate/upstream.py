@@ -79,6 +79,22 @@ class UpstreamClient:
             await client.close()
 
 
+def small_client(connect_timeout: float = 5.0, timeout: float = 10.0) -> Any:
+    """A client for keygate's own small outbound calls (JWKS, token introspection).
+
+    Same hardening as the upstream client: no redirects, no proxy from the environment, TLS
+    verified; short timeouts, since these calls sit on an authentication path.
+    """
+    return (
+        ClientBuilder()
+        .follow_redirects(False)
+        .connect_timeout(timedelta(seconds=connect_timeout))
+        .timeout(timedelta(seconds=timeout))
+        .no_proxy()
+        .build()
+    )
+
+
 def map_transport_error(exc: Exception, upstream: Upstream) -> KeygateError:
     """A pyreqwest exception as the client-facing error; the detail goes to the operator log."""
     log.warning(

@@ -13,16 +13,15 @@ import base64
 import hashlib
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
-from pyreqwest.client import ClientBuilder
 
 from ..access_config import IntrospectionSettings
 from ..errors import AuthenticationFailed, KeygateError, UpstreamUnavailable
 from ..keycache import KeyCache
+from ..upstream import small_client
 from .authn import Principal, claim_team
 
 log = logging.getLogger("keygate.access")
@@ -46,14 +45,7 @@ class Introspector:
         self.calls = 0
 
     async def start(self) -> None:
-        self._client = (
-            ClientBuilder()
-            .follow_redirects(False)
-            .connect_timeout(timedelta(seconds=5))
-            .timeout(timedelta(seconds=10))
-            .no_proxy()
-            .build()
-        )
+        self._client = small_client()
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import jwt
 import orjson
-from pyreqwest.client import ClientBuilder
 
 from ..access_config import JWTSettings
 from ..errors import AuthenticationFailed, KeygateError
 from ..keycache import KeyCache
+from ..upstream import small_client
 from .authn import Principal, claim_team
 
 log = logging.getLogger("keygate.access")
@@ -54,14 +53,7 @@ class JWKSCache:
         self.fetches = 0
 
     async def start(self) -> None:
-        self._client = (
-            ClientBuilder()
-            .follow_redirects(False)
-            .connect_timeout(timedelta(seconds=5))
-            .timeout(timedelta(seconds=10))
-            .no_proxy()
-            .build()
-        )
+        self._client = small_client()
         await self._refresh()
 
     async def stop(self) -> None:
