@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway
+from ..helpers import Gateway, assert_no_secret_written
 from ..idp import AUDIENCE, ISSUER, IdP, SigningKey
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -216,3 +216,16 @@ def test_static_public_key_file(
         assert call(gw, signer.sign()).status_code == 200
         assert call(gw, SigningKey("static").sign()).status_code == 401
         assert len(mock.requests) == 1
+
+
+def test_no_token_is_written_anywhere(gw: Gateway, key: SigningKey, mock: MockUpstream) -> None:
+    """Valid, expired and forged JWTs: none of them may appear in any file the gateway wrote."""
+    now = int(time.time())
+    good = key.sign(sub="bob@example")
+    expired = key.sign({"exp": now - 600, "iat": now - 1200})
+    forged = good[: good.rindex(".") + 1] + "A" * 40
+    assert call(gw, good).status_code == 200
+    assert call(gw, expired).status_code == 401
+    assert call(gw, forged).status_code == 401
+    gw.wait_entry(lambda e: e.get("key_id") == "jwt:bob@example")
+    assert_no_secret_written(gw.written_files(), [good, expired, forged, *gw.secrets])
