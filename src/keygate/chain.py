@@ -12,11 +12,15 @@ complete        always, also on error or disconnect           account, record, l
 =============== ============================================ ===============================
 
 A guard overrides only the phases it needs; :class:`Chain` calls only overridden methods, so an
-unused phase costs nothing on the hot path.
+unused phase costs nothing on the hot path. A guard's ``request`` phase is a plain method when it
+never waits (most guards), or ``async def`` when it does (reading the body, verifying a token,
+queueing for a global slot): the chain tells them apart once, when it is built, and calls a plain
+one without creating a coroutine.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -105,7 +109,8 @@ class Guard:
 
     name = "guard"
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | Awaitable[KeygateError | None] | None:
+        """Check the request; return an error to reject it. Override as ``def`` or ``async def``."""
         return None
 
     def response_start(self, ctx: Context, status: int, headers: list[tuple[str, str]]) -> None:
@@ -133,8 +138,9 @@ class Chain:
 
     def __init__(self, guards: Sequence[Guard]) -> None:
         self.guards = tuple(guards)
-        self._request: tuple[Callable[[Context], Awaitable[KeygateError | None]], ...] = tuple(
-            g.request for g in guards if _overrides(g, "request")
+        # (phase, awaits) pairs: decided here, once, never per request.
+        self._request: tuple[tuple[Callable[[Context], Any], bool], ...] = tuple(
+            (g.request, inspect.iscoroutinefunction(g.request)) for g in guards if _overrides(g, "request")
         )
         self._response_start = tuple(g.response_start for g in guards if _overrides(g, "response_start"))
         self._chunk = tuple(g.chunk for g in guards if _overrides(g, "chunk"))
@@ -147,8 +153,8 @@ class Chain:
         return bool(self._chunk)
 
     async def request(self, ctx: Context) -> KeygateError | None:
-        for phase in self._request:
-            err = await phase(ctx)
+        for phase, awaits in self._request:
+            err: KeygateError | None = await phase(ctx) if awaits else phase(ctx)
             if err is not None:
                 return err
         return None
@@ -191,13 +197,13 @@ def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None)
     from .counters import MemoryCounters
     from .guards.access import build_authenticate
     from .guards.body import BodyReader
-    from .guards.budget import BudgetGuard
+    from .guards.budget import budget_guard
     from .guards.client_ip import ClientIP
-    from .guards.global_limits import GlobalLimit
+    from .guards.global_limits import global_limit
     from .guards.honeytoken import Honeytoken
     from .guards.lockout import AuthLockout
     from .guards.policy import AccessPolicy, RequestPolicy
-    from .guards.ratelimit import RateLimit
+    from .guards.ratelimit import rate_limit
     from .guards.record import Record
     from .guards.rotation_watch import RotationWatch
     from .spend import SpendBook
@@ -216,8 +222,8 @@ def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None)
             AccessPolicy(),
             BodyReader(settings.max_body_bytes, settings.body_read_timeout),
             RequestPolicy(),
-            RateLimit(counters, limits),
-            BudgetGuard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),
-            GlobalLimit(limits.global_),
+            rate_limit(counters, limits),
+            budget_guard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),
+            global_limit(limits.global_),
         ]
     )

@@ -12,13 +12,17 @@ with one Lua script per call, so every check-and-update stays atomic:
 Rates use GCRA (a token bucket kept as one "theoretical arrival time" per limit): a full bucket
 holds ``limit`` units and refills continuously at ``limit / period``, so there is no window edge to
 burst across: in any interval of length ``d`` at most ``limit + d * limit / period`` units pass.
+
+An implementation that never needs to wait (the in-process one) also offers :class:`SyncCounters`:
+the same decisions as plain ``*_now`` methods. The limit guards use those when present, so the
+common case pays for no coroutine at all; a networked implementation simply leaves them out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +98,16 @@ class Counters(Protocol):
     def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
         """``(spent, held)`` of the given budget counters, for persisting."""
         ...
+
+
+@runtime_checkable
+class SyncCounters(Protocol):
+    """The deciding methods of :class:`Counters` as plain calls, for implementations that never wait."""
+
+    def take_now(self, rates: Sequence[Rate], costs: Sequence[float], now: float) -> Decision: ...
+
+    def enter_now(self, gates: Sequence[tuple[str, int]]) -> str | None: ...
+
+    def reserve_now(self, holds: Sequence[Hold]) -> Hold | None: ...
+
+    def available_now(self, names: Sequence[str]) -> list[tuple[float, float]]: ...

@@ -67,6 +67,9 @@ class MemoryCounters:
     # -- concurrency gates --------------------------------------------------------------------
 
     async def enter(self, gates: Sequence[tuple[str, int]]) -> str | None:
+        return self.enter_now(gates)
+
+    def enter_now(self, gates: Sequence[tuple[str, int]]) -> str | None:
         counts = self._gates
         for name, cap in gates:
             if counts.get(name, 0) >= cap:
@@ -90,6 +93,9 @@ class MemoryCounters:
     # -- budgets ------------------------------------------------------------------------------
 
     async def reserve(self, holds: Sequence[Hold]) -> Hold | None:
+        return self.reserve_now(holds)
+
+    def reserve_now(self, holds: Sequence[Hold]) -> Hold | None:
         budgets = self._budgets
         for h in holds:
             spent, held = budgets.get(h.name, (0.0, 0.0))
@@ -104,6 +110,9 @@ class MemoryCounters:
         return None
 
     async def available(self, names: Sequence[str]) -> list[tuple[float, float]]:
+        return self.available_now(names)
+
+    def available_now(self, names: Sequence[str]) -> list[tuple[float, float]]:
         return [self._pair(n) for n in names]
 
     def settle(self, name: str, held: float, spent: float) -> tuple[float, float]:

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from ..keycache import KeyCache
 
 
-def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate:
+def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate | KeyAuth:
+    """The authentication guard: the plain (never awaiting) :class:`KeyAuth` when keygate keys are
+    the only method, else :class:`Authenticate`, which awaits token verification."""
     auth = settings.access.auth
     jwt: TokenVerifier | None = None
     introspect: TokenVerifier | None = None
@@ -25,4 +27,6 @@ def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate:
 
         introspect = Introspector(auth.introspection, keys)
     key_auth = KeyAuth(keys, settings.pepper) if auth.keys else None
+    if key_auth is not None and jwt is None and introspect is None:
+        return key_auth
     return Authenticate(keys, key_auth, jwt, introspect)

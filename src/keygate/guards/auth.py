@@ -33,7 +33,7 @@ class KeyAuth(Guard):
         self._cache = cache
         self._pepper = pepper
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         token = bearer_token(ctx)
         if token is None:
             return MISSING

@@ -84,13 +84,11 @@ class Authenticate(Guard):
             await v.stop()
 
     async def request(self, ctx: Context) -> KeygateError | None:
-        if self._keys is not None and not self._verifiers:
-            return await self._keys.request(ctx)  # the fast path when keys are the only method
         token = bearer_token(ctx)
         if token is None:
             return MISSING
         if token.startswith("kg_"):
-            return await self._keys.request(ctx) if self._keys is not None else NO_METHOD
+            return self._keys.request(ctx) if self._keys is not None else NO_METHOD
         if self._jwt is not None and _JWT_SHAPE.match(token):
             result = await self._jwt.verify(token)
         elif self._introspect is not None and len(token) <= 4096:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..chain import Context, Guard
-from ..counters import Counters, Hold
+from ..counters import Counters, Hold, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
 from ..limitconf import BUDGET_KINDS, LimitSettings, Price
 from ..spend import SpendBook, counter_name, notify, period_end
@@ -77,7 +77,42 @@ class Reservation:
         self.cut = False
 
 
-class BudgetGuard(Guard):
+class _Step:
+    """A metered request between looking at its budgets and holding its worst case on them."""
+
+    __slots__ = ("budgets", "est", "names", "price", "route")
+
+    def __init__(
+        self, budgets: list[Budget], names: list[str], route: str, price: Price | None, est: Estimate
+    ) -> None:
+        self.budgets = budgets
+        self.names = names
+        self.route = route
+        self.price = price
+        self.est = est
+
+
+class _Plan:
+    """A key's budgets, and their counter names for the second they were last asked for."""
+
+    __slots__ = ("budgets", "names", "second")
+
+    def __init__(self, budgets: list[Budget]) -> None:
+        self.budgets = budgets
+        self.second = -1
+        self.names: list[str] = []
+
+    def counter_names(self, ts: float) -> list[str]:
+        second = int(ts)  # a period name depends only on the second (see spend.period_key)
+        if second != self.second:
+            self.names = [counter_name(b.scope, b.kind, b.period, ts) for b in self.budgets]
+            self.second = second
+        return self.names
+
+
+class BudgetGuardBase(Guard):
+    """Shared by :class:`BudgetGuard` (plain, in-process counters) and :class:`AsyncBudgetGuard`."""
+
     name = "budget"
 
     def __init__(self, counters: Counters, limits: LimitSettings, book: SpendBook) -> None:
@@ -85,20 +120,25 @@ class BudgetGuard(Guard):
         self._limits = limits
         self._defaults = limits.defaults
         self._book = book
-        self._plans: dict[str, tuple[KeyRecord, Team | None, list[Budget]]] = {}
+        self._plans: dict[str, tuple[KeyRecord, Team | None, _Plan]] = {}
         self._notified: set[str] = set()
 
-    def budgets(self, key: KeyRecord, team: Team | None) -> list[Budget]:
+    def _plan(self, key: KeyRecord, team: Team | None) -> _Plan:
         cached = self._plans.get(key.id)
         if cached is not None and cached[0] is key and cached[1] is team:
             return cached[2]
-        found = budgets_of(key, team, self._defaults)
-        self._plans[key.id] = (key, team, found)
-        return found
+        plan = _Plan(budgets_of(key, team, self._defaults))
+        self._plans[key.id] = (key, team, plan)
+        return plan
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def budgets(self, key: KeyRecord, team: Team | None) -> list[Budget]:
+        return self._plan(key, team).budgets
+
+    def _before(self, ctx: Context) -> _Step | KeygateError | None:
+        """What to check (a step), a refusal, or None when no budget applies to this request."""
         assert ctx.key is not None
-        budgets = self.budgets(ctx.key, ctx.team)
+        plan = self._plan(ctx.key, ctx.team)
+        budgets = plan.budgets
         if not budgets:
             return None
         route = ctx.route.name if ctx.route is not None else ""
@@ -118,10 +158,13 @@ class BudgetGuard(Guard):
         if not metered:
             return None
         est = estimate(ctx, self._limits.default_max_output_tokens)
-        names = [counter_name(b.scope, b.kind, b.period, ctx.ts) for b in budgets]
-        state = await self._counters.available(names)
+        return _Step(budgets, plan.counter_names(ctx.ts), route, price, est)
+
+    def _fit(self, ctx: Context, step: _Step, state: list[tuple[float, float]]) -> list[Hold] | KeygateError:
+        """Clamp the request to what is left; the holds to take, or a refusal."""
+        est, price = step.est, step.price
         affordable = est.output
-        for b, (spent, held) in zip(budgets, state, strict=True):
+        for b, (spent, held) in zip(step.budgets, state, strict=True):
             left = b.amount - spent - held
             if b.kind == "tokens":
                 room = left - est.prompt
@@ -138,20 +181,23 @@ class BudgetGuard(Guard):
         if affordable < est.output or (not est.given and not ctx.stream and est.output):
             # Clamp to what is left, and cap a non-streamed answer at its reservation: only a
             # stream can be cut off mid-way, so only a stream may go without an explicit cap.
-            self._set_max_output(ctx, route, affordable)
+            self._set_max_output(ctx, step.route, affordable)
             est.output, est.given = affordable, True
-        holds = [
+        return [
             Hold(n, b.amount, self._amount(b, price, est.prompt, 0, est.output))
-            for n, b in zip(names, budgets, strict=True)
+            for n, b in zip(step.names, step.budgets, strict=True)
         ]
-        refused = await self._counters.reserve(holds)
+
+    def _reserved(
+        self, ctx: Context, step: _Step, holds: list[Hold], refused: Hold | None
+    ) -> KeygateError | None:
         if refused is not None:
-            return self._exhausted(budgets[holds.index(refused)], ctx.ts)
+            return self._exhausted(step.budgets[holds.index(refused)], ctx.ts)
         for h in holds:
             self._book.touch(h.name)  # persisted held: a crash counts it at its worst case
-        res = Reservation(budgets, holds, price, est)
+        res = Reservation(step.budgets, holds, step.price, step.est)
         if ctx.stream:
-            res.markers = _MARKERS.get(route)
+            res.markers = _MARKERS.get(step.route)
         ctx.extras["budget"] = res
         return None
 
@@ -236,3 +282,41 @@ class BudgetGuard(Guard):
 
     async def stop(self) -> None:
         await self._book.close()
+
+
+class BudgetGuard(BudgetGuardBase):
+    """Budgets on counters that decide without waiting: a plain request phase, no coroutine."""
+
+    def __init__(self, counters: Counters, limits: LimitSettings, book: SpendBook) -> None:
+        super().__init__(counters, limits, book)
+        assert isinstance(counters, SyncCounters)
+        self._now: SyncCounters = counters
+
+    def request(self, ctx: Context) -> KeygateError | None:
+        step = self._before(ctx)
+        if not isinstance(step, _Step):
+            return step
+        holds = self._fit(ctx, step, self._now.available_now(step.names))
+        if not isinstance(holds, list):
+            return holds
+        return self._reserved(ctx, step, holds, self._now.reserve_now(holds))
+
+
+class AsyncBudgetGuard(BudgetGuardBase):
+    """Budgets on counters that may wait for a round trip (a shared, networked store)."""
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        step = self._before(ctx)
+        if not isinstance(step, _Step):
+            return step
+        holds = self._fit(ctx, step, await self._counters.available(step.names))
+        if not isinstance(holds, list):
+            return holds
+        return self._reserved(ctx, step, holds, await self._counters.reserve(holds))
+
+
+def budget_guard(counters: Counters, limits: LimitSettings, book: SpendBook) -> BudgetGuardBase:
+    """The plain guard when the counters offer :class:`SyncCounters`, else the awaiting one."""
+    if isinstance(counters, SyncCounters):
+        return BudgetGuard(counters, limits, book)
+    return AsyncBudgetGuard(counters, limits, book)

@@ -88,7 +88,7 @@ class ClientIP(Guard):
     def __init__(self, settings: NetworkSettings) -> None:
         self._settings = settings
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         peer = parse_ip(ctx.peer_ip)
         if peer is None:
             return BLOCKED

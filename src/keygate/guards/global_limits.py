@@ -22,6 +22,9 @@ from ..limitconf import GlobalLimits
 log = logging.getLogger("keygate.limits")
 
 
+_ONE = (1.0,)
+
+
 def _busy(retry_after: float) -> UpstreamUnavailable:
     return UpstreamUnavailable(
         "The gateway is at its upstream capacity; please retry shortly.",
@@ -31,7 +34,11 @@ def _busy(retry_after: float) -> UpstreamUnavailable:
 
 
 class GlobalLimit(Guard):
-    """Global caps are per gateway process (the upstream account is one), so they stay in memory."""
+    """Global caps are per gateway process (the upstream account is one), so they stay in memory.
+
+    This class has no queue (``queue: 0``, the default): excess is refused at once, so its request
+    phase never waits and is a plain method. :class:`QueuedGlobalLimit` waits for capacity.
+    """
 
     name = "global"
 
@@ -39,13 +46,47 @@ class GlobalLimit(Guard):
         self._limits = limits
         self._bucket = MemoryCounters()
         self._rate = Rate("global:rps", limits.rps, 1.0) if limits.rps else None
+        self._rates = (self._rate,) if self._rate is not None else ()
         self._cap = limits.max_concurrent
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiting = 0
         self.upstream_429 = 0
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
+        if self._rates:
+            d = self._bucket.take_now(self._rates, _ONE, time.monotonic())
+            if not d.allowed:
+                return _busy(d.retry_after)
+        if self._cap is not None:
+            if self._in_flight >= self._cap:
+                return _busy(1.0)
+            self._in_flight += 1
+            ctx.extras["global_slot"] = True
+        return None
+
+    def response_start(self, ctx: Context, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 429:
+            self.upstream_429 += 1
+            log.warning("upstream rate limited the gateway", extra={"upstream_429_total": self.upstream_429})
+
+    def complete(self, ctx: Context) -> None:
+        if ctx.extras.pop("global_slot", None) is not None:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand our slot to the longest waiter
+                return
+        self._in_flight -= 1
+
+
+class QueuedGlobalLimit(GlobalLimit):
+    """Global caps with a bounded queue: excess waits up to ``queue_timeout`` for capacity."""
+
+    async def request(self, ctx: Context) -> KeygateError | None:  # type: ignore[override]
         deadline = time.monotonic() + self._limits.queue_timeout
         if self._rate is not None:
             while True:
@@ -85,19 +126,7 @@ class GlobalLimit(Guard):
             ctx.extras["global_slot"] = True
         return None
 
-    def response_start(self, ctx: Context, status: int, headers: list[tuple[str, str]]) -> None:
-        if status == 429:
-            self.upstream_429 += 1
-            log.warning("upstream rate limited the gateway", extra={"upstream_429_total": self.upstream_429})
 
-    def complete(self, ctx: Context) -> None:
-        if ctx.extras.pop("global_slot", None) is not None:
-            self._release()
-
-    def _release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # hand our slot to the longest waiter
-                return
-        self._in_flight -= 1
+def global_limit(limits: GlobalLimits) -> GlobalLimit:
+    """The plain guard unless requests may queue for capacity."""
+    return QueuedGlobalLimit(limits) if limits.queue > 0 else GlobalLimit(limits)

@@ -35,7 +35,7 @@ class Honeytoken(Guard):
 
     name = "honeytoken"
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         if ctx.key is None or not is_honeytoken(ctx.key.policy):
             return None
         log.critical(

@@ -27,7 +27,7 @@ class AuthLockout(Guard):
         self._failures: dict[str, deque[float]] = {}
         self._locked: dict[str, float] = {}
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         until = self._locked.get(ctx.client_ip)
         if until is None:
             return None

@@ -81,7 +81,7 @@ class AccessPolicy(Guard):
 
     name = "policy"
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         now = time.time()
         for policy in policies(ctx):
             expires = policy.get("expires_at")
@@ -110,7 +110,7 @@ class RequestPolicy(Guard):
 
     name = "request_policy"
 
-    async def request(self, ctx: Context) -> KeygateError | None:
+    def request(self, ctx: Context) -> KeygateError | None:
         token_cap: int | None = None
         for policy in policies(ctx):
             cap = policy.get("max_body_bytes")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..chain import Context, Guard
-from ..counters import Counters, Rate
+from ..counters import Counters, Decision, Rate, SyncCounters
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings
 from ..types import KeyRecord, Team
@@ -22,15 +22,23 @@ from ._estimate import add_headers, estimate
 
 
 class Plan:
-    """A key's compiled limits."""
+    """A key's compiled limits, with everything a request needs precomputed once per key record."""
 
-    __slots__ = ("gate_names", "gates", "requests", "tokens")
+    __slots__ = ("gate_names", "gates", "header_groups", "rates", "requests", "tokens", "unit_costs")
 
     def __init__(self, requests: list[Rate], tokens: list[Rate], gates: list[tuple[str, int]]) -> None:
         self.requests = requests
         self.tokens = tokens
         self.gates = gates
         self.gate_names = [name for name, _ in gates]
+        self.rates = requests + tokens
+        self.unit_costs = [1.0] * len(requests)  # the requests' costs; tokens' are per request
+        # Per kind: (kind, indices into rates) for the x-ratelimit-* headers.
+        self.header_groups: list[tuple[str, list[int]]] = []
+        for kind in ("requests", "tokens"):
+            indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
+            if indices:
+                self.header_groups.append((kind, indices))
 
     @property
     def empty(self) -> bool:
@@ -83,7 +91,31 @@ def limit_headers(plan_rates: list[Rate], remaining: list[int], reset: list[floa
     return out
 
 
-class RateLimit(Guard):
+_UNITS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+_GATES_FULL = RateLimited(
+    "Too many requests in flight for this key or team; wait for one to finish.",
+    code="concurrency_limit_exceeded",
+)
+
+
+def plan_headers(plan: Plan, remaining: list[int], reset: list[float]) -> list[tuple[str, str]]:
+    """:func:`limit_headers` with the per-kind grouping precomputed in the plan."""
+    out: list[tuple[str, str]] = []
+    rates = plan.rates
+    for kind, indices in plan.header_groups:
+        best = indices[0]
+        for i in indices:
+            if remaining[i] < remaining[best]:
+                best = i
+        out.append((f"x-ratelimit-limit-{kind}", str(rates[best].limit)))
+        out.append((f"x-ratelimit-remaining-{kind}", str(remaining[best])))
+        out.append((f"x-ratelimit-reset-{kind}", fmt_reset(reset[best])))
+    return out
+
+
+class RateLimitBase(Guard):
+    """Shared by :class:`RateLimit` (plain, in-process counters) and :class:`AsyncRateLimit`."""
+
     name = "ratelimit"
 
     def __init__(self, counters: Counters, limits: LimitSettings) -> None:
@@ -100,50 +132,37 @@ class RateLimit(Guard):
         self._plans[key.id] = (key, team, plan)
         return plan
 
-    async def request(self, ctx: Context) -> KeygateError | None:
-        assert ctx.key is not None
-        plan = self.plan(ctx.key, ctx.team)
-        if plan.empty:
-            return None
-        if plan.gates:
-            full = await self._counters.enter(plan.gates)
-            if full is not None:
-                return RateLimited(
-                    "Too many requests in flight for this key or team; wait for one to finish.",
-                    code="concurrency_limit_exceeded",
-                )
-            ctx.extras["gates"] = plan.gate_names
-        rates = plan.requests + plan.tokens
-        if not rates:
-            return None
-        cost = estimate(ctx, self._default_output).total if plan.tokens else 0
-        costs = [1.0] * len(plan.requests) + [float(cost)] * len(plan.tokens)
-        decision = await self._counters.take(rates, costs, time.monotonic())
-        headers = limit_headers(rates, decision.remaining, decision.reset)
+    def _costs(self, ctx: Context, plan: Plan) -> tuple[list[float], int]:
+        if not plan.tokens:
+            return plan.unit_costs, 0
+        cost = estimate(ctx, self._default_output).total
+        return plan.unit_costs + [float(cost)] * len(plan.tokens), cost
+
+    def _decided(self, ctx: Context, plan: Plan, cost: int, decision: Decision) -> KeygateError | None:
+        headers = plan_headers(plan, decision.remaining, decision.reset)
         if not decision.allowed:
             if "gates" in ctx.extras:
                 self._counters.leave(ctx.extras.pop("gates"))
             denied = decision.denied
             assert denied is not None
             what = "tokens" if denied.kind == "tokens" else "requests"
-            unit = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}[denied.period]
-            err = RateLimited(
-                f"Rate limit reached for {what} per {unit}: limit {denied.limit}. "
+            return RateLimited(
+                f"Rate limit reached for {what} per {_UNITS[denied.period]}: limit {denied.limit}. "
                 f"Please try again in {decision.retry_after:.3g}s.",
                 retry_after=decision.retry_after,
                 headers=headers,
             )
-            return err
         if plan.tokens:
             ctx.extras["tpm"] = (plan.tokens, cost)
         add_headers(ctx, headers)
         return None
 
     def complete(self, ctx: Context) -> None:
-        gates = ctx.extras.get("gates")
+        extras = ctx.extras
+        gates = extras.get("gates")
         if gates is not None:
             self._counters.leave(gates)
-        tpm = ctx.extras.get("tpm")
+        tpm = extras.get("tpm")
         if tpm is not None:
             rates, charged = tpm
             delta = ctx.usage.total_tokens - charged
@@ -151,3 +170,47 @@ class RateLimit(Guard):
                 now = time.monotonic()
                 for rate in rates:
                     self._counters.adjust(rate, delta, now)
+
+
+class RateLimit(RateLimitBase):
+    """Rate limits on counters that decide without waiting: a plain request phase, no coroutine."""
+
+    def __init__(self, counters: Counters, limits: LimitSettings) -> None:
+        super().__init__(counters, limits)
+        assert isinstance(counters, SyncCounters)
+        self._now: SyncCounters = counters
+
+    def request(self, ctx: Context) -> KeygateError | None:
+        assert ctx.key is not None
+        plan = self.plan(ctx.key, ctx.team)
+        if plan.gates:
+            if self._now.enter_now(plan.gates) is not None:
+                return _GATES_FULL
+            ctx.extras["gates"] = plan.gate_names
+        if not plan.rates:
+            return None
+        costs, cost = self._costs(ctx, plan)
+        return self._decided(ctx, plan, cost, self._now.take_now(plan.rates, costs, time.monotonic()))
+
+
+class AsyncRateLimit(RateLimitBase):
+    """Rate limits on counters that may wait for a round trip (a shared, networked store)."""
+
+    async def request(self, ctx: Context) -> KeygateError | None:
+        assert ctx.key is not None
+        plan = self.plan(ctx.key, ctx.team)
+        if plan.gates:
+            if await self._counters.enter(plan.gates) is not None:
+                return _GATES_FULL
+            ctx.extras["gates"] = plan.gate_names
+        if not plan.rates:
+            return None
+        costs, cost = self._costs(ctx, plan)
+        return self._decided(ctx, plan, cost, await self._counters.take(plan.rates, costs, time.monotonic()))
+
+
+def rate_limit(counters: Counters, limits: LimitSettings) -> RateLimitBase:
+    """The plain guard when the counters offer :class:`SyncCounters`, else the awaiting one."""
+    if isinstance(counters, SyncCounters):
+        return RateLimit(counters, limits)
+    return AsyncRateLimit(counters, limits)
