@@ -6,9 +6,10 @@ asks for a :class:`Lease` per attempt:
 
 - keys are spread round robin (or by least in flight); ``retiring`` keys (after a rotation) are
   used only when no active key is available, and never after their grace period;
-- a key answered with 401/403 leaves the rotation with an alert log line; a 429 cools it down for
-  its Retry-After; 5xx and connection errors retry on another key, at most ``upstream_retries``
-  times, and never once a stream has started (the caller decides that);
+- a key answered with 401/403 leaves the rotation with an alert log line (``keygate upstreams
+  enable`` puts it back); a 429 cools it down for its Retry-After; 5xx and connection errors
+  retry on another key, at most ``upstream_retries`` times, and never once a stream has started
+  (the caller decides that);
 - when every key of an upstream is out, its ``fallback`` upstream (and its fallback...) is used.
 
 A background task reloads the pool when the store changes (``meta.upstreams_rev``) or a
@@ -49,6 +50,7 @@ class PoolKey:
     __slots__ = (
         "cool_until",
         "disabled",
+        "disabled_at",
         "id",
         "in_flight",
         "retire_at",
@@ -68,6 +70,7 @@ class PoolKey:
         self.retire_at = retire_at
         self.in_flight = 0
         self.disabled = False
+        self.disabled_at = 0.0  # wall clock, compared with an operator's `upstreams enable`
         self.cool_until = 0.0
 
     def usable(self, now: float, last_resort: bool = False) -> bool:
@@ -111,8 +114,9 @@ class Lease:
 
     def rejected(self, status: int) -> None:
         self.key.disabled = True
+        self.key.disabled_at = time.time()
         alert.error(
-            "upstream rejected one of its keys; it leaves the rotation until reloaded or rotated",
+            "upstream rejected one of its keys; it leaves the rotation (see: keygate upstreams enable)",
             extra={
                 "alert": "upstream_key_rejected",
                 "severity": "high",
@@ -179,11 +183,19 @@ class UpstreamPool:
             if secret is not None:
                 view = replace(entry.upstream, api_key=secret)
                 entry.keys.append(PoolKey(row.id, view, "store", status, row.retire_at))
+        enables = self._store.upstream_key_enables()
         for entry in entries.values():
             for k in entry.keys:
                 prev = old.get(k.id)
                 if prev is not None and prev.secret == k.secret:
                     k.disabled, k.cool_until, k.in_flight = prev.disabled, prev.cool_until, prev.in_flight
+                    k.disabled_at = prev.disabled_at
+                    if k.disabled and enables.get(k.id, 0.0) > k.disabled_at:
+                        k.disabled = False
+                        log.warning(
+                            "upstream key enabled by an operator; back in rotation",
+                            extra={"upstream": entry.upstream.name, "upstream_key": k.id},
+                        )
         self._entries = entries
 
     def _open(self, upstream: str, key_id: str, sealed: Any, strict: bool) -> Secret | None:

@@ -36,6 +36,7 @@ def test_keys_create_list_revoke(tmp_path: Path, upstream: MockUpstream) -> None
         "LAST",
         "USED",
         "STATUS",
+        "UPSTREAM",
         "POLICY",
     ]
     gw.cli("keys", "revoke", created["id"])

@@ -14,6 +14,7 @@ from ..types import KeyRecord
 from . import _remote, key_rotation
 from ._common import audit, fmt_time, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
+from .upstreams import resolve_upstream
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -23,6 +24,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c = ks.add_parser("create", parents=[common], help="create a key; prints the secret once")
     c.add_argument("--name", required=True, help="what the key is for, e.g. billing-app")
     c.add_argument("--team", metavar="TEAM", help="team id or name the key belongs to")
+    c.add_argument("--upstream", metavar="NAME", help="pin the key to this upstream")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     add_policy_arguments(c, update=False)
     key_rotation.add_create_arguments(c)
@@ -36,6 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument("key_id", metavar="ID")
     u.add_argument("--name")
     u.add_argument("--team", metavar="TEAM", help="team id or name ('' to leave its team)")
+    u.add_argument("--upstream", metavar="NAME", help="pin the key to this upstream ('' to unpin)")
     u.add_argument("--json", action="store_true")
     add_policy_arguments(u, update=True)
     key_rotation.add_update_arguments(u)
@@ -73,6 +76,7 @@ def resolve_team(store: Store, team: str | None) -> str | None:
 
 def create(args: argparse.Namespace) -> int:
     if _remote.is_remote(args):
+        _no_remote_upstream(args)
         body = {"name": args.name, "team": args.team, "policy": apply_policy(args, {})}
         view = _remote.call(args, "POST", "/admin/keys", body)
         return _show_created(args, view)
@@ -85,10 +89,19 @@ def create(args: argparse.Namespace) -> int:
             hint=keyfmt.hint(secret),
             created_at=time.time(),
             team_id=resolve_team(store, args.team),
+            upstream=resolve_upstream(settings, store, args.upstream),
             policy=key_rotation.apply(args, apply_policy(args, {})),
         )
         store.insert_key(record)
-        audit(store, "keys.create", record.id, name=record.name, team=record.team_id, policy=record.policy)
+        audit(
+            store,
+            "keys.create",
+            record.id,
+            name=record.name,
+            team=record.team_id,
+            upstream=record.upstream,
+            policy=record.policy,
+        )
     return _show_created(args, {**key_view(record), "key": secret})
 
 
@@ -119,18 +132,19 @@ def list_keys(args: argparse.Namespace) -> int:
             v["created_at"],
             v["last_used_at"] or "-",
             v["status"],
+            v.get("upstream") or "-",
             describe(v["policy"]),
         ]
         for v in views
     ]
-    print_table(["id", "name", "hint", "created", "last used", "status", "policy"], rows)
+    print_table(["id", "name", "hint", "created", "last used", "status", "upstream", "policy"], rows)
     return 0
 
 
 def update(args: argparse.Namespace) -> int:
     if _remote.is_remote(args):
         return _update_remote(args)
-    with local_store(args) as (_, store):
+    with local_store(args) as (settings, store):
         current = store.get_key(args.key_id)
         if current is None:
             raise NotFound(f"no key with id {args.key_id}")
@@ -141,6 +155,8 @@ def update(args: argparse.Namespace) -> int:
             changes["name"] = args.name
         if args.team is not None:
             changes["team_id"] = resolve_team(store, args.team)
+        if args.upstream is not None:
+            changes["upstream"] = resolve_upstream(settings, store, args.upstream)
         policy = key_rotation.apply(args, apply_policy(args, current.policy))
         if policy != current.policy:
             changes["policy"] = policy
@@ -150,11 +166,18 @@ def update(args: argparse.Namespace) -> int:
     if args.json:
         print_json(key_view(updated))
     else:
-        print(f"Updated {updated.id}: policy {describe(updated.policy)}")
+        pinned = f", upstream {updated.upstream}" if updated.upstream else ""
+        print(f"Updated {updated.id}: policy {describe(updated.policy)}{pinned}")
     return 0
 
 
+def _no_remote_upstream(args: argparse.Namespace) -> None:
+    if args.upstream is not None:
+        raise InvalidRequest("--upstream: not available with --admin-url yet; run it on the gateway host")
+
+
 def _update_remote(args: argparse.Namespace) -> int:
+    _no_remote_upstream(args)
     path = f"/admin/keys/{_remote.segment(args.key_id)}"
     current = _remote.call(args, "GET", path)
     body: dict[str, Any] = {}

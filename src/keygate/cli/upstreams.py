@@ -47,6 +47,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("key_id", metavar="KEY_ID", nargs="?", help="one key (default: every retiring key)")
     t.set_defaults(handler=retire)
 
+    e = us.add_parser(
+        "enable", parents=[common], help="put a key rejected by the upstream (401/403) back into rotation"
+    )
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("key_id", metavar="KEY_ID", help="a stored key id, or NAME#i for a config key")
+    e.set_defaults(handler=enable)
+
 
 def _upstream_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", help="the upstream's base URL (new upstreams only)")
@@ -60,6 +67,16 @@ def sql(store: Store) -> SQLiteStore:
     """The store, with its upstream-secret tables (SQLite is the only store so far)."""
     assert isinstance(store, SQLiteStore)
     return store
+
+
+def resolve_upstream(settings: Settings, store: Store, name: str | None) -> str | None:
+    """A client key's pinned upstream: a configured or stored upstream; '' or None means none."""
+    if not name:
+        return None
+    known = set(settings.upstreams) | {d.name for d in sql(store).list_upstream_defs()}
+    if name not in known:
+        raise InvalidRequest(f"--upstream: no upstream named {name!r} (known: {', '.join(sorted(known))})")
+    return name
 
 
 def keyring_for(settings: Settings) -> Keyring:
@@ -154,6 +171,26 @@ def retire(args: argparse.Namespace) -> int:
             store.retire_upstream_keys(now, key_id=key_id, upstream=args.name)
             audit(store, "upstreams.retire", key_id, upstream=args.name)
     print(f"Retired {len(targets)} key(s) of {args.name}: " + (", ".join(targets) or "none"))
+    return 0
+
+
+def enable(args: argparse.Namespace) -> int:
+    with local_store(args) as (settings, any_store):
+        store = sql(any_store)
+        configured = settings.upstreams.get(args.name)
+        refs: tuple[str, ...] = ()
+        if configured is not None:
+            single = (configured.api_key_ref,) if configured.api_key is not None else ()
+            refs = configured.api_key_refs or single
+        config_ids = {f"{args.name}#{i}" for i in range(len(refs))}
+        now = time.time()
+        rows = store.list_upstream_keys(args.name)
+        stored_ids = {r.id for r in rows if r.effective_status(now) != "retired"}
+        if args.key_id not in config_ids | stored_ids:
+            raise NotFound(f"no live key {args.key_id} on upstream {args.name}")
+        store.enable_upstream_key(args.name, args.key_id, time.time())
+        audit(store, "upstreams.enable", args.key_id, upstream=args.name)
+    print(f"Key {args.key_id} of {args.name} goes back into rotation on running gateways.")
     return 0
 
 

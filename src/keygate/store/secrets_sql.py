@@ -50,6 +50,18 @@ MIGRATION = (
 )
 
 
+ENABLES_MIGRATION = (
+    "0004_upstream_key_enables",
+    """
+    CREATE TABLE IF NOT EXISTS upstream_key_enables (
+        key_id TEXT PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        enabled_at REAL NOT NULL
+    )
+    """,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamDef:
     name: str
@@ -197,6 +209,20 @@ class SecretsMixin:
                 "UPDATE upstream_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
                 [(ts, kid) for kid, ts in used.items()],
             )
+
+    def enable_upstream_key(self, upstream: str, key_id: str, now: float) -> None:
+        """Ask running gateways to put a key rejected (401/403) before ``now`` back into rotation."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO upstream_key_enables (key_id, upstream, enabled_at) VALUES (?, ?, ?)",
+                (key_id, upstream, now),
+            )
+            self._bump_upstreams_rev(conn)
+
+    def upstream_key_enables(self) -> dict[str, float]:
+        """key id -> when an operator last put it back into rotation."""
+        rows = self._conn().execute("SELECT key_id, enabled_at FROM upstream_key_enables")
+        return {str(r[0]): float(r[1]) for r in rows}
 
     def count_sealed_upstream_keys(self) -> int:
         row = self._conn().execute("SELECT COUNT(*) FROM upstream_keys WHERE ciphertext IS NOT NULL")

@@ -21,6 +21,7 @@ from typing import Any
 from ..types import KeyRecord, Team, UsageRow
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
 from .base import UsageSummary
+from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
 
@@ -101,6 +102,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     """,
     ),
     ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
+    _ENABLES_MIGRATION,
 ]
 
 _KEY_COLUMNS = (
