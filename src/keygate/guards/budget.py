@@ -122,6 +122,17 @@ class BudgetGuardBase(Guard):
         self._book = book
         self._plans: dict[str, tuple[KeyRecord, Team | None, _Plan]] = {}
         self._notified: set[str] = set()
+        self._prices: dict[str | None, Price | None] = {}
+
+    def _price(self, model: str | None) -> Price | None:
+        """``price_for`` with a bounded cache: a dated model name scans the whole price table."""
+        try:
+            return self._prices[model]
+        except KeyError:
+            if len(self._prices) >= 4096:
+                self._prices.clear()
+            found = self._prices[model] = self._limits.price_for(model)
+            return found
 
     def _plan(self, key: KeyRecord, team: Team | None) -> _Plan:
         cached = self._plans.get(key.id)
@@ -147,7 +158,7 @@ class BudgetGuardBase(Guard):
         if any(b.kind == "usd" for b in budgets):
             if not metered and ctx.model is None:
                 return None  # listing models and the like cost nothing
-            price = self._limits.price_for(ctx.model) if metered else None
+            price = self._price(ctx.model) if metered else None
             if price is None:
                 return PermissionDenied(
                     f"This key has a dollar budget and keygate has no price for model "
