@@ -9,18 +9,16 @@ JSON line per request to the access log. A failed write keeps its rows for the n
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 import orjson
 
+from .batching import WriteBehind
 from .store import Store
 from .types import UsageRow
 
@@ -39,13 +37,11 @@ def access_line(row: UsageRow) -> bytes:
     return b'{"time":"' + stamp.encode() + b'",' + orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
-class Recorder:
+class Recorder(WriteBehind):
     def __init__(self, store: Store, access_log: str = "-", flush_interval: float = 0.5) -> None:
+        super().__init__(flush_interval, "keygate-recorder")
         self._store = store
-        self._interval = flush_interval
         self._pending: list[UsageRow] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-recorder")
-        self._task: asyncio.Task[None] | None = None
         self._log: IO[bytes] = (
             sys.stdout.buffer if access_log == "-" else open(access_log, "ab")  # noqa: SIM115
         )
@@ -55,21 +51,16 @@ class Recorder:
     def record(self, row: UsageRow) -> None:
         self._pending.append(row)
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="keygate-recorder")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     async def flush(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write, batch)
+            await self._in_writer(self._write, batch)
         except Exception:
             log.exception("usage flush failed; will retry", extra={"rows": len(batch)})
             self._pending[:0] = batch
@@ -85,16 +76,6 @@ class Recorder:
             log.exception("access log write failed", extra={"rows": len(batch)})
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _ in range(3):
-            await self.flush()
-            if not self._pending:
-                break
-        if self._pending:
-            log.error("usage rows could not be written at shutdown", extra={"rows": len(self._pending)})
-        self._executor.shutdown(wait=True)
+        await super().close()
         if self._log is not sys.stdout.buffer:
             self._log.close()

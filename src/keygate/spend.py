@@ -18,11 +18,11 @@ import logging
 import time
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
 
+from .batching import WriteBehind
 from .counters import Counters
 
 log = logging.getLogger("keygate.budget")
@@ -71,16 +71,18 @@ def counter_name(scope: str, kind: str, period: str, ts: float) -> str:
     return f"{scope}|{kind}|{period_key(period, ts)}"
 
 
-class SpendBook:
+class SpendBook(WriteBehind):
     """Which budget counters changed, and the batch writer that persists them."""
 
     def __init__(self, counters: Counters, store: SpendStore | None, interval: float) -> None:
+        super().__init__(interval, "keygate-spend")
         self._counters = counters
         self._store = store
-        self._interval = interval
         self._dirty: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-spend")
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty) and self._store is not None
 
     def touch(self, name: str) -> None:
         self._dirty.add(name)
@@ -98,12 +100,7 @@ class SpendBook:
 
     async def start(self) -> None:
         self.load()
-        self._task = asyncio.create_task(self._run(), name="keygate-spend")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+        await super().start()
 
     async def flush(self) -> None:
         if not self._dirty or self._store is None:
@@ -112,23 +109,10 @@ class SpendBook:
         snap = self._counters.snapshot(names)
         rows = [(n, spent, held) for n, (spent, held) in snap.items()]
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._store.save_spend, rows, time.time()
-            )
+            await self._in_writer(self._store.save_spend, rows, time.time())
         except Exception:
             log.exception("spend flush failed; will retry")
             self._dirty.update(names)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _ in range(3):
-            await self.flush()
-            if not self._dirty:
-                break
-        self._executor.shutdown(wait=True)
 
 
 def _post(url: str, payload: dict[str, Any]) -> None:

@@ -1,0 +1,57 @@
+"""The shape shared by every write-behind buffer (usage rows, budget spend).
+
+The request path only adds to an in-memory buffer. A background task calls :meth:`flush` every
+``interval`` seconds, and the subclass's flush hands the batch to a dedicated writer thread, so
+the event loop never waits on the database. :meth:`close` stops the timer and flushes what is
+left, retrying a failed write a few times before giving up loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger("keygate")
+
+
+class WriteBehind:
+    def __init__(self, interval: float, name: str) -> None:
+        self._interval = interval
+        self._name = name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while something is buffered and not yet written."""
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+    async def _in_writer(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _ in range(3):
+            await self.flush()
+            if not self.pending:
+                break
+        if self.pending:
+            log.error("buffered records could not be written at shutdown", extra={"writer": self._name})
+        self._executor.shutdown(wait=True)
