@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..types import KeyRecord, Team, UsageRow
+from ..types import KeyRecord, Team
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
-from .base import UsageSummary
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
+from .usage_sql import UsageMixin
 
 # Named migrations, applied once each in list order; the names applied are kept in
 # schema_migrations, so features developed side by side can each append their own.
@@ -131,7 +131,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore(SecretsMixin, AdminTokensMixin):
+class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:
@@ -314,121 +314,3 @@ class SQLiteStore(SecretsMixin, AdminTokensMixin):
             return False
         self._keys_rev = rev
         return True
-
-    # -- usage ------------------------------------------------------------------------------
-
-    def write_usage(self, rows: Sequence[UsageRow]) -> None:
-        if not rows:
-            return
-        last_used: dict[str, float] = {}
-        for r in rows:
-            if r.key_id is not None and r.status < 400:
-                last_used[r.key_id] = max(r.ts, last_used.get(r.key_id, 0.0))
-        with self._tx() as conn:
-            conn.executemany(
-                "INSERT INTO usage (ts, request_id, key_id, route, method, path, model, status,"
-                " prompt_tokens, completion_tokens, cached_tokens, latency_ms, client_ip, upstream,"
-                " stream, error_code)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.ts,
-                        r.request_id,
-                        r.key_id,
-                        r.route,
-                        r.method,
-                        r.path,
-                        r.model,
-                        r.status,
-                        r.prompt_tokens,
-                        r.completion_tokens,
-                        r.cached_tokens,
-                        r.latency_ms,
-                        r.client_ip,
-                        r.upstream,
-                        int(r.stream),
-                        r.error_code,
-                    )
-                    for r in rows
-                ],
-            )
-            conn.executemany(
-                "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-                [(ts, key_id) for key_id, ts in last_used.items()],
-            )
-
-    def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]:
-        where: list[str] = ["1=1"]
-        args: list[Any] = []
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        # Only constant fragments are joined; every value is a bound parameter.
-        sql = (
-            "SELECT key_id, COUNT(*), SUM(status >= 400), SUM(prompt_tokens), SUM(completion_tokens),"  # noqa: S608
-            " MIN(ts), MAX(ts) FROM usage WHERE " + " AND ".join(where) + " GROUP BY key_id ORDER BY key_id"
-        )
-        rows = self._conn().execute(sql, args).fetchall()
-        return [UsageSummary(r[0], r[1], r[2] or 0, r[3] or 0, r[4] or 0, r[5], r[6]) for r in rows]
-
-    def usage_rows(self, key_id: str | None = None, limit: int = 100) -> list[UsageRow]:
-        sql = (
-            "SELECT ts, request_id, key_id, route, method, path, model, status, prompt_tokens,"
-            " completion_tokens, cached_tokens, latency_ms, client_ip, upstream, stream, error_code"
-            " FROM usage"
-        )
-        args: list[Any] = []
-        if key_id is not None:
-            sql += " WHERE key_id = ?"
-            args.append(key_id)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [
-            UsageRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                r[10],
-                r[11],
-                r[12],
-                r[13],
-                bool(r[14]),
-                r[15],
-            )
-            for r in self._conn().execute(sql, args).fetchall()
-        ]
-
-    # -- budget spend (see keygate.spend) ----------------------------------------------------
-
-    def load_spend(self) -> dict[str, tuple[float, float]]:
-        rows = self._conn().execute("SELECT name, spent, held FROM spend").fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-    def save_spend(self, rows: Sequence[tuple[str, float, float]], ts: float) -> None:
-        """Absolute ``(name, spent, held)`` values of the budget counters that changed."""
-        with self._tx() as conn:
-            conn.executemany(
-                "INSERT INTO spend (name, spent, held, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET spent = excluded.spent, held = excluded.held,"
-                " updated_at = excluded.updated_at",
-                [(n, spent, held, ts) for n, spent, held in rows],
-            )
-
-    # -- audit ------------------------------------------------------------------------------
-
-    def write_audit(self, ts: float, actor: str, action: str, target: str, origin: str, details: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
-                (ts, actor, action, target, origin, details),
-            )
