@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from keygate import _mock_payloads as payloads
-from keygate._mock_payloads import Reply, StreamReply, failure_reply, find_route, invalid, unauthorized
+from keygate._mock_routes import Reply, StreamReply, failure_reply, find_route, invalid, unauthorized
 
 __all__ = ["DEFAULT_API_KEY", "FAILURE_MODES", "MockUpstream", "RecordedRequest"]
 
