@@ -79,42 +79,6 @@ class UsageMixin:
         rows = self._conn().execute(sql, args).fetchall()
         return [UsageSummary(r[0], r[1], r[2] or 0, r[3] or 0, r[4] or 0, r[5], r[6]) for r in rows]
 
-    def usage_rows(self, key_id: str | None = None, limit: int = 100) -> list[UsageRow]:
-        sql = (
-            "SELECT ts, request_id, key_id, route, method, path, model, status, prompt_tokens,"
-            " completion_tokens, cached_tokens, latency_ms, client_ip, upstream, stream, error_code"
-            " FROM usage"
-        )
-        args: list[Any] = []
-        if key_id is not None:
-            sql += " WHERE key_id = ?"
-            args.append(key_id)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [
-            UsageRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                r[10],
-                r[11],
-                r[12],
-                r[13],
-                bool(r[14]),
-                r[15],
-            )
-            for r in self._conn().execute(sql, args).fetchall()
-        ]
-
-    # -- budget spend (see keygate.spend) ----------------------------------------------------
-
     def load_spend(self) -> dict[str, tuple[float, float]]:
         rows = self._conn().execute("SELECT name, spent, held FROM spend").fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
