@@ -17,6 +17,7 @@ import hmac
 import re
 import secrets
 import zlib
+from dataclasses import dataclass
 from typing import Final
 
 from .types import Secret
@@ -73,6 +74,21 @@ def hint(key: str) -> str:
     """A non-secret reminder of which key this is: prefix and last four characters."""
     prefix = key[: key.index("_") + 1]
     return f"{prefix}...{key[-4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A freshly generated secret with what may be stored about it (never the secret itself)."""
+
+    secret: str
+    key_hash: str
+    hint: str
+
+
+def issue(pepper: Secret, prefix: str = CLIENT_PREFIX) -> Issued:
+    """Generate a key or token and derive its stored hash and display hint."""
+    secret = generate(prefix)
+    return Issued(secret, hash_key(pepper, secret), hint(secret))
 
 
 def new_id(kind: str = "key") -> str:

@@ -92,12 +92,13 @@ def create_key(store: Store, settings: Settings, actor: Actor, body: Any) -> dic
     name = check_name(body["name"])
     team_id = resolve_team(store, check_team_ref(body.get("team")))
     policy = check_policy(body.get("policy", {}))
-    secret = keyfmt.generate()
+    issued = keyfmt.issue(settings.pepper)
+    secret = issued.secret
     record = KeyRecord(
         id=keyfmt.new_id("key"),
         name=name,
-        key_hash=keyfmt.hash_key(settings.pepper, secret),
-        hint=keyfmt.hint(secret),
+        key_hash=issued.key_hash,
+        hint=issued.hint,
         created_at=time.time(),
         team_id=team_id,
         policy=policy,

@@ -49,12 +49,13 @@ def issue(store: Store, pepper: Secret, role: str, name: str) -> tuple[AdminToke
     """Create and store a new admin token; the plaintext is returned once and never stored."""
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
-    secret = keyfmt.generate(keyfmt.ADMIN_PREFIX)
+    issued = keyfmt.issue(pepper, keyfmt.ADMIN_PREFIX)
+    secret = issued.secret
     token = AdminToken(
         id=keyfmt.new_id("adm"),
         name=name,
-        token_hash=keyfmt.hash_key(pepper, secret),
-        hint=keyfmt.hint(secret),
+        token_hash=issued.key_hash,
+        hint=issued.hint,
         role=role,
         created_at=time.time(),
     )

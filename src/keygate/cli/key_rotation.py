@@ -70,13 +70,14 @@ def rotate(args: argparse.Namespace) -> int:
             raise NotFound(f"no key with id {args.key_id}")
         if not record.active:
             raise InvalidRequest(f"{args.key_id} is revoked; create a new key instead")
-        secret = keyfmt.generate()
+        issued = keyfmt.issue(settings.pepper)
+        secret = issued.secret
         now = time.time()
         policy = {**record.policy, "rotated_at": now}
         sql(store).rotate_key_secret(
             record.id,
-            keyfmt.hash_key(settings.pepper, secret),
-            keyfmt.hint(secret),
+            issued.key_hash,
+            issued.hint,
             now + grace,
             json.dumps(policy),
         )
@@ -86,7 +87,7 @@ def rotate(args: argparse.Namespace) -> int:
             {
                 "id": record.id,
                 "key": secret,
-                "hint": keyfmt.hint(secret),
+                "hint": issued.hint,
                 "old_valid_until": fmt_time(now + grace),
             }
         )

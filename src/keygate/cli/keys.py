@@ -81,12 +81,13 @@ def create(args: argparse.Namespace) -> int:
         view = _remote.call(args, "POST", "/admin/keys", body)
         return _show_created(args, view)
     with local_store(args) as (settings, store):
-        secret = keyfmt.generate()
+        issued = keyfmt.issue(settings.pepper)
+        secret = issued.secret
         record = KeyRecord(
             id=keyfmt.new_id("key"),
             name=args.name,
-            key_hash=keyfmt.hash_key(settings.pepper, secret),
-            hint=keyfmt.hint(secret),
+            key_hash=issued.key_hash,
+            hint=issued.hint,
             created_at=time.time(),
             team_id=resolve_team(store, args.team),
             upstream=resolve_upstream(settings, store, args.upstream),
