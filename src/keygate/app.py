@@ -12,10 +12,10 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Coroutine
 from typing import Any
 
-from . import routes
+from . import http1, routes
 from .chain import Chain, Context
 from .config import Settings
 from .errors import KeygateError, NotFound, error_body, error_headers
@@ -117,68 +117,14 @@ class Gateway:
 
     async def _attempt(self, ctx: Context, path: str, lease: Lease, tried: set[str], base_name: str) -> bool:
         """Forward once on the leased key; False means "retry on another key"."""
-        headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
-        request = self.client.request(lease.upstream, ctx.method, path, ctx.query, headers)
-        if ctx.body:
-            request = request.body_bytes(ctx.body)
-
-        def retry() -> bool:
-            return self.pool.can_retry(base_name, tried)
-
         if ctx.stream:
-            return await self._forward_stream(ctx, request, lease, retry)
-        return await self._forward(ctx, request.timeout(self.client.timeout), lease, retry)
+            return await self._until_disconnect(ctx, self._exchange(ctx, path, lease, tried, base_name))
+        return await self._exchange(ctx, path, lease, tried, base_name)
 
-    @staticmethod
-    def _retriable(lease: Lease, status: int, response: Any) -> bool:
-        if status < 400:
-            lease.ok()
-            return False
-        if status in (401, 403):
-            lease.rejected(status)
-            return True
-        if status == 429:
-            lease.cooldown(response.headers.get("retry-after"))
-            return True
-        if status >= 500:
-            return True
-        lease.ok()
-        return False
-
-    async def _forward(self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]) -> bool:
-        assert ctx.upstream is not None
-        try:
-            response = await request.build().send()
-            status = response.status
-            body = bytes(await response.bytes())
-        except Exception as exc:
-            err = map_transport_error(exc, ctx.upstream)
-            if retry():
-                return False
-            self._send_error(ctx, err)
-            return True
-        headers = list(response.headers.items())
-        if self._retriable(lease, status, response) and retry():
-            return False
-        self.chain.response_start(ctx, status, headers)
-        if status in (401, 403):
-            self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
-            return True
-        if status >= 400:
-            body = scrub(body, lease.key.secret)
-        elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
-            usage_from_json(body, ctx.usage)
-        out = with_extras(ctx, filter_response(headers))
-        out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
-        ctx.status = status
-        ctx.proto.response_bytes(status, out, body)
-        return True
-
-    async def _forward_stream(
-        self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]
-    ) -> bool:
-        """Relay a streamed response; a client disconnect closes the upstream request at once."""
-        relay = asyncio.ensure_future(self._relay(ctx, request, lease, retry))
+    async def _until_disconnect(self, ctx: Context, exchange: Coroutine[Any, Any, bool]) -> bool:
+        """Run a streamed exchange; a client that disconnects cancels it, which closes the upstream
+        connection at once."""
+        relay = asyncio.ensure_future(exchange)
         gone = asyncio.ensure_future(ctx.proto.client_disconnect())
         try:
             await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -192,48 +138,85 @@ class Gateway:
             gone.cancel()
         return True if relay.cancelled() else relay.result()
 
-    async def _relay(self, ctx: Context, request: Any, lease: Lease, retry: Callable[[], bool]) -> bool:
+    async def _exchange(self, ctx: Context, path: str, lease: Lease, tried: set[str], base_name: str) -> bool:
         assert ctx.upstream is not None
+        headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
         try:
-            # A zero read-ahead buffer: the response (and each chunk) is handed over as soon as it
-            # arrives, instead of after 64 KiB or the end of the stream.
-            async with request.streamed_read_buffer_limit(0).build_streamed() as response:
-                status = response.status
-                headers = list(response.headers.items())
-                if self._retriable(lease, status, response) and retry():
-                    return False
-                self.chain.response_start(ctx, status, headers)
-                if status in (401, 403):
-                    self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
-                    return True
-                ctype = response.headers.get("content-type") or ""
-                if status >= 400 or not ctype.startswith("text/event-stream"):
-                    body = bytes(await response.bytes())
-                    out = with_extras(ctx, filter_response(headers))
-                    out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
-                    ctx.status = status
-                    ctx.proto.response_bytes(
-                        status, out, scrub(body, lease.key.secret) if status >= 400 else body
-                    )
-                    return True
-                out = with_extras(ctx, filter_response(headers))
-                out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
-                ctx.status = status
-                transport = ctx.proto.response_stream(status, out)
-                await self._pump(ctx, response.body_reader, transport)
-        except (asyncio.CancelledError, ClientGone):
-            raise
+            response = await self.client.send(
+                ctx.upstream, ctx.method, path, ctx.query, headers, ctx.body, ctx.stream
+            )
         except Exception as exc:
-            if not ctx.status:
-                err = map_transport_error(exc, ctx.upstream)
-                if retry():
-                    return False
-                self._send_error(ctx, err)
-                return True
-            raise
+            err = map_transport_error(exc, ctx.upstream)
+            if err.status >= 500 and self.pool.can_retry(base_name, tried):
+                return False
+            self._send_error(ctx, err)
+            return True
+        status = response.status
+        if self._retriable(lease, status, response) and self.pool.can_retry(base_name, tried):
+            if ctx.stream:
+                response.close()
+            return False
+        if ctx.stream:
+            try:
+                await self._relay(ctx, response, lease)
+            finally:
+                response.close()
+        else:
+            self._reply(ctx, response, lease)
         return True
 
-    async def _pump(self, ctx: Context, reader: Any, transport: Any) -> None:
+    @staticmethod
+    def _retriable(lease: Lease, status: int, response: http1.Response) -> bool:
+        if status < 400:
+            lease.ok()
+            return False
+        if status in (401, 403):
+            lease.rejected(status)
+            return True
+        if status == 429:
+            lease.cooldown(response.header("retry-after"))
+            return True
+        if status >= 500:
+            return True
+        lease.ok()
+        return False
+
+    def _reply(self, ctx: Context, response: http1.Response, lease: Lease) -> None:
+        """Answer the client with a whole upstream response."""
+        assert ctx.upstream is not None
+        status, headers, body = response.status, response.headers, response.body
+        self.chain.response_start(ctx, status, headers)
+        if status in (401, 403):
+            return self._send_error(ctx, upstream_key_rejected(ctx.upstream, status))
+        if status >= 400:
+            body = scrub(body, lease.key.secret)
+        elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
+            usage_from_json(body, ctx.usage)
+        out = with_extras(ctx, filter_response(headers))
+        out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
+        ctx.status = status
+        ctx.proto.response_bytes(status, out, body)
+        return None
+
+    async def _relay(self, ctx: Context, response: http1.Response, lease: Lease) -> None:
+        """Relay a streamed response chunk by chunk (an error or non-SSE answer as a whole)."""
+        if response.status >= 400 or not (response.header("content-type") or "").startswith(
+            "text/event-stream"
+        ):
+            try:
+                response.body = await response.read_all()
+            except Exception as exc:
+                assert ctx.upstream is not None
+                return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
+            return self._reply(ctx, response, lease)
+        self.chain.response_start(ctx, response.status, response.headers)
+        out = with_extras(ctx, filter_response(response.headers))
+        out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
+        ctx.status = response.status
+        transport = ctx.proto.response_stream(response.status, out)
+        return await self._pump(ctx, response, transport)
+
+    async def _pump(self, ctx: Context, reader: http1.Response, transport: Any) -> None:
         assert ctx.upstream is not None
         tap = SSETap(ctx)
         watch = self.chain.watches_chunks
@@ -250,7 +233,7 @@ class Gateway:
                 if rest:
                     await _send(transport, rest)
                 return
-            data = tap.feed(bytes(chunk))
+            data = tap.feed(chunk)
             if watch:
                 cut = self.chain.chunk(ctx, data)
                 if cut is not None:

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
-from pyreqwest.client import ClientBuilder
-from pyreqwest.exceptions import (
-    ConnectError,
-    ConnectTimeoutError,
-    PyreqwestError,
-    RequestTimeoutError,
-)
 
+from . import http1
 from .config import Settings, Upstream
-from .errors import KeygateError, UpstreamError, UpstreamTimeout
+from .errors import InvalidRequest, KeygateError, UpstreamError, UpstreamTimeout
 from .types import Secret, Usage
 
 log = logging.getLogger("keygate.upstream")
@@ -35,79 +28,61 @@ REJECTED_KEY = UpstreamError(
 
 
 class UpstreamClient:
+    """Sends a request to an upstream at its configured base URL plus an allowlisted path."""
+
     def __init__(self, settings: Settings) -> None:
-        self.timeout = timedelta(seconds=settings.upstream_timeout)
-        self._settings = settings
-        self._client: Any = self._build(None)
-        # Upstreams with their own CA bundle get their own client (TLS roots are per client).
-        self._by_ca: dict[Path, Any] = {}
+        self.timeout = settings.upstream_timeout
+        self._http = http1.Client(settings.connect_timeout, settings.upstream_timeout)
 
-    def _build(self, ca_bundle: Path | None) -> Any:
-        builder = ClientBuilder()
-        if ca_bundle is not None:
-            builder = builder.add_root_certificate_pem(ca_bundle.read_bytes())
-        settings = self._settings
-        return (
-            builder.follow_redirects(False)
-            .gzip(False)
-            .brotli(False)
-            .zstd(False)
-            .deflate(False)
-            .https_only(False)
-            .connect_timeout(timedelta(seconds=settings.connect_timeout))
-            .read_timeout(self.timeout)
-            .pool_idle_timeout(timedelta(seconds=60))
-            .tcp_nodelay(True)
-            .no_proxy()
-            .build()
-        )
-
-    def request(self, upstream: Upstream, method: str, path: str, query: str, headers: dict[str, str]) -> Any:
-        url = upstream.base_url + path
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        stream: bool = False,
+    ) -> http1.Response:
+        """The whole response, or with ``stream`` its head (read the body, then ``close()`` it)."""
+        origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
+        target = origin.path + path
         if query:
-            url += "?" + query
-        client = self._client
-        if upstream.ca_bundle is not None:
-            client = self._by_ca.get(upstream.ca_bundle)
-            if client is None:
-                client = self._by_ca[upstream.ca_bundle] = self._build(upstream.ca_bundle)
-        return client.request(method, url).headers(headers)
+            target += "?" + query
+        return await self._http.request(origin, method, target, headers, body, stream)
 
     async def close(self) -> None:
-        await self._client.close()
-        for client in self._by_ca.values():
-            await client.close()
+        self._http.close()
 
 
-def small_client(connect_timeout: float = 5.0, timeout: float = 10.0) -> Any:
+def small_client(connect_timeout: float = 5.0, timeout: float = 10.0) -> httpx.AsyncClient:
     """A client for keygate's own small outbound calls (JWKS, token introspection).
 
     Same hardening as the upstream client: no redirects, no proxy from the environment, TLS
     verified; short timeouts, since these calls sit on an authentication path.
     """
-    return (
-        ClientBuilder()
-        .follow_redirects(False)
-        .connect_timeout(timedelta(seconds=connect_timeout))
-        .timeout(timedelta(seconds=timeout))
-        .no_proxy()
-        .build()
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
     )
 
 
 def map_transport_error(exc: Exception, upstream: Upstream) -> KeygateError:
-    """A pyreqwest exception as the client-facing error; the detail goes to the operator log."""
+    """A transport failure as the client-facing error; the detail goes to the operator log."""
+    if isinstance(exc, http1.InvalidRequest):
+        return InvalidRequest(f"The request could not be forwarded: {exc}.", code="invalid_request_header")
     log.warning(
         "upstream request failed",
-        extra={"upstream": upstream.name, "error": type(exc).__name__},
+        extra={"upstream": upstream.name, "error": type(exc).__name__, "detail": str(exc)},
     )
-    if isinstance(exc, ConnectTimeoutError):
+    if isinstance(exc, http1.ConnectTimeout):
         return UpstreamTimeout("Timed out connecting to the upstream API.", code="upstream_connect_timeout")
-    if isinstance(exc, RequestTimeoutError | TimeoutError):
+    if isinstance(exc, http1.ResponseTimeout):
         return UpstreamTimeout("The upstream API did not answer in time.")
-    if isinstance(exc, ConnectError):
+    if isinstance(exc, http1.ConnectFailed):
         return UpstreamError("Could not connect to the upstream API.", code="upstream_connect_failed")
-    if isinstance(exc, PyreqwestError):
+    if isinstance(exc, http1.TransportError):
         return UpstreamError("The connection to the upstream API failed.", code="upstream_connection_error")
     raise exc
 

@@ -49,7 +49,7 @@ class Introspector:
 
     async def stop(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
 
     async def verify(self, token: str) -> Principal | KeygateError:
         digest = hashlib.sha256(token.encode()).digest()
@@ -74,22 +74,18 @@ class Introspector:
     async def _introspect(self, token: str) -> Any:
         self.calls += 1
         body = urlencode({"token": token, "token_type_hint": "access_token"}).encode()
-        response = await (
-            self._client.post(self._s.url)
-            .headers(
-                {
-                    "authorization": self._auth,
-                    "content-type": "application/x-www-form-urlencoded",
-                    "accept": "application/json",
-                }
-            )
-            .body_bytes(body)
-            .build()
-            .send()
+        response = await self._client.post(
+            self._s.url,
+            headers={
+                "authorization": self._auth,
+                "content-type": "application/x-www-form-urlencoded",
+                "accept": "application/json",
+            },
+            content=body,
         )
-        if response.status != 200:
-            raise ValueError(f"status {response.status}")
-        return orjson.loads(bytes(await response.bytes()))
+        if response.status_code != 200:
+            raise ValueError(f"status {response.status_code}")
+        return orjson.loads(response.content)
 
     def _judge(self, claims: Any) -> tuple[Principal | None, float]:
         """The principal (None if inactive) and how long to cache that answer."""

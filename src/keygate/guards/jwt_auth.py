@@ -58,7 +58,7 @@ class JWKSCache:
 
     async def stop(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
 
     async def get(self, kid: str | None) -> jwt.PyJWK | None:
         now = time.monotonic()
@@ -82,10 +82,10 @@ class JWKSCache:
             self._tried_at = time.monotonic()
             self.fetches += 1
             try:
-                response = await self._client.get(self._url).build().send()
-                if response.status != 200:
-                    raise ValueError(f"status {response.status}")
-                data = orjson.loads(bytes(await response.bytes()))
+                response = await self._client.get(self._url)
+                if response.status_code != 200:
+                    raise ValueError(f"status {response.status_code}")
+                data = orjson.loads(response.content)
                 keys = self._parse(data)
             except Exception as exc:
                 log.warning(
