@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""What rate limits and budgets cost end to end: keygate without limits and with each limit set,
+measured in interleaved rounds against the same nginx, reported as medians and deltas.
+
+    python benchmarks/limits.py                       # 5 rounds of 6 s per config, chat JSON
+    python benchmarks/limits.py --rounds 9 --duration 8s
+
+One keygate process per config runs for the whole benchmark (idle ones use no CPU); each round
+measures every config once, in a rotating order, so slow drifts of a shared machine hit all of them
+alike. The figure to read is the median CPU µs per request of each config and its difference from
+the config without limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from harness import wrk
+from harness.keygate_proc import Keygate, default_command, load_extra_config
+from harness.mock_upstream import start_mock_upstream
+from harness.procs import HarnessError, free_port
+from harness.scenarios import Scenario, Settings, measure
+from harness.tools import ensure_tools
+from run import seconds
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = {
+    "no limits": None,
+    "typical limits (rpm, tpm, max_concurrent, US$ budget)": HERE / "limits-typical.yaml",
+    "every limit kind": HERE / "limits-on.yaml",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (5)")
+    parser.add_argument("--duration", type=seconds, default=6, help="wrk run per config and round (6s)")
+    parser.add_argument("--warmup", type=seconds, default=2, help="warm-up per config and round (2s)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, Any]]]:
+    tools = ensure_tools()
+    settings = Settings(tools.wrk, wrk.LoadShape(1, args.connections), args.warmup, args.duration, tmp)
+    command, env = default_command()
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+    with start_mock_upstream(tools.nginx, tmp) as upstream, contextlib.ExitStack() as stack:
+        scenarios = {}
+        authorization = ""
+        for index, (name, extra_file) in enumerate(CONFIGS.items()):
+            extra = load_extra_config(extra_file)
+            extra["admin_listen"] = f"127.0.0.1:{free_port()}"  # several run at once
+            keygate = Keygate(tmp, command, env, extra)
+            if not authorization:
+                authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"
+            process, port = stack.enter_context(keygate.serve(f"keygate-{index}", upstream.json_base_url))
+            scenarios[name] = Scenario(
+                name, "json", True, port, authorization, process.pid, upstream.process.pid
+            )
+        names = list(CONFIGS)
+        for round_no in range(args.rounds):
+            order = names[round_no % len(names) :] + names[: round_no % len(names)]
+            for name in order:
+                row = measure(scenarios[name], settings)
+                if sum(row["errors"].values()):
+                    raise HarnessError(f"{name}: errors {row['errors']}")
+                samples[name].append(row)
+                print(
+                    f"  round {round_no + 1}, {name}: {row['rps']:,.0f} req/s, "
+                    f"{row['keygate_cpu_us_per_req']:.0f} µs CPU/req",
+                    flush=True,
+                )
+    return samples
+
+
+def report(samples: dict[str, list[dict[str, Any]]]) -> str:
+    base = statistics.median(r["keygate_cpu_us_per_req"] for r in samples["no limits"])
+    lines = [
+        "| keygate config | req/s (median) | keygate CPU µs/req (median) | added by limits |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, rows in samples.items():
+        cpu = statistics.median(r["keygate_cpu_us_per_req"] for r in rows)
+        rps = statistics.median(r["rps"] for r in rows)
+        delta = "—" if name == "no limits" else f"{cpu - base:+.0f} µs"
+        lines.append(f"| {name} | {rps:,.0f} | {cpu:.0f} | {delta} |")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="keygate-limits-"))
+    try:
+        samples = run(args, tmp)
+    except HarnessError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; processes stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(f"{args.rounds} interleaved rounds of {args.duration} s, wrk -t1 -c{args.connections}, chat JSON:")
+    print()
+    print(report(samples))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
