@@ -43,7 +43,8 @@ class Price:
     output: float
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
-        cached = min(cached, prompt)
+        if cached > prompt:  # (not min(): this runs for every metered request)
+            cached = prompt
         return (
             (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
         ) / 1_000_000

@@ -15,9 +15,10 @@ import contextlib
 import datetime
 import functools
 import logging
+import math
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -52,6 +53,25 @@ def _period_key(period: str, second: int) -> str:
     return f"{year}-W{week:02d}"
 
 
+def period_bounds(period: str, ts: float) -> tuple[float, float]:
+    """The UTC period ``ts`` falls in, as ``[start, end)`` in seconds since the epoch.
+
+    Every time in it has the same :func:`period_key`, so a counter name computed once holds until
+    ``end``; ``lifetime`` never ends.
+    """
+    if period == "lifetime":
+        return -math.inf, math.inf
+    t = time.gmtime(int(ts))
+    day_start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
+    if period == "day":
+        return float(day_start), float(day_start + 86400)
+    if period == "month":
+        days = calendar.monthrange(t.tm_year, t.tm_mon)[1]
+        return float(day_start - (t.tm_mday - 1) * 86400), float(day_start + (days - t.tm_mday + 1) * 86400)
+    # ISO weeks: Monday 00:00 to the next Monday 00:00 (tm_wday is 0 on Mondays).
+    return float(day_start - t.tm_wday * 86400), float(day_start + (7 - t.tm_wday) * 86400)
+
+
 def period_end(period: str, ts: float) -> float:
     """Seconds from ``ts`` until the period ends (a day for lifetime, as a polite retry hint)."""
     t = time.gmtime(ts)
@@ -79,13 +99,13 @@ class SpendBook(WriteBehind):
         self._counters = counters
         self._store = store
         self._dirty: set[str] = set()
+        # touch(name): the counter changed and is to be written. Called twice per budget per
+        # request, so it is the set's own add; flush() empties this same set, never replaces it.
+        self.touch: Callable[[str], None] = self._dirty.add
 
     @property
     def pending(self) -> bool:
         return bool(self._dirty) and self._store is not None
-
-    def touch(self, name: str) -> None:
-        self._dirty.add(name)
 
     def load(self) -> None:
         if self._store is None:
@@ -105,7 +125,8 @@ class SpendBook(WriteBehind):
     async def flush(self) -> None:
         if not self._dirty or self._store is None:
             return
-        names, self._dirty = sorted(self._dirty), set()
+        names = sorted(self._dirty)
+        self._dirty.clear()
         snap = self._counters.snapshot(names)
         rows = [(n, spent, held) for n, (spent, held) in snap.items()]
         try:

@@ -51,12 +51,3 @@ def estimate(ctx: Context, default_output: int) -> Estimate:
     found = Estimate(prompt, output, given)
     ctx.extras["estimate"] = found
     return found
-
-
-def add_headers(ctx: Context, headers: list[tuple[str, str]]) -> None:
-    """Headers for the client response, whatever it turns out to be (app.py adds them)."""
-    existing: list[tuple[str, str]] | None = ctx.extras.get("headers")
-    if existing is None:
-        ctx.extras["headers"] = headers
-    else:
-        existing.extend(headers)

@@ -22,7 +22,7 @@ from ..chain import Context, Guard
 from ..counters import Counters, Hold, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
 from ..limitconf import BUDGET_KINDS, LimitSettings, Price
-from ..spend import SpendBook, counter_name, notify, period_end
+from ..spend import SpendBook, counter_name, notify, period_bounds, period_end
 from ..types import KeyRecord, Team
 from ._estimate import OUTPUT_FIELDS, TOKEN_ROUTES, Estimate, estimate
 
@@ -64,11 +64,38 @@ def budgets_of(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any]) -
     return out
 
 
-class Reservation:
-    __slots__ = ("budgets", "cut", "est", "holds", "markers", "price", "streamed")
+class _Plan:
+    """A key's budgets with what every request needs precomputed, once per key record.
 
-    def __init__(self, budgets: list[Budget], holds: list[Hold], price: Price | None, est: Estimate) -> None:
+    The counter names hold for the current periods, ``[start, end)``; they are worked out again
+    only when a period rolls over (or the clock went back).
+    """
+
+    __slots__ = ("budgets", "end", "names", "soft", "start", "tokens", "usd")
+
+    def __init__(self, budgets: list[Budget], soft_threshold: float) -> None:
         self.budgets = budgets
+        self.usd = any(b.kind == "usd" for b in budgets)
+        self.tokens = any(b.kind == "tokens" for b in budgets)
+        self.soft = [soft_threshold * b.amount for b in budgets]  # spend that triggers the notice
+        self.names: list[str] = []
+        self.start = self.end = 0.0
+
+    def counter_names(self, ts: float) -> list[str]:
+        """The counter names at ``ts`` (callers may use ``names`` directly within the periods)."""
+        if not self.start <= ts < self.end:
+            self.names = [counter_name(b.scope, b.kind, b.period, ts) for b in self.budgets]
+            bounds = [period_bounds(b.period, ts) for b in self.budgets]
+            self.start = max(start for start, _ in bounds)
+            self.end = min(end for _, end in bounds)
+        return self.names
+
+
+class Reservation:
+    __slots__ = ("cut", "est", "holds", "markers", "plan", "price", "streamed")
+
+    def __init__(self, plan: _Plan, holds: list[Hold], price: Price | None, est: Estimate) -> None:
+        self.plan = plan
         self.holds = holds
         self.price = price
         self.est = est
@@ -77,37 +104,18 @@ class Reservation:
         self.cut = False
 
 
-class _Step:
-    """A metered request between looking at its budgets and holding its worst case on them."""
-
-    __slots__ = ("budgets", "est", "names", "price", "route")
-
-    def __init__(
-        self, budgets: list[Budget], names: list[str], route: str, price: Price | None, est: Estimate
-    ) -> None:
-        self.budgets = budgets
-        self.names = names
-        self.route = route
-        self.price = price
-        self.est = est
+# A metered request between looking at its budgets and holding its worst case on them: the key's
+# plan, the route, the model's price (None without a dollar budget), the estimate, counter names.
+_Step = tuple[_Plan, str, Price | None, Estimate, list[str]]
 
 
-class _Plan:
-    """A key's budgets, and their counter names for the second they were last asked for."""
-
-    __slots__ = ("budgets", "names", "second")
-
-    def __init__(self, budgets: list[Budget]) -> None:
-        self.budgets = budgets
-        self.second = -1
-        self.names: list[str] = []
-
-    def counter_names(self, ts: float) -> list[str]:
-        second = int(ts)  # a period name depends only on the second (see spend.period_key)
-        if second != self.second:
-            self.names = [counter_name(b.scope, b.kind, b.period, ts) for b in self.budgets]
-            self.second = second
-        return self.names
+def _not_priced(model: str | None) -> PermissionDenied:
+    return PermissionDenied(
+        f"This key has a dollar budget and keygate has no price for model "
+        f"'{(model or '')[:100]}' on this endpoint, so the request cannot be metered.",
+        code="model_not_priced",
+        param="model",
+    )
 
 
 class BudgetGuardBase(Guard):
@@ -138,7 +146,7 @@ class BudgetGuardBase(Guard):
         cached = self._plans.get(key.id)
         if cached is not None and cached[0] is key and cached[1] is team:
             return cached[2]
-        plan = _Plan(budgets_of(key, team, self._defaults))
+        plan = _Plan(budgets_of(key, team, self._defaults), self._limits.soft_threshold)
         self._plans[key.id] = (key, team, plan)
         return plan
 
@@ -149,75 +157,78 @@ class BudgetGuardBase(Guard):
         """What to check (a step), a refusal, or None when no budget applies to this request."""
         assert ctx.key is not None
         plan = self._plan(ctx.key, ctx.team)
-        budgets = plan.budgets
-        if not budgets:
+        if not plan.budgets:
             return None
         route = ctx.route.name if ctx.route is not None else ""
-        metered = route in TOKEN_ROUTES
+        if route not in TOKEN_ROUTES:
+            # Requests without a model (listing models) cost nothing; other endpoints with a model
+            # (images, audio) cannot be metered under a dollar budget.
+            return _not_priced(ctx.model) if plan.usd and ctx.model is not None else None
         price: Price | None = None
-        if any(b.kind == "usd" for b in budgets):
-            if not metered and ctx.model is None:
-                return None  # listing models and the like cost nothing
-            price = self._price(ctx.model) if metered else None
+        if plan.usd:
+            price = self._prices.get(ctx.model) or self._price(ctx.model)
             if price is None:
-                return PermissionDenied(
-                    f"This key has a dollar budget and keygate has no price for model "
-                    f"'{(ctx.model or '')[:100]}' on this endpoint, so the request cannot be metered.",
-                    code="model_not_priced",
-                    param="model",
-                )
-        if not metered:
-            return None
+                return _not_priced(ctx.model)
         est = estimate(ctx, self._limits.default_max_output_tokens)
-        return _Step(budgets, plan.counter_names(ctx.ts), route, price, est)
+        ts = ctx.ts
+        names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
+        return plan, route, price, est, names
 
     def _fit(self, ctx: Context, step: _Step, state: list[tuple[float, float]]) -> list[Hold] | KeygateError:
         """Clamp the request to what is left; the holds to take, or a refusal."""
-        est, price = step.est, step.price
-        affordable = est.output
-        for b, (spent, held) in zip(step.budgets, state, strict=True):
+        plan, route, price, est, names = step
+        prompt, output = est.prompt, est.output
+        prompt_usd = price.cost(prompt, 0, 0) if price is not None else 0.0  # the same for every budget
+        need = 1 if output else 0
+        affordable = output
+        budgets = plan.budgets
+        i = 0  # (indexing rather than zip(): cheaper for the few budgets of a request)
+        for spent, held in state:
+            b = budgets[i]
+            i += 1  # noqa: SIM113
             left = b.amount - spent - held
             if b.kind == "tokens":
-                room = left - est.prompt
+                room = left - prompt
             else:
                 assert price is not None
-                room_usd = left - price.cost(est.prompt, 0, 0)
+                room_usd = left - prompt_usd
                 if price.output > 0:
                     room = room_usd * 1_000_000 / price.output
                 else:
-                    room = est.output if room_usd >= 0 else -1
-            if room < (1 if est.output else 0):
+                    room = output if room_usd >= 0 else -1
+            if room < need:
                 return self._exhausted(b, ctx.ts)
-            affordable = min(affordable, int(room))
-        if affordable < est.output or (not est.given and not ctx.stream and est.output):
+            if room < affordable:  # (room >= 0 here, so int(room) < affordable too)
+                affordable = int(room)
+        if affordable < output or (not est.given and not ctx.stream and output):
             # Clamp to what is left, and cap a non-streamed answer at its reservation: only a
             # stream can be cut off mid-way, so only a stream may go without an explicit cap.
-            self._set_max_output(ctx, step.route, affordable)
+            self._set_max_output(ctx, route, affordable)
             est.output, est.given = affordable, True
-        return [
-            Hold(n, b.amount, self._amount(b, price, est.prompt, 0, est.output))
-            for n, b in zip(step.names, step.budgets, strict=True)
-        ]
+        # The worst case, the same for every budget of a kind.
+        tokens = float(prompt + est.output) if plan.tokens else 0.0
+        usd = price.cost(prompt, 0, est.output) if price is not None else 0.0
+        holds = []
+        i = 0
+        for b in budgets:
+            holds.append(Hold(names[i], b.amount, tokens if b.kind == "tokens" else usd))
+            i += 1  # noqa: SIM113
+        return holds
 
     def _reserved(
         self, ctx: Context, step: _Step, holds: list[Hold], refused: Hold | None
     ) -> KeygateError | None:
+        plan, route, price, est, _ = step
         if refused is not None:
-            return self._exhausted(step.budgets[holds.index(refused)], ctx.ts)
+            return self._exhausted(plan.budgets[holds.index(refused)], ctx.ts)
+        touch = self._book.touch
         for h in holds:
-            self._book.touch(h.name)  # persisted held: a crash counts it at its worst case
-        res = Reservation(step.budgets, holds, step.price, step.est)
+            touch(h.name)  # persisted held: a crash counts it at its worst case
+        res = Reservation(plan, holds, price, est)
         if ctx.stream:
-            res.markers = _MARKERS.get(step.route)
+            res.markers = _MARKERS.get(route)
         ctx.extras["budget"] = res
         return None
-
-    @staticmethod
-    def _amount(b: Budget, price: Price | None, prompt: int, cached: int, output: int) -> float:
-        if b.kind == "tokens":
-            return float(prompt + output)
-        assert price is not None
-        return price.cost(prompt, cached, output)
 
     @staticmethod
     def _exhausted(b: Budget, ts: float) -> BudgetExceeded:
@@ -235,7 +246,11 @@ class BudgetGuardBase(Guard):
         if not fields or ctx.json is None:
             return
         data = ctx.json
-        target = next((f for f in fields if f in data), fields[0])
+        target = fields[0]
+        for f in fields:
+            if f in data:
+                target = f
+                break
         data[target] = value
         ctx.body = orjson.dumps(data)
 
@@ -258,35 +273,47 @@ class BudgetGuardBase(Guard):
         if res is None:
             return
         usage = ctx.usage
-        if usage.total_tokens == 0 and res.streamed:
+        if res.streamed and usage.total_tokens == 0:
             # A stream that ended without its usage chunk (cut off, or the client left): count
             # what it used by our own estimate so nothing streamed goes unaccounted.
             usage.prompt_tokens = res.est.prompt
             usage.completion_tokens = res.streamed
-        for b, hold in zip(res.budgets, res.holds, strict=True):
-            spent = self._amount(
-                b, res.price, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
-            )
-            before, after = self._counters.settle(hold.name, hold.amount, spent)
-            self._book.touch(hold.name)
-            soft = self._limits.soft_threshold * b.amount
-            if before < soft <= after and hold.name not in self._notified:
+        # What the request used, the same for every budget of a kind.
+        plan, price = res.plan, res.price
+        tokens = float(usage.prompt_tokens + usage.completion_tokens) if plan.tokens else 0.0
+        usd = (
+            price.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+            if price is not None
+            else 0.0
+        )
+        settle, touch = self._counters.settle, self._book.touch
+        budgets, soft = plan.budgets, plan.soft
+        i = 0
+        for hold in res.holds:
+            b = budgets[i]
+            before, after = settle(hold.name, hold.amount, tokens if b.kind == "tokens" else usd)
+            touch(hold.name)
+            if before < soft[i] <= after and hold.name not in self._notified:
                 self._notified.add(hold.name)
-                notify(
-                    self._limits.webhook_url,
-                    {
-                        "event": "budget.soft_threshold",
-                        "scope": b.scope.split(":", 1)[0],
-                        "id": b.scope.split(":", 1)[1],
-                        "name": b.label,
-                        "kind": b.kind,
-                        "period": b.period,
-                        "counter": hold.name,
-                        "spent": round(after, 6),
-                        "budget": b.amount,
-                        "threshold": self._limits.soft_threshold,
-                    },
-                )
+                self._notify(b, hold.name, after)
+            i += 1  # noqa: SIM113
+
+    def _notify(self, b: Budget, counter: str, spent: float) -> None:
+        notify(
+            self._limits.webhook_url,
+            {
+                "event": "budget.soft_threshold",
+                "scope": b.scope.split(":", 1)[0],
+                "id": b.scope.split(":", 1)[1],
+                "name": b.label,
+                "kind": b.kind,
+                "period": b.period,
+                "counter": counter,
+                "spent": round(spent, 6),
+                "budget": b.amount,
+                "threshold": self._limits.soft_threshold,
+            },
+        )
 
     async def start(self) -> None:
         await self._book.start()
@@ -305,9 +332,9 @@ class BudgetGuard(BudgetGuardBase):
 
     def request(self, ctx: Context) -> KeygateError | None:
         step = self._before(ctx)
-        if not isinstance(step, _Step):
+        if not isinstance(step, tuple):
             return step
-        holds = self._fit(ctx, step, self._now.available_now(step.names))
+        holds = self._fit(ctx, step, self._now.available_now(step[4]))
         if not isinstance(holds, list):
             return holds
         return self._reserved(ctx, step, holds, self._now.reserve_now(holds))
@@ -318,9 +345,9 @@ class AsyncBudgetGuard(BudgetGuardBase):
 
     async def request(self, ctx: Context) -> KeygateError | None:
         step = self._before(ctx)
-        if not isinstance(step, _Step):
+        if not isinstance(step, tuple):
             return step
-        holds = self._fit(ctx, step, await self._counters.available(step.names))
+        holds = self._fit(ctx, step, await self._counters.available(step[4]))
         if not isinstance(holds, list):
             return holds
         return self._reserved(ctx, step, holds, await self._counters.reserve(holds))

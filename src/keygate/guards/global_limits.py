@@ -14,15 +14,10 @@ import logging
 import time
 
 from ..chain import Context, Guard
-from ..counters import Rate
-from ..counters.memory import MemoryCounters
 from ..errors import KeygateError, UpstreamUnavailable
 from ..limitconf import GlobalLimits
 
 log = logging.getLogger("keygate.limits")
-
-
-_ONE = (1.0,)
 
 
 def _busy(retry_after: float) -> UpstreamUnavailable:
@@ -44,20 +39,34 @@ class GlobalLimit(Guard):
 
     def __init__(self, limits: GlobalLimits) -> None:
         self._limits = limits
-        self._bucket = MemoryCounters()
-        self._rate = Rate("global:rps", limits.rps, 1.0) if limits.rps else None
-        self._rates = (self._rate,) if self._rate is not None else ()
+        self._interval = 1.0 / limits.rps if limits.rps else 0.0  # seconds per request; 0: no cap
+        self._tat = 0.0  # GCRA's theoretical arrival time of the rps bucket (monotonic s)
         self._cap = limits.max_concurrent
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiting = 0
         self.upstream_429 = 0
 
+    def _take(self, now: float) -> float:
+        """One request from the rps bucket: 0.0 when taken, else the seconds to wait (nothing taken).
+
+        The same GCRA as :class:`~keygate.counters.memory.MemoryCounters` for one rate of
+        ``rps`` per second at cost 1, kept here as one float: the global caps are per process.
+        """
+        tat = self._tat
+        if tat < now:
+            tat = now
+        after = tat + self._interval
+        if after - now > 1.0 + 1e-9:
+            return after - now - 1.0
+        self._tat = after
+        return 0.0
+
     def request(self, ctx: Context) -> KeygateError | None:
-        if self._rates:
-            d = self._bucket.take_now(self._rates, _ONE, time.monotonic())
-            if not d.allowed:
-                return _busy(d.retry_after)
+        if self._interval:
+            wait = self._take(time.monotonic())
+            if wait:
+                return _busy(wait)
         if self._cap is not None:
             if self._in_flight >= self._cap:
                 return _busy(1.0)
@@ -88,17 +97,17 @@ class QueuedGlobalLimit(GlobalLimit):
 
     async def request(self, ctx: Context) -> KeygateError | None:  # type: ignore[override]
         deadline = time.monotonic() + self._limits.queue_timeout
-        if self._rate is not None:
+        if self._interval:
             while True:
                 now = time.monotonic()
-                d = self._bucket.take_now((self._rate,), (1.0,), now)
-                if d.allowed:
+                wait = self._take(now)
+                if not wait:
                     break
-                if self._waiting >= self._limits.queue or now + d.retry_after > deadline:
-                    return _busy(d.retry_after)
+                if self._waiting >= self._limits.queue or now + wait > deadline:
+                    return _busy(wait)
                 self._waiting += 1
                 try:
-                    await asyncio.sleep(d.retry_after)
+                    await asyncio.sleep(wait)
                 finally:
                     self._waiting -= 1
         if self._cap is not None:

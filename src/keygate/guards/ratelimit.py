@@ -18,13 +18,24 @@ from ..counters import Counters, Decision, Rate, SyncCounters
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings
 from ..types import KeyRecord, Team
-from ._estimate import add_headers, estimate
+from ._estimate import estimate
 
 
 class Plan:
     """A key's compiled limits, with everything a request needs precomputed once per key record."""
 
-    __slots__ = ("gate_names", "gates", "header_groups", "rates", "requests", "tokens", "unit_costs")
+    __slots__ = (
+        "_costs",
+        "_costs_for",
+        "empty",
+        "gate_names",
+        "gates",
+        "kinds",
+        "limit_headers",
+        "rates",
+        "requests",
+        "tokens",
+    )
 
     def __init__(self, requests: list[Rate], tokens: list[Rate], gates: list[tuple[str, int]]) -> None:
         self.requests = requests
@@ -32,17 +43,82 @@ class Plan:
         self.gates = gates
         self.gate_names = [name for name, _ in gates]
         self.rates = requests + tokens
-        self.unit_costs = [1.0] * len(requests)  # the requests' costs; tokens' are per request
-        # Per kind: (kind, indices into rates) for the x-ratelimit-* headers.
-        self.header_groups: list[tuple[str, list[int]]] = []
+        self.empty = not (self.rates or gates)
+        # The rates' costs, requests first (1 each), then tokens (the request's worst case, the same
+        # for every token rate), for the last token cost asked for: reused while it repeats.
+        self._costs_for = -1
+        self._costs = [1.0] * len(requests)
+        # x-ratelimit-* headers: each rate's limit header, made once; per kind that has a limit
+        # (requests first), the indices of its rates and that kind's header cache.
+        self.limit_headers = [(f"x-ratelimit-limit-{r.kind}", str(r.limit)) for r in self.rates]
+        self.kinds: list[tuple[list[int], HeaderCache]] = []
         for kind in ("requests", "tokens"):
             indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
             if indices:
-                self.header_groups.append((kind, indices))
+                self.kinds.append((indices, HEADERS[kind]))
 
-    @property
-    def empty(self) -> bool:
-        return not (self.requests or self.tokens or self.gates)
+    def costs(self, tokens: int) -> list[float]:
+        """The cost of each rate for a request whose worst case is ``tokens`` tokens."""
+        if tokens != self._costs_for and self.tokens:
+            self._costs = self._costs[: len(self.requests)] + [float(tokens)] * len(self.tokens)
+            self._costs_for = tokens
+        return self._costs
+
+    def headers(
+        self, remaining: list[int], reset: list[float], out: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Add to ``out`` the ``x-ratelimit-*`` headers of the tightest requests limit and of the
+        tightest tokens limit, given each rate's remaining count and reset time; returns ``out``."""
+        for indices, made in self.kinds:
+            best = indices[0]
+            if len(indices) > 1:
+                for i in indices:
+                    if remaining[i] < remaining[best]:
+                        best = i
+            left = remaining[best]
+            left_header = made.remaining.get(left)
+            if left_header is None:
+                left_header = made.make_remaining(left)
+            seconds = reset[best]
+            if 0 <= seconds < 1:
+                ms = round(seconds * 1000)  # what fmt_reset shows: {ms}ms
+                reset_header = made.reset_ms.get(ms)
+                if reset_header is None:
+                    reset_header = made.make_reset_ms(ms)
+            else:
+                reset_header = (made.reset_name, fmt_reset(seconds))
+            out += (self.limit_headers[best], left_header, reset_header)
+        return out
+
+
+class HeaderCache:
+    """The ``x-ratelimit-remaining-*`` and ``-reset-*`` headers of one kind, made once per value.
+
+    The same values come back request after request (a key well within its limits shows the same
+    remaining count and reset time each time), so each header is made once and reused; shared by
+    every key, and bounded.
+    """
+
+    __slots__ = ("remaining", "remaining_name", "reset_ms", "reset_name")
+
+    def __init__(self, kind: str) -> None:
+        self.remaining_name = f"x-ratelimit-remaining-{kind}"
+        self.reset_name = f"x-ratelimit-reset-{kind}"
+        self.remaining: dict[int, tuple[str, str]] = {}
+        self.reset_ms: dict[int, tuple[str, str]] = {}  # at most 1001 (0ms to 1000ms)
+
+    def make_remaining(self, left: int) -> tuple[str, str]:
+        if len(self.remaining) >= 1024:
+            self.remaining.clear()
+        header = self.remaining[left] = (self.remaining_name, str(left))
+        return header
+
+    def make_reset_ms(self, ms: int) -> tuple[str, str]:
+        header = self.reset_ms[ms] = (self.reset_name, _MS[ms])
+        return header
+
+
+HEADERS = {kind: HeaderCache(kind) for kind in ("requests", "tokens")}
 
 
 def compile_plan(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any]) -> Plan:
@@ -67,7 +143,7 @@ def compile_plan(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any])
 def fmt_reset(seconds: float) -> str:
     """OpenAI's duration format: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
     if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
+        return _MS[max(0, round(seconds * 1000))]
     total = round(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
@@ -76,41 +152,12 @@ def fmt_reset(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
-def limit_headers(plan_rates: list[Rate], remaining: list[int], reset: list[float]) -> list[tuple[str, str]]:
-    """``x-ratelimit-*`` for the tightest requests limit and the tightest tokens limit."""
-    out: list[tuple[str, str]] = []
-    for kind in ("requests", "tokens"):
-        best = -1
-        for i, rate in enumerate(plan_rates):
-            if rate.kind == kind and (best < 0 or remaining[i] < remaining[best]):
-                best = i
-        if best >= 0:
-            out.append((f"x-ratelimit-limit-{kind}", str(plan_rates[best].limit)))
-            out.append((f"x-ratelimit-remaining-{kind}", str(remaining[best])))
-            out.append((f"x-ratelimit-reset-{kind}", fmt_reset(reset[best])))
-    return out
-
-
+_MS = [f"{ms}ms" for ms in range(1001)]  # fmt_reset below a second (0.9996 s rounds to 1000ms)
 _UNITS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 _GATES_FULL = RateLimited(
     "Too many requests in flight for this key or team; wait for one to finish.",
     code="concurrency_limit_exceeded",
 )
-
-
-def plan_headers(plan: Plan, remaining: list[int], reset: list[float]) -> list[tuple[str, str]]:
-    """:func:`limit_headers` with the per-kind grouping precomputed in the plan."""
-    out: list[tuple[str, str]] = []
-    rates = plan.rates
-    for kind, indices in plan.header_groups:
-        best = indices[0]
-        for i in indices:
-            if remaining[i] < remaining[best]:
-                best = i
-        out.append((f"x-ratelimit-limit-{kind}", str(rates[best].limit)))
-        out.append((f"x-ratelimit-remaining-{kind}", str(remaining[best])))
-        out.append((f"x-ratelimit-reset-{kind}", fmt_reset(reset[best])))
-    return out
 
 
 class RateLimitBase(Guard):
@@ -132,17 +179,10 @@ class RateLimitBase(Guard):
         self._plans[key.id] = (key, team, plan)
         return plan
 
-    def _costs(self, ctx: Context, plan: Plan) -> tuple[list[float], int]:
-        if not plan.tokens:
-            return plan.unit_costs, 0
-        cost = estimate(ctx, self._default_output).total
-        return plan.unit_costs + [float(cost)] * len(plan.tokens), cost
-
     def _decided(self, ctx: Context, plan: Plan, cost: int, decision: Decision) -> KeygateError | None:
-        headers = plan_headers(plan, decision.remaining, decision.reset)
         if not decision.allowed:
-            if "gates" in ctx.extras:
-                self._counters.leave(ctx.extras.pop("gates"))
+            if decision.gate is not None:
+                return _GATES_FULL
             denied = decision.denied
             assert denied is not None
             what = "tokens" if denied.kind == "tokens" else "requests"
@@ -150,25 +190,28 @@ class RateLimitBase(Guard):
                 f"Rate limit reached for {what} per {_UNITS[denied.period]}: limit {denied.limit}. "
                 f"Please try again in {decision.retry_after:.3g}s.",
                 retry_after=decision.retry_after,
-                headers=headers,
+                headers=plan.headers(decision.remaining, decision.reset, []),
             )
-        if plan.tokens:
-            ctx.extras["tpm"] = (plan.tokens, cost)
-        add_headers(ctx, headers)
+        extras = ctx.extras
+        extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
+        if plan.kinds:
+            # Headers for the client response, whatever it turns out to be (app.py adds them).
+            plan.headers(decision.remaining, decision.reset, extras.setdefault("headers", []))
         return None
 
     def complete(self, ctx: Context) -> None:
-        extras = ctx.extras
-        gates = extras.get("gates")
-        if gates is not None:
-            self._counters.leave(gates)
-        tpm = extras.get("tpm")
-        if tpm is not None:
-            rates, charged = tpm
-            delta = ctx.usage.total_tokens - charged
+        taken: tuple[Plan, int] | None = ctx.extras.pop("ratelimit", None)
+        if taken is None:
+            return
+        plan, charged = taken
+        if plan.gate_names:
+            self._counters.leave(plan.gate_names)
+        if plan.tokens:
+            usage = ctx.usage
+            delta = usage.prompt_tokens + usage.completion_tokens - charged
             if delta:
                 now = time.monotonic()
-                for rate in rates:
+                for rate in plan.tokens:
                     self._counters.adjust(rate, delta, now)
 
 
@@ -183,14 +226,14 @@ class RateLimit(RateLimitBase):
     def request(self, ctx: Context) -> KeygateError | None:
         assert ctx.key is not None
         plan = self.plan(ctx.key, ctx.team)
-        if plan.gates:
-            if self._now.enter_now(plan.gates) is not None:
-                return _GATES_FULL
-            ctx.extras["gates"] = plan.gate_names
-        if not plan.rates:
+        if plan.empty:
             return None
-        costs, cost = self._costs(ctx, plan)
-        return self._decided(ctx, plan, cost, self._now.take_now(plan.rates, costs, time.monotonic()))
+        cost = 0
+        if plan.tokens:  # the request's worst case in tokens
+            est = estimate(ctx, self._default_output)
+            cost = est.prompt + est.output
+        decision = self._now.take_now(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
+        return self._decided(ctx, plan, cost, decision)
 
 
 class AsyncRateLimit(RateLimitBase):
@@ -199,14 +242,14 @@ class AsyncRateLimit(RateLimitBase):
     async def request(self, ctx: Context) -> KeygateError | None:
         assert ctx.key is not None
         plan = self.plan(ctx.key, ctx.team)
-        if plan.gates:
-            if await self._counters.enter(plan.gates) is not None:
-                return _GATES_FULL
-            ctx.extras["gates"] = plan.gate_names
-        if not plan.rates:
+        if plan.empty:
             return None
-        costs, cost = self._costs(ctx, plan)
-        return self._decided(ctx, plan, cost, await self._counters.take(plan.rates, costs, time.monotonic()))
+        cost = 0
+        if plan.tokens:  # the request's worst case in tokens
+            est = estimate(ctx, self._default_output)
+            cost = est.prompt + est.output
+        decision = await self._counters.take(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
+        return self._decided(ctx, plan, cost, decision)
 
 
 def rate_limit(counters: Counters, limits: LimitSettings) -> RateLimitBase:
