@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from harness import wrk
 from harness.keygate_proc import Keygate, default_command, load_extra_config
 from harness.mock_upstream import start_mock_upstream
-from harness.procs import HarnessError, free_port
+from harness.procs import HarnessError, free_port, run_in_temp_dir
 from harness.scenarios import Scenario, Settings, measure
 from harness.tools import ensure_tools
 from run import seconds
@@ -99,25 +95,11 @@ def report(samples: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="keygate-limits-"))
-    try:
-        samples = run(args, tmp)
-    except HarnessError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; processes stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    code, samples = run_in_temp_dir("keygate-limits-", lambda tmp: run(args, tmp))
+    if samples is None:
+        return code
     print()
     print(f"{args.rounds} interleaved rounds of {args.duration} s, wrk -t1 -c{args.connections}, chat JSON:")
     print()

@@ -13,18 +13,14 @@ import argparse
 import os
 import re
 import shlex
-import shutil
-import signal
 import sys
-import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from harness import report, wrk
 from harness.keygate_proc import Keygate, default_command, load_extra_config
 from harness.mock_upstream import MockUpstream, start_mock_upstream
-from harness.procs import HarnessError
+from harness.procs import run_in_temp_dir
 from harness.scenarios import Scenario, Settings, measure, million
 from harness.tools import Tools, ensure_tools
 
@@ -172,34 +168,17 @@ def _upstream_for(upstream: MockUpstream, variant: str) -> tuple[int, str]:
     return upstream.json_port, upstream.json_base_url
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Ctrl-C, SIGTERM and SIGHUP all unwind the stack, so every `finally` stops what it started
-    # (SIGINT is set explicitly because a background job inherits it ignored).
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
-    try:
-        result = run_benchmark(args, ensure_tools(), tmp)
-    except HarnessError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; processes stopped", file=sys.stderr)
-        return 130
-    finally:
-        if not args.keep_tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    code, result = run_in_temp_dir(
+        "keygate-bench-", lambda tmp: run_benchmark(args, ensure_tools(), tmp), keep=args.keep_tmp
+    )
+    if result is None:
+        return code
     md_path, json_path = report.write(result, args.results_dir)
     print()
     print(report.markdown(result))
     print(f"written: {md_path}, {json_path}")
-    if args.keep_tmp:
-        print(f"temp dir kept (configs, logs, db): {tmp}")
     return 0
 
 

@@ -4,16 +4,51 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class HarnessError(RuntimeError):
     """A benchmark step failed; the message says which and where to look."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_in_temp_dir(prefix: str, work: Callable[[Path], T], keep: bool = False) -> tuple[int, T | None]:
+    """Run ``work`` in a new temp dir; returns (exit code, its result, or None when it failed).
+
+    Ctrl-C, SIGTERM and SIGHUP all unwind the stack, so every `finally` stops what it started
+    (SIGINT is set explicitly because a background job inherits it ignored).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return 0, work(tmp)
+    except HarnessError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print("interrupted; processes stopped", file=sys.stderr)
+        return 130, None
+    finally:
+        if keep:
+            print(f"temp dir kept (configs, logs, db): {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def free_port() -> int:
