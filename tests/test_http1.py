@@ -168,6 +168,28 @@ def test_body_delimited_by_close_and_interim_responses() -> None:
     server.close()
 
 
+def test_an_extra_response_in_the_same_packet_drops_the_connection() -> None:
+    server = RawServer(
+        lambda conn, n: conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-b: 2\r\n\r\nevil"
+        )
+    )
+
+    async def main() -> None:
+        client = http1.Client(5, 5)
+        origin = client.origin(server.url)
+        r = await client.request(origin, "GET", "/v1/models", {}, b"")
+        assert (r.status, r.body, r.headers) == (200, b"ok", [("content-length", "2"), ("x-a", "1")])
+        assert not origin.idle
+        again = await client.request(origin, "GET", "/v1/models", {}, b"")
+        assert again.body == b"ok"
+
+    run(main)
+    assert server.connections == 2
+    server.close()
+
+
 @pytest.mark.parametrize(
     "reply",
     [

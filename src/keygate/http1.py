@@ -163,6 +163,10 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response to one request: stop parsing, drop the connection
+            raise TransportError("the upstream sent a response nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
