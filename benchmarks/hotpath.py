@@ -85,8 +85,6 @@ class Response:
 
 
 class Upstream:
-    timeout = None
-
     async def send(self, *args: Any) -> Response:
         return Response()
 

@@ -131,7 +131,6 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._complete = False
         self._head_done = False
-        self._eof_delimited = False
         self._error: BaseException | None = None
         self._response: Response | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -155,11 +154,15 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._head_done and not self._complete and self._eof_delimited and self._error is None:
+        if self._head_done and not self._complete and self._error is None and self._eof_delimited():
             self.on_message_complete()  # a body delimited by the end of the connection
             return
         if not self._complete:
             self._fail(TransportError("the upstream closed the connection"))
+
+    def _eof_delimited(self) -> bool:
+        """Whether the response's body has no length of its own and ends with the connection."""
+        return not any(name in ("content-length", "transfer-encoding") for name, _ in self._headers)
 
     # -- httptools callbacks -------------------------------------------------------------------------
 
@@ -180,8 +183,6 @@ class Connection(asyncio.Protocol):
             return
         self._head_done = True
         self.reusable = self.parser.should_keep_alive()
-        names = {name for name, _ in self._headers}
-        self._eof_delimited = "content-length" not in names and "transfer-encoding" not in names
         self._response = Response(self, status, self._headers)
         if self._streaming:
             self._wake(self._response)

@@ -31,7 +31,6 @@ class UpstreamClient:
     """Sends a request to an upstream at its configured base URL plus an allowlisted path."""
 
     def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.upstream_timeout
         self._http = http1.Client(settings.connect_timeout, settings.upstream_timeout)
 
     async def send(

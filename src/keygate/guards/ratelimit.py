@@ -214,6 +214,11 @@ class RateLimitBase(Guard):
                 for rate in plan.tokens:
                     self._counters.adjust(rate, delta, now)
 
+    def _worst_case(self, ctx: Context) -> int:
+        """The request's worst case in tokens, charged to the token rates up front."""
+        est = estimate(ctx, self._default_output)
+        return est.prompt + est.output
+
 
 class RateLimit(RateLimitBase):
     """Rate limits on counters that decide without waiting: a plain request phase, no coroutine."""
@@ -228,10 +233,7 @@ class RateLimit(RateLimitBase):
         plan = self.plan(ctx.key, ctx.team)
         if plan.empty:
             return None
-        cost = 0
-        if plan.tokens:  # the request's worst case in tokens
-            est = estimate(ctx, self._default_output)
-            cost = est.prompt + est.output
+        cost = self._worst_case(ctx) if plan.tokens else 0
         decision = self._now.take_now(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
         return self._decided(ctx, plan, cost, decision)
 
@@ -244,10 +246,7 @@ class AsyncRateLimit(RateLimitBase):
         plan = self.plan(ctx.key, ctx.team)
         if plan.empty:
             return None
-        cost = 0
-        if plan.tokens:  # the request's worst case in tokens
-            est = estimate(ctx, self._default_output)
-            cost = est.prompt + est.output
+        cost = self._worst_case(ctx) if plan.tokens else 0
         decision = await self._counters.take(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
         return self._decided(ctx, plan, cost, decision)
 
