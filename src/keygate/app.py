@@ -245,13 +245,17 @@ class Gateway:
 
 
 def with_extras(ctx: Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Add the headers guards left in ``ctx.extras["headers"]`` (e.g. keygate's own rate-limit
-    counts), replacing upstream headers of the same name."""
-    extra: list[tuple[str, str]] | None = ctx.extras.get("headers")
-    if not extra:
+    """Add the headers guards left in ``ctx.extras["headers"]`` (keygate's own rate-limit counts),
+    replacing the upstream headers they name.
+
+    The guard leaves ``(names, headers)``: the set of (lower-case) names it replaces, made once per
+    key, and the headers themselves; ``headers`` here are lower-cased already.
+    """
+    extra: tuple[frozenset[str], list[tuple[str, str]]] | None = ctx.extras.get("headers")
+    if extra is None:
         return headers
-    names = {name for name, _ in extra}
-    return [h for h in headers if h[0].lower() not in names] + extra
+    names, added = extra
+    return [h for h in headers if h[0] not in names] + added
 
 
 async def _send(transport: Any, data: bytes) -> None:

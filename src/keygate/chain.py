@@ -26,6 +26,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .errors import KeygateError
 from .types import KeyRecord, Team, Usage
 
@@ -102,6 +104,26 @@ class Context:
     @property
     def latency_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
+
+    def set_json(self, name: str, value: Any) -> None:
+        """Set a top-level field of the JSON body, keeping ``json`` and ``body`` in step.
+
+        A field the body does not have yet is appended to the raw bytes rather than the whole body
+        serialised again (the body parsed as a JSON object, so it ends with ``}``; a key absent
+        from the parsed object is absent from the raw text, escaped spellings included, so this
+        never makes a duplicate key). A field it has is replaced by serialising again.
+        """
+        data = self.json
+        assert data is not None
+        new = name not in data
+        data[name] = value
+        body = self.body
+        if new and len(data) > 1:
+            end = body.rfind(b"}")  # the object's closing brace: only JSON whitespace follows it
+            if end > 0:
+                self.body = b"".join((body[:end], b',"', name.encode(), b'":', orjson.dumps(value), b"}"))
+                return
+        self.body = orjson.dumps(data)
 
 
 class Guard:

@@ -34,6 +34,14 @@ class Rate:
     limit: int
     period: float
     kind: str = "requests"  # requests | tokens
+    # Derived once, for the per-request arithmetic: seconds one unit takes to drain, and how far
+    # ahead of now the bucket may run (a full bucket, plus a little for float rounding).
+    interval: float = field(init=False, repr=False, compare=False)
+    burst: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", self.period / self.limit)
+        object.__setattr__(self, "burst", self.period + 1e-9)
 
 
 @dataclass(slots=True)

@@ -47,27 +47,26 @@ class MemoryCounters:
         resets: list[float] = []
         i = 0
         for rate in rates:
-            cost = costs[i]
-            i += 1  # noqa: SIM113
             old = tats.get(rate.name)
-            tat = old if old is not None and old > now else now
-            after = tat + cost * rate.period / rate.limit
-            ahead = after - now
-            if ahead > rate.period + 1e-9:
+            after = (old if old is not None and old > now else now) + costs[i] * rate.interval
+            ahead = after - now  # how far ahead of now the bucket runs with this request in
+            i += 1  # noqa: SIM113
+            if ahead > rate.burst:
                 for r, o in zip(rates, olds):  # noqa: B905 (olds: the rates written so far)
                     if o is None:
                         del tats[r.name]
                     else:
                         tats[r.name] = o
-                return self._refused(rates, rate, cost, ahead, now)
+                return self._refused(rates, rate, costs[i - 1], ahead, now)
             tats[rate.name] = after
             olds.append(old)
             resets.append(ahead)
             # Inline of _remaining(): this runs for every limit of every request.
-            left = rate.limit - ceil(ahead * rate.limit / rate.period - 1e-9)
+            left = rate.limit - ceil(ahead / rate.interval - 1e-9)
             remaining.append(left if left > 0 else 0)
-        for name, _ in gates:
-            counts[name] = counts.get(name, 0) + 1
+        if gates:
+            for name, _ in gates:
+                counts[name] = counts.get(name, 0) + 1
         return Decision(True, 0.0, None, remaining, resets)
 
     def _refused(self, rates: Sequence[Rate], rate: Rate, cost: float, ahead: float, now: float) -> Decision:
@@ -88,7 +87,7 @@ class MemoryCounters:
         tat = tats.get(rate.name, now)
         if tat < now:
             tat = now
-        tat += delta * rate.period / rate.limit
+        tat += delta * rate.interval
         if tat <= now:
             tats.pop(rate.name, None)
         else:
@@ -160,7 +159,7 @@ class MemoryCounters:
 
 
 def _remaining(tat: float, now: float, rate: Rate) -> int:
-    used = max(0.0, tat - now) * rate.limit / rate.period
+    used = max(0.0, tat - now) / rate.interval
     return max(0, rate.limit - ceil(used - 1e-9))
 
 

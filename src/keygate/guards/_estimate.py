@@ -33,21 +33,24 @@ class Estimate:
 
 def estimate(ctx: Context, default_output: int) -> Estimate:
     """The request's worst case, computed once per request and shared by the limit guards."""
-    found: Estimate | None = ctx.extras.get("estimate")
+    extras = ctx.extras
+    found: Estimate | None = extras.get("estimate")
     if found is not None:
         return found
-    route = ctx.route.name if ctx.route is not None else ""
-    prompt = (len(ctx.body) + 3) // 4 if route in TOKEN_ROUTES else 0
-    output, given = 0, False
-    fields = OUTPUT_FIELDS.get(route)
-    if fields:
-        output = default_output
-        data = ctx.json or {}
+    route = ctx.route
+    fields = OUTPUT_FIELDS.get(route.name) if route is not None else None
+    if fields is None:
+        found = extras["estimate"] = Estimate(0, 0, False)
+        return found
+    prompt = (len(ctx.body) + 3) >> 2
+    output, given = (default_output if fields else 0), False
+    data = ctx.json
+    if fields and data:
         for name in fields:
             value = data.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            # type() is int: a bool is not a token count (isinstance(True, int) holds)
+            if type(value) is int and value > 0:
                 output, given = value, True
                 break
-    found = Estimate(prompt, output, given)
-    ctx.extras["estimate"] = found
+    found = extras["estimate"] = Estimate(prompt, output, given)
     return found

@@ -168,10 +168,7 @@ class BodyReader(Guard):
             if not isinstance(options, dict) or options.get("include_usage") is not True:
                 # Ask upstream for the usage chunk so the request can be accounted; the streaming
                 # relay hides that extra chunk from this client, which did not ask for it.
-                data["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
+                asked = options if isinstance(options, dict) else {}
+                ctx.set_json("stream_options", {**asked, "include_usage": True})
                 ctx.client_wants_usage = False
-                ctx.body = orjson.dumps(data)
         return None

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from ..chain import Context, Guard
 from ..counters import Counters, Hold, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
@@ -155,8 +153,13 @@ class BudgetGuardBase(Guard):
 
     def _before(self, ctx: Context) -> _Step | KeygateError | None:
         """What to check (a step), a refusal, or None when no budget applies to this request."""
-        assert ctx.key is not None
-        plan = self._plan(ctx.key, ctx.team)
+        key, team = ctx.key, ctx.team
+        assert key is not None
+        cached = self._plans.get(key.id)  # (self._plan(), inlined: this runs for every request)
+        if cached is not None and cached[0] is key and cached[1] is team:
+            plan = cached[2]
+        else:
+            plan = self._plan(key, team)
         if not plan.budgets:
             return None
         route = ctx.route.name if ctx.route is not None else ""
@@ -174,9 +177,39 @@ class BudgetGuardBase(Guard):
         names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
         return plan, route, price, est, names
 
+    @staticmethod
+    def _worst(step: _Step) -> list[Hold]:
+        """The request's whole worst case held on each of its budgets."""
+        plan, _, price, est, names = step
+        # The worst case, the same for every budget of a kind (price.cost() inlined: no cached
+        # tokens are assumed in a worst case).
+        tokens = float(est.prompt + est.output) if plan.tokens else 0.0
+        usd = (est.prompt * price.input + est.output * price.output) / 1_000_000 if price is not None else 0.0
+        holds = []
+        i = 0  # (indexing rather than zip() or enumerate(): cheaper for the few budgets of a request)
+        for b in plan.budgets:
+            holds.append(Hold(names[i], b.amount, tokens if b.kind == "tokens" else usd))
+            i += 1  # noqa: SIM113
+        return holds
+
+    def _held(self, ctx: Context, step: _Step, holds: list[Hold]) -> None:
+        """The whole worst case is held: nothing to clamp, but a non-streamed request without its
+        own max tokens is capped at what was held (a finished answer cannot be cut off)."""
+        plan, route, price, est, _ = step
+        if not est.given and not ctx.stream and est.output:
+            self._set_max_output(ctx, route, est.output)
+            est.given = True
+        touch = self._book.touch
+        for h in holds:
+            touch(h.name)  # persisted held: a crash counts it at its worst case
+        res = Reservation(plan, holds, price, est)
+        if ctx.stream:
+            res.markers = _MARKERS.get(route)
+        ctx.extras["budget"] = res
+
     def _fit(self, ctx: Context, step: _Step, state: list[tuple[float, float]]) -> list[Hold] | KeygateError:
         """Clamp the request to what is left; the holds to take, or a refusal."""
-        plan, route, price, est, names = step
+        plan, route, price, est, _ = step
         prompt, output = est.prompt, est.output
         prompt_usd = price.cost(prompt, 0, 0) if price is not None else 0.0  # the same for every budget
         need = 1 if output else 0
@@ -205,29 +238,14 @@ class BudgetGuardBase(Guard):
             # stream can be cut off mid-way, so only a stream may go without an explicit cap.
             self._set_max_output(ctx, route, affordable)
             est.output, est.given = affordable, True
-        # The worst case, the same for every budget of a kind.
-        tokens = float(prompt + est.output) if plan.tokens else 0.0
-        usd = price.cost(prompt, 0, est.output) if price is not None else 0.0
-        holds = []
-        i = 0
-        for b in budgets:
-            holds.append(Hold(names[i], b.amount, tokens if b.kind == "tokens" else usd))
-            i += 1  # noqa: SIM113
-        return holds
+        return self._worst(step)
 
     def _reserved(
         self, ctx: Context, step: _Step, holds: list[Hold], refused: Hold | None
     ) -> KeygateError | None:
-        plan, route, price, est, _ = step
         if refused is not None:
-            return self._exhausted(plan.budgets[holds.index(refused)], ctx.ts)
-        touch = self._book.touch
-        for h in holds:
-            touch(h.name)  # persisted held: a crash counts it at its worst case
-        res = Reservation(plan, holds, price, est)
-        if ctx.stream:
-            res.markers = _MARKERS.get(route)
-        ctx.extras["budget"] = res
+            return self._exhausted(step[0].budgets[holds.index(refused)], ctx.ts)
+        self._held(ctx, step, holds)
         return None
 
     @staticmethod
@@ -251,8 +269,7 @@ class BudgetGuardBase(Guard):
             if f in data:
                 target = f
                 break
-        data[target] = value
-        ctx.body = orjson.dumps(data)
+        ctx.set_json(target, value)
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         res: Reservation | None = ctx.extras.get("budget")
@@ -334,10 +351,15 @@ class BudgetGuard(BudgetGuardBase):
         step = self._before(ctx)
         if not isinstance(step, tuple):
             return step
-        holds = self._fit(ctx, step, self._now.available_now(step[4]))
-        if not isinstance(holds, list):
-            return holds
-        return self._reserved(ctx, step, holds, self._now.reserve_now(holds))
+        # Usually the whole worst case fits: one call holds it. Else clamp to what is left.
+        holds = self._worst(step)
+        if self._now.reserve_now(holds) is None:
+            self._held(ctx, step, holds)
+            return None
+        fitted = self._fit(ctx, step, self._now.available_now(step[4]))
+        if not isinstance(fitted, list):
+            return fitted
+        return self._reserved(ctx, step, fitted, self._now.reserve_now(fitted))
 
 
 class AsyncBudgetGuard(BudgetGuardBase):
@@ -347,10 +369,15 @@ class AsyncBudgetGuard(BudgetGuardBase):
         step = self._before(ctx)
         if not isinstance(step, tuple):
             return step
-        holds = self._fit(ctx, step, await self._counters.available(step[4]))
-        if not isinstance(holds, list):
-            return holds
-        return self._reserved(ctx, step, holds, await self._counters.reserve(holds))
+        # Usually the whole worst case fits: one round trip holds it. Else clamp to what is left.
+        holds = self._worst(step)
+        if await self._counters.reserve(holds) is None:
+            self._held(ctx, step, holds)
+            return None
+        fitted = self._fit(ctx, step, await self._counters.available(step[4]))
+        if not isinstance(fitted, list):
+            return fitted
+        return self._reserved(ctx, step, fitted, await self._counters.reserve(fitted))
 
 
 def budget_guard(counters: Counters, limits: LimitSettings, book: SpendBook) -> BudgetGuardBase:

@@ -141,10 +141,11 @@ class RequestPolicy(Guard):
             if not isinstance(value, int) or isinstance(value, bool) or value > cap:
                 data[f] = cap
                 changed = True
-        default = _DEFAULT_TOKEN_FIELD.get(ctx.route.name if ctx.route is not None else "")
-        if not present and default is not None:
-            data[default] = cap
-            changed = True
         if changed:
             ctx.body = orjson.dumps(data)
+        default = _DEFAULT_TOKEN_FIELD.get(ctx.route.name if ctx.route is not None else "")
+        if not present and default is not None:
+            ctx.set_json(default, cap)
+            changed = True
+        if changed:
             ctx.extras["max_output_tokens_clamped"] = cap

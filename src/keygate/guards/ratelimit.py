@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from time import monotonic
 from typing import Any
 
 from ..chain import Context, Guard
@@ -33,6 +34,7 @@ class Plan:
         "kinds",
         "limit_headers",
         "rates",
+        "replaces",
         "requests",
         "tokens",
     )
@@ -56,6 +58,13 @@ class Plan:
             indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
             if indices:
                 self.kinds.append((indices, HEADERS[kind]))
+        # The upstream headers keygate's own replace (see app.with_extras).
+        self.replaces = frozenset(
+            f"x-ratelimit-{part}-{kind}"
+            for _, made in self.kinds
+            for kind in (made.kind,)
+            for part in ("limit", "remaining", "reset")
+        )
 
     def costs(self, tokens: int) -> list[float]:
         """The cost of each rate for a request whose worst case is ``tokens`` tokens."""
@@ -99,9 +108,10 @@ class HeaderCache:
     every key, and bounded.
     """
 
-    __slots__ = ("remaining", "remaining_name", "reset_ms", "reset_name")
+    __slots__ = ("kind", "remaining", "remaining_name", "reset_ms", "reset_name")
 
     def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.remaining_name = f"x-ratelimit-remaining-{kind}"
         self.reset_name = f"x-ratelimit-reset-{kind}"
         self.remaining: dict[int, tuple[str, str]] = {}
@@ -196,7 +206,7 @@ class RateLimitBase(Guard):
         extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
         if plan.kinds:
             # Headers for the client response, whatever it turns out to be (app.py adds them).
-            plan.headers(decision.remaining, decision.reset, extras.setdefault("headers", []))
+            extras["headers"] = (plan.replaces, plan.headers(decision.remaining, decision.reset, []))
         return None
 
     def complete(self, ctx: Context) -> None:
@@ -229,12 +239,17 @@ class RateLimit(RateLimitBase):
         self._now: SyncCounters = counters
 
     def request(self, ctx: Context) -> KeygateError | None:
-        assert ctx.key is not None
-        plan = self.plan(ctx.key, ctx.team)
+        key, team = ctx.key, ctx.team
+        assert key is not None
+        cached = self._plans.get(key.id)  # (self.plan(), inlined: this runs for every request)
+        if cached is not None and cached[0] is key and cached[1] is team:
+            plan = cached[2]
+        else:
+            plan = self.plan(key, team)
         if plan.empty:
             return None
         cost = self._worst_case(ctx) if plan.tokens else 0
-        decision = self._now.take_now(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
+        decision = self._now.take_now(plan.rates, plan.costs(cost), monotonic(), plan.gates)
         return self._decided(ctx, plan, cost, decision)
 
 
