@@ -5,10 +5,13 @@ measured in interleaved rounds against the same nginx, reported as medians and d
     python benchmarks/limits.py                       # 5 rounds of 6 s per config, chat JSON
     python benchmarks/limits.py --rounds 9 --duration 8s
 
-One keygate process per config runs for the whole benchmark (idle ones use no CPU); each round
-measures every config once, in a rotating order, so slow drifts of a shared machine hit all of them
-alike. The figure to read is the median CPU µs per request of each config and its difference from
-the config without limits.
+Keygate processes run for the whole benchmark (idle ones use no CPU), ``--processes`` of them per
+config (2 by default); each round measures every process once, in a rotating order, so slow drifts
+of a shared machine hit all of them alike. Two processes with the same config can differ by several
+µs per request (memory layout, hash seeds), so each config's figure is the median over all its
+processes and rounds, and the spread between the per-process medians of the config without limits
+is printed as the noise floor. The figure to read is the median CPU µs per request of each config
+and its difference from the config without limits.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=seconds, default=6, help="wrk run per config and round (6s)")
     parser.add_argument("--warmup", type=seconds, default=2, help="warm-up per config and round (2s)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--processes", type=int, default=2, help="keygate processes per config (2)")
     return parser.parse_args(argv)
 
 
@@ -53,28 +57,31 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, Any]]]:
     command, env = default_command()
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
     with start_mock_upstream(tools.nginx, tmp) as upstream, contextlib.ExitStack() as stack:
-        scenarios = {}
+        scenarios: list[tuple[str, int, Scenario]] = []
         authorization = ""
-        for index, (name, extra_file) in enumerate(CONFIGS.items()):
-            extra = load_extra_config(extra_file)
-            extra["admin_listen"] = f"127.0.0.1:{free_port()}"  # several run at once
-            keygate = Keygate(tmp, command, env, extra)
-            if not authorization:
-                authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"
-            process, port = stack.enter_context(keygate.serve(f"keygate-{index}", upstream.json_base_url))
-            scenarios[name] = Scenario(
-                name, "json", True, port, authorization, process.pid, upstream.process.pid
-            )
-        names = list(CONFIGS)
+        for copy in range(args.processes):
+            for index, (name, extra_file) in enumerate(CONFIGS.items()):
+                extra = load_extra_config(extra_file)
+                extra["admin_listen"] = f"127.0.0.1:{free_port()}"  # several run at once
+                keygate = Keygate(tmp, command, env, extra)
+                if not authorization:
+                    authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"
+                label = f"keygate-{index}-{copy}"
+                process, port = stack.enter_context(keygate.serve(label, upstream.json_base_url))
+                scenario = Scenario(
+                    name, "json", True, port, authorization, process.pid, upstream.process.pid
+                )
+                scenarios.append((name, copy, scenario))
         for round_no in range(args.rounds):
-            order = names[round_no % len(names) :] + names[: round_no % len(names)]
-            for name in order:
-                row = measure(scenarios[name], settings)
+            shift = round_no % len(scenarios)
+            for name, copy, scenario in scenarios[shift:] + scenarios[:shift]:
+                row = measure(scenario, settings)
                 if sum(row["errors"].values()):
                     raise HarnessError(f"{name}: errors {row['errors']}")
+                row["process"] = copy
                 samples[name].append(row)
                 print(
-                    f"  round {round_no + 1}, {name}: {row['rps']:,.0f} req/s, "
+                    f"  round {round_no + 1}, {name} (process {copy + 1}): {row['rps']:,.0f} req/s, "
                     f"{row['keygate_cpu_us_per_req']:.0f} µs CPU/req",
                     flush=True,
                 )
@@ -92,6 +99,17 @@ def report(samples: dict[str, list[dict[str, Any]]]) -> str:
         rps = statistics.median(r["rps"] for r in rows)
         delta = "—" if name == "no limits" else f"{cpu - base:+.0f} µs"
         lines.append(f"| {name} | {rps:,.0f} | {cpu:.0f} | {delta} |")
+    per_process = sorted(
+        statistics.median(r["keygate_cpu_us_per_req"] for r in samples["no limits"] if r["process"] == p)
+        for p in {r["process"] for r in samples["no limits"]}
+    )
+    if len(per_process) > 1:
+        lines.append("")
+        lines.append(
+            "Noise floor: the no-limits processes' own medians span "
+            f"{per_process[0]:.0f} to {per_process[-1]:.0f} µs CPU/req "
+            f"({per_process[-1] - per_process[0]:.0f} µs)."
+        )
     return "\n".join(lines)
 
 
@@ -101,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if samples is None:
         return code
     print()
-    print(f"{args.rounds} interleaved rounds of {args.duration} s, wrk -t1 -c{args.connections}, chat JSON:")
+    print(
+        f"{args.rounds} interleaved rounds of {args.duration} s, {args.processes} keygate processes per "
+        f"config, wrk -t1 -c{args.connections}, chat JSON:"
+    )
     print()
     print(report(samples))
     return 0

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from keygate.counters import MemoryCounters, Rate
+from keygate.counters import MemoryCounters, Rate, Refused
 from keygate.guards.ratelimit import Plan, fmt_reset
 from keygate.spend import SpendBook, period_bounds, period_end, period_key
 
@@ -21,16 +21,16 @@ GATE = ("k:conc", 1)
 def test_take_enters_gates_and_rates_together_or_not_at_all() -> None:
     c = MemoryCounters()
     first = c.take_now((RPM10,), (1.0,), 0.0, (GATE,))
-    assert first.allowed and first.gate is None and c.in_flight("k:conc") == 1
+    assert first == [6.0] and c.in_flight("k:conc") == 1  # the bucket runs 6 s ahead
     full = c.take_now((RPM10,), (1.0,), 0.0, (GATE,))
-    assert not full.allowed and full.gate == "k:conc" and full.denied is None
+    assert isinstance(full, Refused) and full.gate == "k:conc" and full.denied is None
     c.leave(["k:conc"])
     # The full gate charged nothing: 9 more fit in the bucket of 10.
     for _ in range(9):
-        assert c.take_now((RPM10,), (1.0,), 0.0, (GATE,)).allowed
+        assert not isinstance(c.take_now((RPM10,), (1.0,), 0.0, (GATE,)), Refused)
         c.leave(["k:conc"])
     refused = c.take_now((RPM10,), (1.0,), 0.0, (GATE,))
-    assert not refused.allowed and refused.denied == RPM10 and refused.gate is None
+    assert isinstance(refused, Refused) and refused.denied == RPM10 and refused.gate is None
     assert c.in_flight("k:conc") == 0  # a refused rate enters no gate
 
 
@@ -38,15 +38,24 @@ def test_a_later_rate_refusing_puts_back_the_earlier_ones() -> None:
     c = MemoryCounters()
     fresh = Rate("t:rpm", 100, 60.0)  # never used before: its counter must not appear
     used = Rate("t:rph", 1000, 3600.0)
-    assert c.take_now((used,), (1.0,), 0.0).allowed
+    assert not isinstance(c.take_now((used,), (1.0,), 0.0), Refused)
     for _ in range(10):
-        assert c.take_now((RPM10,), (1.0,), 0.0).allowed
+        assert not isinstance(c.take_now((RPM10,), (1.0,), 0.0), Refused)
     d = c.take_now((fresh, used, RPM10), (1.0, 1.0, 1.0), 0.0, (GATE,))
-    assert not d.allowed and d.denied == RPM10
+    assert isinstance(d, Refused) and d.denied == RPM10
     assert d.remaining == [100, 999, 0]  # as before the refused request
     assert c.in_flight("k:conc") == 0
     again = c.take_now((fresh, used), (1.0, 1.0), 0.0)
-    assert again.remaining == [99, 998]
+    assert again == [0.6, 7.2]  # each bucket one more unit ahead
+
+
+def test_a_refused_budget_hold_holds_nothing() -> None:
+    c = MemoryCounters()
+    assert c.reserve_now(["a"], [10.0], [4.0]) is None
+    assert c.reserve_now(["a", "b"], [10.0, 5.0], [4.0, 6.0]) == 1  # b does not fit
+    assert c.available_now(["a", "b"]) == [(0.0, 4.0), (0.0, 0.0)]  # a still holds only the first 4
+    assert c.reserve_now(["b", "a"], [5.0, 10.0], [5.0, 7.0]) == 1  # a: 4 + 7 > 10
+    assert c.available_now(["a", "b"]) == [(0.0, 4.0), (0.0, 0.0)]
 
 
 class _Store:
@@ -106,30 +115,32 @@ def test_lifetime_never_ends() -> None:
     assert period_bounds("lifetime", 1e9) == (-math.inf, math.inf)
 
 
-def test_headers_name_the_tightest_limit_of_each_kind_and_reuse_nothing_stale() -> None:
+def test_headers_name_the_tightest_limit_of_each_kind() -> None:
     rates = [
-        Rate("k:rps", 5, 1.0),
-        Rate("k:rpm", 100, 60.0),
-        Rate("k:tpm", 1000, 60.0, "tokens"),
+        Rate("k:rps", 5, 1.0),  # 0.2 s per request
+        Rate("k:rpm", 100, 60.0),  # 0.6 s per request
+        Rate("k:tpm", 1000, 60.0, "tokens"),  # 0.06 s per token
     ]
     plan = Plan(rates[:2], rates[2:], [])
+    now = 1000.0
+    # Seconds until each bucket is full again, and the remaining counts they mean.
     cases = [
-        ([4, 99, 10], [0.2, 0.6, 0.0004]),
-        ([4, 99, 10], [0.2, 0.6, 0.0004]),  # the same values again (cached headers)
-        ([4, 3, 10], [0.9996, 0.6, 59.5]),  # the other requests limit is tighter; 1000ms; 1m0s
-        ([0, 3, 0], [0.0, 7.2, 3725.0]),
-        ([4, 99, 10], [-0.1, 0.6, 1.0]),
+        ([0.2, 0.6, 0.06], [4, 99, 999]),
+        ([0.2, 0.6, 0.06], [4, 99, 999]),  # the same values again
+        ([0.9996, 58.2, 59.5], [0, 3, 9]),  # the other requests limit is tighter; 1000ms; 1m0s
+        ([0.0, 7.2, 3725.0], [5, 88, 0]),  # far past a full bucket: 0 remaining, never negative
     ]
-    for remaining, reset in cases:
-        out = plan.headers(remaining, reset, [("x-other", "1")])
+    for ahead, remaining in cases:
+        out = plan.headers([now + a for a in ahead], now, [("x-other", "1")])
         best = 0 if remaining[0] <= remaining[1] else 1
         assert out == [
             ("x-other", "1"),
             ("x-ratelimit-limit-requests", str(rates[best].limit)),
             ("x-ratelimit-remaining-requests", str(remaining[best])),
-            ("x-ratelimit-reset-requests", fmt_reset(reset[best])),
+            ("x-ratelimit-reset-requests", fmt_reset(ahead[best])),
             ("x-ratelimit-limit-tokens", "1000"),
             ("x-ratelimit-remaining-tokens", str(remaining[2])),
-            ("x-ratelimit-reset-tokens", fmt_reset(reset[2])),
+            ("x-ratelimit-reset-tokens", fmt_reset(ahead[2])),
         ]
     assert fmt_reset(0.9996) == "1000ms" and fmt_reset(59.5) == "1m0s" and fmt_reset(-0.1) == "0ms"
+    assert fmt_reset(0.0004) == "0ms" and fmt_reset(0.2) == "200ms" and fmt_reset(3725.0) == "1h2m5s"

@@ -108,21 +108,12 @@ class Context:
     def set_json(self, name: str, value: Any) -> None:
         """Set a top-level field of the JSON body, keeping ``json`` and ``body`` in step.
 
-        A field the body does not have yet is appended to the raw bytes rather than the whole body
-        serialised again (the body parsed as a JSON object, so it ends with ``}``; a key absent
-        from the parsed object is absent from the raw text, escaped spellings included, so this
-        never makes a duplicate key). A field it has is replaced by serialising again.
+        (Serialising the whole body again is cheaper with orjson than splicing the field into the
+        raw bytes, measured up to 16 KiB bodies: orjson is close to a copy for plain strings.)
         """
         data = self.json
         assert data is not None
-        new = name not in data
         data[name] = value
-        body = self.body
-        if new and len(data) > 1:
-            end = body.rfind(b"}")  # the object's closing brace: only JSON whitespace follows it
-            if end > 0:
-                self.body = b"".join((body[:end], b',"', name.encode(), b'":', orjson.dumps(value), b"}"))
-                return
         self.body = orjson.dumps(data)
 
 

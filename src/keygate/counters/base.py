@@ -44,17 +44,23 @@ class Rate:
         object.__setattr__(self, "burst", self.period + 1e-9)
 
 
-@dataclass(slots=True)
-class Decision:
-    """The outcome of :meth:`Counters.take`: allowed, or the limit that refused and when to retry.
+Taken = list[float]
+"""What :meth:`Counters.take` returns when a request is let through: per rate, in the order the
+rates were passed, its bucket's theoretical arrival time with this request in (in the time base of
+``now``). ``after - now`` is the time until the bucket is full again, and
+``limit - ceil((after - now) / interval)`` the units left."""
 
-    ``remaining`` and ``reset`` (seconds until the bucket is full again) are given per rate, in the
-    order the rates were passed, after this request's cost (or unchanged if refused by a rate).
-    A full concurrency gate refuses before any rate is looked at: ``gate`` names it, and
-    ``remaining`` and ``reset`` are empty.
+
+@dataclass(slots=True)
+class Refused:
+    """What :meth:`Counters.take` returns when a request is not let through, and when to retry.
+
+    A full concurrency gate refuses before any rate is looked at: ``gate`` names it, ``denied`` is
+    None and ``remaining`` and ``reset`` are empty. Otherwise ``denied`` is the rate that refused,
+    and ``remaining`` and ``reset`` (seconds until the bucket is full) are per rate, as before the
+    request (it changed nothing).
     """
 
-    allowed: bool
     retry_after: float = 0.0
     denied: Rate | None = None
     remaining: list[int] = field(default_factory=list)
@@ -62,19 +68,10 @@ class Decision:
     gate: str | None = None
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ is about three times slower, and this is per request
-class Hold:
-    """A budget reservation: ``amount`` held on counter ``name`` whose ceiling is ``limit``."""
-
-    name: str
-    limit: float
-    amount: float
-
-
 class Counters(Protocol):
     async def take(
         self, rates: Sequence[Rate], costs: Sequence[float], now: float, gates: Sequence[tuple[str, int]] = ()
-    ) -> Decision:
+    ) -> Taken | Refused:
         """Enter every ``(name, max_in_flight)`` gate and consume ``costs[i]`` from each ``rates[i]``
         if every gate has room and every rate allows it, else change nothing."""
         ...
@@ -87,10 +84,13 @@ class Counters(Protocol):
         """Leave gates entered with :meth:`take`."""
         ...
 
-    async def reserve(self, holds: Sequence[Hold]) -> Hold | None:
-        """Hold every amount if each fits (spent + held + amount <= limit), else none.
+    async def reserve(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> int | None:
+        """Hold ``amounts[i]`` on budget counter ``names[i]`` if each fits under ``limits[i]``
+        (spent + held + amount <= limit), else hold nothing.
 
-        Returns the first hold that did not fit, or None when all were taken.
+        Returns the index of the first amount that did not fit, or None when all were held.
         """
         ...
 
@@ -117,8 +117,10 @@ class SyncCounters(Protocol):
 
     def take_now(
         self, rates: Sequence[Rate], costs: Sequence[float], now: float, gates: Sequence[tuple[str, int]] = ()
-    ) -> Decision: ...
+    ) -> Taken | Refused: ...
 
-    def reserve_now(self, holds: Sequence[Hold]) -> Hold | None: ...
+    def reserve_now(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> int | None: ...
 
     def available_now(self, names: Sequence[str]) -> list[tuple[float, float]]: ...

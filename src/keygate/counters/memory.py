@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from math import ceil
 
-from .base import Decision, Hold, Rate
+from .base import Rate, Refused, Taken
 
 
 class MemoryCounters:
@@ -28,54 +28,46 @@ class MemoryCounters:
 
     async def take(
         self, rates: Sequence[Rate], costs: Sequence[float], now: float, gates: Sequence[tuple[str, int]] = ()
-    ) -> Decision:
+    ) -> Taken | Refused:
         return self.take_now(rates, costs, now, gates)
 
     def take_now(
         self, rates: Sequence[Rate], costs: Sequence[float], now: float, gates: Sequence[tuple[str, int]] = ()
-    ) -> Decision:
+    ) -> Taken | Refused:
         counts = self._gates
-        for name, cap in gates:
-            if counts.get(name, 0) >= cap:
-                return Decision(False, gate=name)
+        if gates:
+            for name, cap in gates:
+                if counts.get(name, 0) >= cap:
+                    return Refused(gate=name)
         tats = self._tat
-        # One pass that writes each rate as it passes (the rates have distinct names); a refusal
-        # puts back what was written before it, so a refused request changes nothing. (Indexing
+        # Check every rate first, then write them all: a refusal changes nothing. (Indexing
         # costs[i] rather than zip(): a zip object per request costs more than the loop body.)
-        olds: list[float | None] = []
-        remaining: list[int] = []
-        resets: list[float] = []
+        afters: list[float] = []
         i = 0
         for rate in rates:
-            old = tats.get(rate.name)
-            after = (old if old is not None and old > now else now) + costs[i] * rate.interval
-            ahead = after - now  # how far ahead of now the bucket runs with this request in
+            tat = tats.get(rate.name, now)
+            if tat < now:
+                tat = now
+            after = tat + costs[i] * rate.interval
+            if after - now > rate.burst:  # the bucket would run more than a full period ahead
+                return self._refused(rates, rate, costs[i], after - now, now)
+            afters.append(after)
             i += 1  # noqa: SIM113
-            if ahead > rate.burst:
-                for r, o in zip(rates, olds):  # noqa: B905 (olds: the rates written so far)
-                    if o is None:
-                        del tats[r.name]
-                    else:
-                        tats[r.name] = o
-                return self._refused(rates, rate, costs[i - 1], ahead, now)
-            tats[rate.name] = after
-            olds.append(old)
-            resets.append(ahead)
-            # Inline of _remaining(): this runs for every limit of every request.
-            left = rate.limit - ceil(ahead / rate.interval - 1e-9)
-            remaining.append(left if left > 0 else 0)
+        i = 0
+        for rate in rates:
+            tats[rate.name] = afters[i]
+            i += 1  # noqa: SIM113
         if gates:
             for name, _ in gates:
                 counts[name] = counts.get(name, 0) + 1
-        return Decision(True, 0.0, None, remaining, resets)
+        return afters
 
-    def _refused(self, rates: Sequence[Rate], rate: Rate, cost: float, ahead: float, now: float) -> Decision:
+    def _refused(self, rates: Sequence[Rate], rate: Rate, cost: float, ahead: float, now: float) -> Refused:
         wait = ahead - rate.period
         if cost > rate.limit:
             wait = rate.period  # can never fit: tell the client to back off a full period
         olds = [max(self._tat.get(r.name, now), now) for r in rates]
-        return Decision(
-            False,
+        return Refused(
             wait,
             rate,
             [_remaining(t, now, r) for t, r in zip(olds, rates, strict=True)],
@@ -107,21 +99,29 @@ class MemoryCounters:
 
     # -- budgets ------------------------------------------------------------------------------
 
-    async def reserve(self, holds: Sequence[Hold]) -> Hold | None:
-        return self.reserve_now(holds)
+    async def reserve(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> int | None:
+        return self.reserve_now(names, limits, amounts)
 
-    def reserve_now(self, holds: Sequence[Hold]) -> Hold | None:
+    def reserve_now(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> int | None:
         budgets = self._budgets
-        for h in holds:
-            spent, held = budgets.get(h.name, (0.0, 0.0))
-            if spent + held + h.amount > h.limit + 1e-12:
-                return h
-        for h in holds:
-            entry = budgets.get(h.name)
+        entries = []
+        i = 0
+        for name in names:
+            entry = budgets.get(name)
             if entry is None:
-                budgets[h.name] = [0.0, h.amount]
-            else:
-                entry[1] += h.amount
+                entry = budgets[name] = [0.0, 0.0]
+            if entry[0] + entry[1] + amounts[i] > limits[i] + 1e-12:
+                return i
+            entries.append(entry)
+            i += 1  # noqa: SIM113
+        i = 0
+        for entry in entries:
+            entry[1] += amounts[i]
+            i += 1  # noqa: SIM113
         return None
 
     async def available(self, names: Sequence[str]) -> list[tuple[float, float]]:

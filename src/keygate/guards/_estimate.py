@@ -17,18 +17,9 @@ OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "embeddings": (),
 }
 
-
-class Estimate:
-    __slots__ = ("given", "output", "prompt")
-
-    def __init__(self, prompt: int, output: int, given: bool) -> None:
-        self.prompt = prompt
-        self.output = output
-        self.given = given  # the request set its own max output tokens
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.output
+Estimate = tuple[int, int, bool]
+"""``(prompt, output, given)``: estimated prompt tokens, max output tokens, and whether the request
+set its own max output tokens. A plain tuple: it is made for every limited request."""
 
 
 def estimate(ctx: Context, default_output: int) -> Estimate:
@@ -40,17 +31,16 @@ def estimate(ctx: Context, default_output: int) -> Estimate:
     route = ctx.route
     fields = OUTPUT_FIELDS.get(route.name) if route is not None else None
     if fields is None:
-        found = extras["estimate"] = Estimate(0, 0, False)
+        found = extras["estimate"] = (0, 0, False)
         return found
-    prompt = (len(ctx.body) + 3) >> 2
-    output, given = (default_output if fields else 0), False
+    found = (len(ctx.body) + 3) >> 2, default_output if fields else 0, False
     data = ctx.json
     if fields and data:
         for name in fields:
             value = data.get(name)
             # type() is int: a bool is not a token count (isinstance(True, int) holds)
             if type(value) is int and value > 0:
-                output, given = value, True
+                found = found[0], value, True
                 break
-    found = extras["estimate"] = Estimate(prompt, output, given)
+    extras["estimate"] = found
     return found

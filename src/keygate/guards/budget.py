@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..chain import Context, Guard
-from ..counters import Counters, Hold, SyncCounters
+from ..counters import Counters, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
 from ..limitconf import BUDGET_KINDS, LimitSettings, Price
 from ..spend import SpendBook, counter_name, notify, period_bounds, period_end
@@ -69,10 +69,12 @@ class _Plan:
     only when a period rolls over (or the clock went back).
     """
 
-    __slots__ = ("budgets", "end", "names", "soft", "start", "tokens", "usd")
+    __slots__ = ("budgets", "end", "limits", "names", "single", "soft", "start", "tokens", "usd")
 
     def __init__(self, budgets: list[Budget], soft_threshold: float) -> None:
         self.budgets = budgets
+        self.limits = [b.amount for b in budgets]
+        self.single = len(budgets) == 1
         self.usd = any(b.kind == "usd" for b in budgets)
         self.tokens = any(b.kind == "tokens" for b in budgets)
         self.soft = [soft_threshold * b.amount for b in budgets]  # spend that triggers the notice
@@ -90,21 +92,46 @@ class _Plan:
 
 
 class Reservation:
-    __slots__ = ("cut", "est", "holds", "markers", "plan", "price", "streamed")
+    """A metered request's hold on its budgets, from the request phase to the complete phase.
 
-    def __init__(self, plan: _Plan, holds: list[Hold], price: Price | None, est: Estimate) -> None:
+    ``names`` and ``amounts`` are the counters held and how much on each (in the plan's budget
+    order); ``output`` is the max output tokens reserved, which a stream may not go past.
+    """
+
+    __slots__ = (
+        "amounts",
+        "cut",
+        "given",
+        "markers",
+        "names",
+        "output",
+        "plan",
+        "price",
+        "prompt",
+        "streamed",
+    )
+
+    def __init__(self, plan: _Plan, names: list[str], price: Price | None, est: Estimate) -> None:
         self.plan = plan
-        self.holds = holds
+        self.names = names
         self.price = price
-        self.est = est
+        self.prompt, self.output, self.given = est
+        self.amounts = self.worst_case()
         self.streamed = 0  # token-bearing events seen in a stream
         self.markers: tuple[bytes, bytes] | None = None
         self.cut = False
 
-
-# A metered request between looking at its budgets and holding its worst case on them: the key's
-# plan, the route, the model's price (None without a dollar budget), the estimate, counter names.
-_Step = tuple[_Plan, str, Price | None, Estimate, list[str]]
+    def worst_case(self) -> list[float]:
+        """The amount to hold on each budget: prompt plus max output, in tokens or priced."""
+        plan, price = self.plan, self.price
+        # The same for every budget of a kind (price.cost() inlined: a worst case has no cached tokens).
+        tokens = float(self.prompt + self.output) if plan.tokens else 0.0
+        usd = (
+            (self.prompt * price.input + self.output * price.output) / 1_000_000 if price is not None else 0.0
+        )
+        if plan.single:
+            return [tokens if plan.tokens else usd]
+        return [tokens if b.kind == "tokens" else usd for b in plan.budgets]
 
 
 def _not_priced(model: str | None) -> PermissionDenied:
@@ -151,8 +178,9 @@ class BudgetGuardBase(Guard):
     def budgets(self, key: KeyRecord, team: Team | None) -> list[Budget]:
         return self._plan(key, team).budgets
 
-    def _before(self, ctx: Context) -> _Step | KeygateError | None:
-        """What to check (a step), a refusal, or None when no budget applies to this request."""
+    def _before(self, ctx: Context) -> Reservation | KeygateError | None:
+        """The request's worst case to hold (not yet held), a refusal, or None when no budget
+        applies to this request."""
         key, team = ctx.key, ctx.team
         assert key is not None
         cached = self._plans.get(key.id)  # (self._plan(), inlined: this runs for every request)
@@ -172,45 +200,18 @@ class BudgetGuardBase(Guard):
             price = self._prices.get(ctx.model) or self._price(ctx.model)
             if price is None:
                 return _not_priced(ctx.model)
-        est = estimate(ctx, self._limits.default_max_output_tokens)
+        est = ctx.extras.get("estimate") or estimate(ctx, self._limits.default_max_output_tokens)
         ts = ctx.ts
         names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
-        return plan, route, price, est, names
-
-    @staticmethod
-    def _worst(step: _Step) -> list[Hold]:
-        """The request's whole worst case held on each of its budgets."""
-        plan, _, price, est, names = step
-        # The worst case, the same for every budget of a kind (price.cost() inlined: no cached
-        # tokens are assumed in a worst case).
-        tokens = float(est.prompt + est.output) if plan.tokens else 0.0
-        usd = (est.prompt * price.input + est.output * price.output) / 1_000_000 if price is not None else 0.0
-        holds = []
-        i = 0  # (indexing rather than zip() or enumerate(): cheaper for the few budgets of a request)
-        for b in plan.budgets:
-            holds.append(Hold(names[i], b.amount, tokens if b.kind == "tokens" else usd))
-            i += 1  # noqa: SIM113
-        return holds
-
-    def _held(self, ctx: Context, step: _Step, holds: list[Hold]) -> None:
-        """The whole worst case is held: nothing to clamp, but a non-streamed request without its
-        own max tokens is capped at what was held (a finished answer cannot be cut off)."""
-        plan, route, price, est, _ = step
-        if not est.given and not ctx.stream and est.output:
-            self._set_max_output(ctx, route, est.output)
-            est.given = True
-        touch = self._book.touch
-        for h in holds:
-            touch(h.name)  # persisted held: a crash counts it at its worst case
-        res = Reservation(plan, holds, price, est)
+        res = Reservation(plan, names, price, est)
         if ctx.stream:
             res.markers = _MARKERS.get(route)
-        ctx.extras["budget"] = res
+        return res
 
-    def _fit(self, ctx: Context, step: _Step, state: list[tuple[float, float]]) -> list[Hold] | KeygateError:
-        """Clamp the request to what is left; the holds to take, or a refusal."""
-        plan, route, price, est, _ = step
-        prompt, output = est.prompt, est.output
+    def _fit(self, ctx: Context, res: Reservation, state: list[tuple[float, float]]) -> KeygateError | None:
+        """Clamp the request's max output to what is left of its budgets, or refuse it."""
+        plan, price = res.plan, res.price
+        prompt, output = res.prompt, res.output
         prompt_usd = price.cost(prompt, 0, 0) if price is not None else 0.0  # the same for every budget
         need = 1 if output else 0
         affordable = output
@@ -233,20 +234,20 @@ class BudgetGuardBase(Guard):
                 return self._exhausted(b, ctx.ts)
             if room < affordable:  # (room >= 0 here, so int(room) < affordable too)
                 affordable = int(room)
-        if affordable < output or (not est.given and not ctx.stream and output):
-            # Clamp to what is left, and cap a non-streamed answer at its reservation: only a
-            # stream can be cut off mid-way, so only a stream may go without an explicit cap.
-            self._set_max_output(ctx, route, affordable)
-            est.output, est.given = affordable, True
-        return self._worst(step)
-
-    def _reserved(
-        self, ctx: Context, step: _Step, holds: list[Hold], refused: Hold | None
-    ) -> KeygateError | None:
-        if refused is not None:
-            return self._exhausted(step[0].budgets[holds.index(refused)], ctx.ts)
-        self._held(ctx, step, holds)
+        if affordable < output:
+            self._set_max_output(ctx, res, affordable)
+            res.amounts = res.worst_case()
         return None
+
+    def _held(self, ctx: Context, res: Reservation) -> None:
+        """The worst case is held. A non-streamed request without its own max tokens is capped at
+        what was held: only a stream can be cut off mid-way, so only a stream may go without one."""
+        if not res.given and not ctx.stream and res.output:
+            self._set_max_output(ctx, res, res.output)
+        touch = self._book.touch
+        for name in res.names:
+            touch(name)  # persisted held: a crash counts it at its worst case
+        ctx.extras["budget"] = res
 
     @staticmethod
     def _exhausted(b: Budget, ts: float) -> BudgetExceeded:
@@ -259,11 +260,13 @@ class BudgetGuardBase(Guard):
         )
 
     @staticmethod
-    def _set_max_output(ctx: Context, route: str, value: int) -> None:
-        fields = OUTPUT_FIELDS.get(route, ())
-        if not fields or ctx.json is None:
-            return
+    def _set_max_output(ctx: Context, res: Reservation, value: int) -> None:
+        """Send the request with max output tokens ``value`` (what its reservation covers)."""
+        res.output, res.given = value, True
+        fields = OUTPUT_FIELDS.get(ctx.route.name if ctx.route is not None else "", ())
         data = ctx.json
+        if not fields or data is None:
+            return
         target = fields[0]
         for f in fields:
             if f in data:
@@ -277,7 +280,7 @@ class BudgetGuardBase(Guard):
             return None
         marker, empty = res.markers
         res.streamed += data.count(marker) - data.count(empty)
-        if res.streamed > res.est.output:
+        if res.streamed > res.output:
             res.cut = True
             return BudgetExceeded(
                 "The stream was cut off: it went past the output tokens its budget reservation allows.",
@@ -293,7 +296,7 @@ class BudgetGuardBase(Guard):
         if res.streamed and usage.total_tokens == 0:
             # A stream that ended without its usage chunk (cut off, or the client left): count
             # what it used by our own estimate so nothing streamed goes unaccounted.
-            usage.prompt_tokens = res.est.prompt
+            usage.prompt_tokens = res.prompt
             usage.completion_tokens = res.streamed
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
@@ -304,15 +307,15 @@ class BudgetGuardBase(Guard):
             else 0.0
         )
         settle, touch = self._counters.settle, self._book.touch
-        budgets, soft = plan.budgets, plan.soft
+        budgets, soft, amounts = plan.budgets, plan.soft, res.amounts
         i = 0
-        for hold in res.holds:
+        for name in res.names:
             b = budgets[i]
-            before, after = settle(hold.name, hold.amount, tokens if b.kind == "tokens" else usd)
-            touch(hold.name)
-            if before < soft[i] <= after and hold.name not in self._notified:
-                self._notified.add(hold.name)
-                self._notify(b, hold.name, after)
+            before, after = settle(name, amounts[i], tokens if b.kind == "tokens" else usd)
+            touch(name)
+            if before < soft[i] <= after and name not in self._notified:
+                self._notified.add(name)
+                self._notify(b, name, after)
             i += 1  # noqa: SIM113
 
     def _notify(self, b: Budget, counter: str, spent: float) -> None:
@@ -348,36 +351,40 @@ class BudgetGuard(BudgetGuardBase):
         self._now: SyncCounters = counters
 
     def request(self, ctx: Context) -> KeygateError | None:
-        step = self._before(ctx)
-        if not isinstance(step, tuple):
-            return step
+        res = self._before(ctx)
+        if type(res) is not Reservation:
+            return res  # type: ignore[return-value]
         # Usually the whole worst case fits: one call holds it. Else clamp to what is left.
-        holds = self._worst(step)
-        if self._now.reserve_now(holds) is None:
-            self._held(ctx, step, holds)
-            return None
-        fitted = self._fit(ctx, step, self._now.available_now(step[4]))
-        if not isinstance(fitted, list):
-            return fitted
-        return self._reserved(ctx, step, fitted, self._now.reserve_now(fitted))
+        refused = self._now.reserve_now(res.names, res.plan.limits, res.amounts)
+        if refused is not None:
+            err = self._fit(ctx, res, self._now.available_now(res.names))
+            if err is not None:
+                return err
+            refused = self._now.reserve_now(res.names, res.plan.limits, res.amounts)
+            if refused is not None:
+                return self._exhausted(res.plan.budgets[refused], ctx.ts)
+        self._held(ctx, res)
+        return None
 
 
 class AsyncBudgetGuard(BudgetGuardBase):
     """Budgets on counters that may wait for a round trip (a shared, networked store)."""
 
     async def request(self, ctx: Context) -> KeygateError | None:
-        step = self._before(ctx)
-        if not isinstance(step, tuple):
-            return step
+        res = self._before(ctx)
+        if not isinstance(res, Reservation):
+            return res
         # Usually the whole worst case fits: one round trip holds it. Else clamp to what is left.
-        holds = self._worst(step)
-        if await self._counters.reserve(holds) is None:
-            self._held(ctx, step, holds)
-            return None
-        fitted = self._fit(ctx, step, await self._counters.available(step[4]))
-        if not isinstance(fitted, list):
-            return fitted
-        return self._reserved(ctx, step, fitted, await self._counters.reserve(fitted))
+        refused = await self._counters.reserve(res.names, res.plan.limits, res.amounts)
+        if refused is not None:
+            err = self._fit(ctx, res, await self._counters.available(res.names))
+            if err is not None:
+                return err
+            refused = await self._counters.reserve(res.names, res.plan.limits, res.amounts)
+            if refused is not None:
+                return self._exhausted(res.plan.budgets[refused], ctx.ts)
+        self._held(ctx, res)
+        return None
 
 
 def budget_guard(counters: Counters, limits: LimitSettings, book: SpendBook) -> BudgetGuardBase:

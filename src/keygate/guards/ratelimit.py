@@ -9,13 +9,13 @@ headers for the tightest limits; a refusal is a 429 with ``Retry-After``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from math import ceil
 from time import monotonic
 from typing import Any
 
 from ..chain import Context, Guard
-from ..counters import Counters, Decision, Rate, SyncCounters
+from ..counters import Counters, Rate, Refused, SyncCounters, Taken
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings
 from ..types import KeyRecord, Team
@@ -35,6 +35,7 @@ class Plan:
         "limit_headers",
         "rates",
         "replaces",
+        "request_costs",
         "requests",
         "tokens",
     )
@@ -49,7 +50,7 @@ class Plan:
         # The rates' costs, requests first (1 each), then tokens (the request's worst case, the same
         # for every token rate), for the last token cost asked for: reused while it repeats.
         self._costs_for = -1
-        self._costs = [1.0] * len(requests)
+        self._costs = self.request_costs = [1.0] * len(requests)
         # x-ratelimit-* headers: each rate's limit header, made once; per kind that has a limit
         # (requests first), the indices of its rates and that kind's header cache.
         self.limit_headers = [(f"x-ratelimit-limit-{r.kind}", str(r.limit)) for r in self.rates]
@@ -73,59 +74,44 @@ class Plan:
             self._costs_for = tokens
         return self._costs
 
-    def headers(
-        self, remaining: list[int], reset: list[float], out: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
+    def headers(self, afters: list[float], now: float, out: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Add to ``out`` the ``x-ratelimit-*`` headers of the tightest requests limit and of the
-        tightest tokens limit, given each rate's remaining count and reset time; returns ``out``."""
+        tightest tokens limit, given each rate's bucket time ``afters[i]`` (seconds until it is full
+        again: ``afters[i] - now``); returns ``out``."""
+        rates = self.rates
         for indices, made in self.kinds:
-            best = indices[0]
-            if len(indices) > 1:
-                for i in indices:
-                    if remaining[i] < remaining[best]:
-                        best = i
-            left = remaining[best]
-            left_header = made.remaining.get(left)
-            if left_header is None:
-                left_header = made.make_remaining(left)
-            seconds = reset[best]
+            best, left = -1, 0
+            for i in indices:
+                rate = rates[i]
+                units = rate.limit - ceil((afters[i] - now) / rate.interval - 1e-9)
+                if best < 0 or units < left:
+                    best, left = i, units
+            seconds = afters[best] - now
             if 0 <= seconds < 1:
-                ms = round(seconds * 1000)  # what fmt_reset shows: {ms}ms
-                reset_header = made.reset_ms.get(ms)
-                if reset_header is None:
-                    reset_header = made.make_reset_ms(ms)
+                reset_header = made.reset_ms[int(seconds * 1000 + 0.5)]  # what fmt_reset shows
             else:
                 reset_header = (made.reset_name, fmt_reset(seconds))
-            out += (self.limit_headers[best], left_header, reset_header)
+            out += (
+                self.limit_headers[best],
+                (made.remaining_name, str(left if left > 0 else 0)),
+                reset_header,
+            )
         return out
 
 
+_MS = [f"{ms}ms" for ms in range(1001)]  # fmt_reset below a second (0.9996 s rounds to 1000ms)
+
+
 class HeaderCache:
-    """The ``x-ratelimit-remaining-*`` and ``-reset-*`` headers of one kind, made once per value.
+    """Per kind, the ``x-ratelimit-*`` header names and the reset headers below a second, made once."""
 
-    The same values come back request after request (a key well within its limits shows the same
-    remaining count and reset time each time), so each header is made once and reused; shared by
-    every key, and bounded.
-    """
-
-    __slots__ = ("kind", "remaining", "remaining_name", "reset_ms", "reset_name")
+    __slots__ = ("kind", "remaining_name", "reset_ms", "reset_name")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.remaining_name = f"x-ratelimit-remaining-{kind}"
         self.reset_name = f"x-ratelimit-reset-{kind}"
-        self.remaining: dict[int, tuple[str, str]] = {}
-        self.reset_ms: dict[int, tuple[str, str]] = {}  # at most 1001 (0ms to 1000ms)
-
-    def make_remaining(self, left: int) -> tuple[str, str]:
-        if len(self.remaining) >= 1024:
-            self.remaining.clear()
-        header = self.remaining[left] = (self.remaining_name, str(left))
-        return header
-
-    def make_reset_ms(self, ms: int) -> tuple[str, str]:
-        header = self.reset_ms[ms] = (self.reset_name, _MS[ms])
-        return header
+        self.reset_ms = [(self.reset_name, text) for text in _MS]  # 0ms to 1000ms
 
 
 HEADERS = {kind: HeaderCache(kind) for kind in ("requests", "tokens")}
@@ -153,7 +139,7 @@ def compile_plan(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any])
 def fmt_reset(seconds: float) -> str:
     """OpenAI's duration format: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
     if seconds < 1:
-        return _MS[max(0, round(seconds * 1000))]
+        return _MS[int(seconds * 1000 + 0.5)] if seconds > 0 else "0ms"
     total = round(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
@@ -162,7 +148,6 @@ def fmt_reset(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
-_MS = [f"{ms}ms" for ms in range(1001)]  # fmt_reset below a second (0.9996 s rounds to 1000ms)
 _UNITS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 _GATES_FULL = RateLimited(
     "Too many requests in flight for this key or team; wait for one to finish.",
@@ -189,25 +174,26 @@ class RateLimitBase(Guard):
         self._plans[key.id] = (key, team, plan)
         return plan
 
-    def _decided(self, ctx: Context, plan: Plan, cost: int, decision: Decision) -> KeygateError | None:
-        if not decision.allowed:
-            if decision.gate is not None:
-                return _GATES_FULL
-            denied = decision.denied
-            assert denied is not None
-            what = "tokens" if denied.kind == "tokens" else "requests"
-            return RateLimited(
-                f"Rate limit reached for {what} per {_UNITS[denied.period]}: limit {denied.limit}. "
-                f"Please try again in {decision.retry_after:.3g}s.",
-                retry_after=decision.retry_after,
-                headers=plan.headers(decision.remaining, decision.reset, []),
-            )
+    def _refusal(self, plan: Plan, refused: Refused) -> KeygateError:
+        if refused.gate is not None:
+            return _GATES_FULL
+        denied = refused.denied
+        assert denied is not None
+        what = "tokens" if denied.kind == "tokens" else "requests"
+        return RateLimited(
+            f"Rate limit reached for {what} per {_UNITS[denied.period]}: limit {denied.limit}. "
+            f"Please try again in {refused.retry_after:.3g}s.",
+            retry_after=refused.retry_after,
+            headers=plan.headers(refused.reset, 0.0, []),  # reset: seconds from now, so now is 0
+        )
+
+    @staticmethod
+    def _taken(ctx: Context, plan: Plan, cost: int, taken: Taken, now: float) -> None:
         extras = ctx.extras
         extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
         if plan.kinds:
             # Headers for the client response, whatever it turns out to be (app.py adds them).
-            extras["headers"] = (plan.replaces, plan.headers(decision.remaining, decision.reset, []))
-        return None
+            extras["headers"] = (plan.replaces, plan.headers(taken, now, []))
 
     def complete(self, ctx: Context) -> None:
         taken: tuple[Plan, int] | None = ctx.extras.pop("ratelimit", None)
@@ -220,14 +206,14 @@ class RateLimitBase(Guard):
             usage = ctx.usage
             delta = usage.prompt_tokens + usage.completion_tokens - charged
             if delta:
-                now = time.monotonic()
+                now = monotonic()
                 for rate in plan.tokens:
                     self._counters.adjust(rate, delta, now)
 
     def _worst_case(self, ctx: Context) -> int:
         """The request's worst case in tokens, charged to the token rates up front."""
-        est = estimate(ctx, self._default_output)
-        return est.prompt + est.output
+        prompt, output, _ = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
+        return prompt + output
 
 
 class RateLimit(RateLimitBase):
@@ -248,9 +234,18 @@ class RateLimit(RateLimitBase):
             plan = self.plan(key, team)
         if plan.empty:
             return None
-        cost = self._worst_case(ctx) if plan.tokens else 0
-        decision = self._now.take_now(plan.rates, plan.costs(cost), monotonic(), plan.gates)
-        return self._decided(ctx, plan, cost, decision)
+        if plan.tokens:
+            prompt, output, _ = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
+            cost = prompt + output
+            costs = plan.costs(cost)
+        else:
+            cost, costs = 0, plan.request_costs
+        now = monotonic()
+        taken = self._now.take_now(plan.rates, costs, now, plan.gates)
+        if type(taken) is Refused:
+            return self._refusal(plan, taken)
+        self._taken(ctx, plan, cost, taken, now)  # type: ignore[arg-type]
+        return None
 
 
 class AsyncRateLimit(RateLimitBase):
@@ -262,8 +257,12 @@ class AsyncRateLimit(RateLimitBase):
         if plan.empty:
             return None
         cost = self._worst_case(ctx) if plan.tokens else 0
-        decision = await self._counters.take(plan.rates, plan.costs(cost), time.monotonic(), plan.gates)
-        return self._decided(ctx, plan, cost, decision)
+        now = monotonic()
+        taken = await self._counters.take(plan.rates, plan.costs(cost), now, plan.gates)
+        if isinstance(taken, Refused):
+            return self._refusal(plan, taken)
+        self._taken(ctx, plan, cost, taken, now)
+        return None
 
 
 def rate_limit(counters: Counters, limits: LimitSettings) -> RateLimitBase:
