@@ -301,11 +301,7 @@ class BudgetGuardBase(Guard):
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
         tokens = float(usage.prompt_tokens + usage.completion_tokens) if plan.tokens else 0.0
-        usd = (
-            price.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
-            if price is not None
-            else 0.0
-        )
+        usd = price.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) if price else 0.0
         settle, touch = self._counters.settle, self._book.touch
         budgets, soft, amounts = plan.budgets, plan.soft, res.amounts
         i = 0

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import time
+from time import monotonic
 
 from ..chain import Context, Guard
 from ..errors import KeygateError, UpstreamUnavailable
@@ -64,7 +65,7 @@ class GlobalLimit(Guard):
 
     def request(self, ctx: Context) -> KeygateError | None:
         if self._interval:
-            wait = self._take(time.monotonic())
+            wait = self._take(monotonic())
             if wait:
                 return _busy(wait)
         if self._cap is not None:

@@ -54,15 +54,17 @@ class Plan:
         # x-ratelimit-* headers: each rate's limit header, made once; per kind that has a limit
         # (requests first), the indices of its rates and that kind's header cache.
         self.limit_headers = [(f"x-ratelimit-limit-{r.kind}", str(r.limit)) for r in self.rates]
-        self.kinds: list[tuple[list[int], HeaderCache]] = []
+        # Per kind with a limit: its first rate's index, the indices of its other rates (usually
+        # none) and the kind's header names.
+        self.kinds: list[tuple[int, tuple[int, ...], HeaderCache]] = []
         for kind in ("requests", "tokens"):
             indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
             if indices:
-                self.kinds.append((indices, HEADERS[kind]))
+                self.kinds.append((indices[0], tuple(indices[1:]), HEADERS[kind]))
         # The upstream headers keygate's own replace (see app.with_extras).
         self.replaces = frozenset(
             f"x-ratelimit-{part}-{kind}"
-            for _, made in self.kinds
+            for _, _, made in self.kinds
             for kind in (made.kind,)
             for part in ("limit", "remaining", "reset")
         )
@@ -79,21 +81,24 @@ class Plan:
         tightest tokens limit, given each rate's bucket time ``afters[i]`` (seconds until it is full
         again: ``afters[i] - now``); returns ``out``."""
         rates = self.rates
-        for indices, made in self.kinds:
-            best, left = -1, 0
-            for i in indices:
-                rate = rates[i]
-                units = rate.limit - ceil((afters[i] - now) / rate.interval - 1e-9)
-                if best < 0 or units < left:
-                    best, left = i, units
+        for best, others, made in self.kinds:
+            rate = rates[best]
             seconds = afters[best] - now
-            if 0 <= seconds < 1:
-                reset_header = made.reset_ms[int(seconds * 1000 + 0.5)]  # what fmt_reset shows
+            left = rate.limit - ceil(seconds / rate.interval - 1e-9)
+            for i in others:
+                rate = rates[i]
+                ahead = afters[i] - now
+                units = rate.limit - ceil(ahead / rate.interval - 1e-9)
+                if units < left:
+                    best, left, seconds = i, units, ahead
+            # (Float constants: on CPython 3.11 a float compared with an int takes a slow path.)
+            if 0.0 <= seconds < 1.0:
+                reset_header = made.reset_ms[int(seconds * 1000.0 + 0.5)]  # what fmt_reset shows
             else:
                 reset_header = (made.reset_name, fmt_reset(seconds))
             out += (
                 self.limit_headers[best],
-                (made.remaining_name, str(left if left > 0 else 0)),
+                (made.remaining_name, str(left) if left > 0 else "0"),
                 reset_header,
             )
         return out
@@ -139,7 +144,7 @@ def compile_plan(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any])
 def fmt_reset(seconds: float) -> str:
     """OpenAI's duration format: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
     if seconds < 1:
-        return _MS[int(seconds * 1000 + 0.5)] if seconds > 0 else "0ms"
+        return _MS[int(seconds * 1000.0 + 0.5)] if seconds > 0.0 else "0ms"
     total = round(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
@@ -237,7 +242,7 @@ class RateLimit(RateLimitBase):
         if plan.tokens:
             prompt, output, _ = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
             cost = prompt + output
-            costs = plan.costs(cost)
+            costs = plan._costs if cost == plan._costs_for else plan.costs(cost)
         else:
             cost, costs = 0, plan.request_costs
         now = monotonic()
