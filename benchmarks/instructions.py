@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""What rate limits and budgets cost end to end, counted in CPU instructions: a repeatable figure.
+
+    python benchmarks/instructions.py                 # about 6 minutes
+    python benchmarks/instructions.py --short 6 --long 18
+
+Timings on a shared machine drift by tens of percent; instruction counts do not. Each config runs
+``keygate serve`` under ``valgrind --tool=callgrind`` (whole process: granian, the event loop, the
+writer threads) twice, loaded by wrk for ``--short`` and then ``--long`` seconds, and reports
+
+    (instructions of the long run - instructions of the short run) / (their difference in requests)
+
+so start-up, warm-up and shutdown cancel out and what is left is the cost of one more request.
+Callgrind runs a program about 50 times slower, so loads are light (wrk -t1 -c8) and runs long.
+Needs nginx, wrk and valgrind (``benchmarks/setup.sh`` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from harness import wrk
+from harness.keygate_proc import Keygate, default_command, load_extra_config
+from harness.mock_upstream import start_mock_upstream
+from harness.procs import HarnessError, ManagedProcess, free_port, run_in_temp_dir
+from harness.scenarios import Scenario, check_one_request
+from harness.tools import ensure_tools
+from limits import CONFIGS
+
+_TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--short", type=int, default=5, help="seconds of load in the short run (5)")
+    parser.add_argument("--long", type=int, default=15, help="seconds of load in the long run (15)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
+    return parser.parse_args(argv)
+
+
+def one_run(
+    keygate: Keygate, name: str, upstream_url: str, authorization: str, seconds: int, conns: int
+) -> tuple[int, int]:
+    """(instructions, requests) of one keygate process under callgrind, loaded for ``seconds``."""
+    tools = ensure_tools()
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise HarnessError("valgrind is missing: run benchmarks/setup.sh")
+    out = keygate.tmp / f"{name}.callgrind"
+    port = free_port()
+    config = keygate.write_config(name, port, upstream_url)
+    cmd = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *keygate.command]
+    process = ManagedProcess(
+        f"keygate ({name})",
+        [*cmd, "--config", str(config), "serve"],
+        keygate.tmp / f"{name}.log",
+        keygate.env(),
+    )
+    try:
+        process.wait_for_port(port, timeout=300.0)
+        scenario = Scenario(name, "json", True, port, authorization, process.pid, 0)
+        check_one_request(scenario)
+        result = wrk.run(
+            tools.wrk, scenario.url, scenario.script(keygate.tmp), wrk.LoadShape(1, conns), seconds
+        )
+        if sum(result.errors.values()):
+            raise HarnessError(f"{name}: errors {result.errors}")
+    finally:
+        process.stop(timeout=120.0)
+    found = _TOTALS.search(out.read_text(errors="replace"))
+    if found is None:
+        raise HarnessError(f"{name}: no instruction total in {out}")
+    return int(found.group(1)), result.requests + 1  # + the checked request
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    tools = ensure_tools()
+    command, env = default_command()
+    per_request: dict[str, float] = {}
+    conns = args.connections
+    with start_mock_upstream(tools.nginx, tmp) as upstream, contextlib.ExitStack():
+        authorization = ""
+        for index, (name, extra_file) in enumerate(CONFIGS.items()):
+            extra = load_extra_config(extra_file)
+            extra["admin_listen"] = f"127.0.0.1:{free_port()}"
+            keygate = Keygate(tmp, command, env, extra)
+            if not authorization:
+                authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"
+            url = upstream.json_base_url
+            short, long = (
+                one_run(keygate, f"cg-{index}-{seconds}s", url, authorization, seconds, conns)
+                for seconds in (args.short, args.long)
+            )
+            if long[1] <= short[1]:
+                raise HarnessError(f"{name}: the long run served no more requests than the short one")
+            per_request[name] = (long[0] - short[0]) / (long[1] - short[1])
+            print(f"  {name}: {short[1]:,} and {long[1]:,} requests: ", end="")
+            print(f"{per_request[name]:,.0f} instructions per request", flush=True)
+    return per_request
+
+
+def report(per_request: dict[str, float]) -> str:
+    base = per_request["no limits"]
+    lines = [
+        "| keygate config | instructions per request | added by limits |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, value in per_request.items():
+        delta = "—" if name == "no limits" else f"+{value - base:,.0f} ({(value - base) / base:+.0%})"
+        lines.append(f"| {name} | {value:,.0f} | {delta} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    code, per_request = run_in_temp_dir("keygate-instructions-", lambda tmp: run(args, tmp))
+    if per_request is None:
+        return code
+    print()
+    print(f"keygate under callgrind, wrk -t1 -c{args.connections}, chat JSON, ", end="")
+    print(f"runs of {args.short} s and {args.long} s:")
+    print()
+    print(report(per_request))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
