@@ -192,7 +192,7 @@ class Gateway:
             body = scrub(body, lease.key.secret)
         elif ctx.route is not None and ctx.route.name in _USAGE_ROUTES:
             usage_from_json(body, ctx.usage)
-        out = with_extras(ctx, filter_response(headers))
+        out = reply_headers(ctx, headers)
         out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)
@@ -210,7 +210,7 @@ class Gateway:
                 return self._send_error(ctx, map_transport_error(exc, ctx.upstream))
             return self._reply(ctx, response, lease)
         self.chain.response_start(ctx, response.status, response.headers)
-        out = with_extras(ctx, filter_response(response.headers))
+        out = reply_headers(ctx, response.headers)
         out += [("x-keygate-request-id", ctx.request_id), *self._hsts]
         ctx.status = response.status
         transport = ctx.proto.response_stream(response.status, out)
@@ -244,13 +244,20 @@ class Gateway:
                 await _send(transport, data)
 
 
-def with_extras(ctx: Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Add the headers guards left in ``ctx.extras["headers"]`` (keygate's own rate-limit counts),
-    replacing the upstream headers they name.
+def reply_headers(ctx: Context, upstream: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's headers that may reach the client, with the ones guards left in
+    ``ctx.extras["headers"]`` (keygate's own rate-limit counts) in place of those they name."""
+    extra: tuple[frozenset[str], list[tuple[str, str]]] | None = ctx.extras.get("headers")
+    if extra is None:
+        return filter_response(upstream)
+    out = filter_response(upstream, extra[0])
+    out += extra[1]
+    return out
 
-    The guard leaves ``(names, headers)``: the set of (lower-case) names it replaces, made once per
-    key, and the headers themselves; ``headers`` here are lower-cased already.
-    """
+
+def with_extras(ctx: Context, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Add the headers guards left in ``ctx.extras["headers"]`` to keygate's own ``headers`` (an
+    error answer), replacing those of the same (lower-case) names."""
     extra: tuple[frozenset[str], list[tuple[str, str]]] | None = ctx.extras.get("headers")
     if extra is None:
         return headers

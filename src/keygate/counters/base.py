@@ -7,7 +7,7 @@ with one Lua script per call, so every check-and-update stays atomic:
 * the ``async`` methods decide (take, reserve): they may await a round trip, and each one checks
   *all* the limits it is given and updates them only if every one passes (``take`` covers a
   request's concurrency gates and rates together, so a request costs one call, one round trip);
-* the plain methods settle (adjust, leave, settle): they run in the ``complete`` phase, which is
+* the plain methods settle (finish, settle): they run in the ``complete`` phase, which is
   synchronous, so a networked implementation queues them and sends them in the background.
 
 Rates use GCRA (a token bucket kept as one "theoretical arrival time" per limit): a full bucket
@@ -76,12 +76,17 @@ class Counters(Protocol):
         if every gate has room and every rate allows it, else change nothing."""
         ...
 
+    def finish(self, gates: Sequence[str], rates: Sequence[Rate], delta: float, now: float) -> None:
+        """A request taken with :meth:`take` is over: leave its ``gates`` and correct each of
+        ``rates`` by ``delta`` units (real tokens minus the estimate; may be negative)."""
+        ...
+
     def adjust(self, rate: Rate, delta: float, now: float) -> None:
-        """Correct a rate after the fact (real tokens minus the estimate; may be negative)."""
+        """Correct one rate after the fact (``finish`` with no gates)."""
         ...
 
     def leave(self, names: Sequence[str]) -> None:
-        """Leave gates entered with :meth:`take`."""
+        """Leave gates entered with :meth:`take` (``finish`` with no rates)."""
         ...
 
     async def reserve(

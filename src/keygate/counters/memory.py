@@ -40,23 +40,18 @@ class MemoryCounters:
                 if counts.get(name, 0) >= cap:
                     return Refused(gate=name)
         tats = self._tat
-        # Check every rate first, then write them all: a refusal changes nothing. (Indexing
-        # costs[i] rather than zip(): a zip object per request costs more than the loop body.)
+        # Check every rate first, then write them all: a refusal changes nothing.
         afters: list[float] = []
-        i = 0
-        for rate in rates:
+        for rate, cost in zip(rates, costs):  # noqa: B905 (one cost per rate)
             tat = tats.get(rate.name, now)
             if tat < now:
                 tat = now
-            after = tat + costs[i] * rate.interval
+            after = tat + cost * rate.interval
             if after - now > rate.burst:  # the bucket would run more than a full period ahead
-                return self._refused(rates, rate, costs[i], after - now, now)
+                return self._refused(rates, rate, cost, after - now, now)
             afters.append(after)
-            i += 1  # noqa: SIM113
-        i = 0
-        for rate in rates:
-            tats[rate.name] = afters[i]
-            i += 1  # noqa: SIM113
+        for rate, after in zip(rates, afters):  # noqa: B905
+            tats[rate.name] = after
         if gates:
             for name, _ in gates:
                 counts[name] = counts.get(name, 0) + 1
@@ -74,25 +69,31 @@ class MemoryCounters:
             [t - now for t in olds],
         )
 
-    def adjust(self, rate: Rate, delta: float, now: float) -> None:
-        tats = self._tat
-        tat = tats.get(rate.name, now)
-        if tat < now:
-            tat = now
-        tat += delta * rate.interval
-        if tat <= now:
-            tats.pop(rate.name, None)
-        else:
-            tats[rate.name] = tat
-
-    def leave(self, names: Sequence[str]) -> None:
+    def finish(self, gates: Sequence[str], rates: Sequence[Rate], delta: float, now: float) -> None:
         counts = self._gates
-        for name in names:
+        for name in gates:
             n = counts.get(name, 0) - 1
             if n > 0:
                 counts[name] = n
             else:
                 counts.pop(name, None)
+        if delta:
+            tats = self._tat
+            for rate in rates:
+                tat = tats.get(rate.name, now)
+                if tat < now:
+                    tat = now
+                tat += delta * rate.interval
+                if tat <= now:
+                    tats.pop(rate.name, None)  # a full bucket: nothing to remember
+                else:
+                    tats[rate.name] = tat
+
+    def adjust(self, rate: Rate, delta: float, now: float) -> None:
+        self.finish((), (rate,), delta, now)
+
+    def leave(self, names: Sequence[str]) -> None:
+        self.finish(names, (), 0.0, 0.0)
 
     def in_flight(self, name: str) -> int:
         return self._gates.get(name, 0)

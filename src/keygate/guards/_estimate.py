@@ -17,30 +17,34 @@ OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "embeddings": (),
 }
 
-Estimate = tuple[int, int, bool]
-"""``(prompt, output, given)``: estimated prompt tokens, max output tokens, and whether the request
-set its own max output tokens. A plain tuple: it is made for every limited request."""
+Estimate = tuple[int, int, bool, str]
+"""``(prompt, output, given, field)``: estimated prompt tokens, max output tokens, whether the
+request set a valid max itself, and the body field that caps the output (the first of the route's
+fields the request has, else the route's usual one; "" for routes without one). A plain tuple: it
+is made for every limited request."""
 
 
 def estimate(ctx: Context, default_output: int) -> Estimate:
-    """The request's worst case, computed once per request and shared by the limit guards."""
-    extras = ctx.extras
-    found: Estimate | None = extras.get("estimate")
-    if found is not None:
-        return found
+    """The request's worst case. Computed once per request and shared by the limit guards through
+    ``ctx.extras["estimate"]``, which callers look at first."""
     route = ctx.route
     fields = OUTPUT_FIELDS.get(route.name) if route is not None else None
     if fields is None:
-        found = extras["estimate"] = (0, 0, False)
-        return found
-    found = (len(ctx.body) + 3) >> 2, default_output if fields else 0, False
-    data = ctx.json
-    if fields and data:
-        for name in fields:
-            value = data.get(name)
-            # type() is int: a bool is not a token count (isinstance(True, int) holds)
-            if type(value) is int and value > 0:
-                found = found[0], value, True
-                break
-    extras["estimate"] = found
+        found: Estimate = (0, 0, False, "")
+    elif not fields:  # embeddings: a prompt and no output
+        found = (len(ctx.body) + 3) >> 2, 0, False, ""
+    else:
+        output, given, field = default_output, False, ""
+        data = ctx.json
+        if data:
+            for name in fields:
+                if name in data:
+                    field = field or name
+                    value = data[name]
+                    # type() is int: a bool is not a token count (isinstance(True, int) holds)
+                    if type(value) is int and value > 0:
+                        output, given = value, True
+                        break
+        found = (len(ctx.body) + 3) >> 2, output, given, field or fields[0]
+    ctx.extras["estimate"] = found
     return found

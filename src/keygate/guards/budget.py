@@ -22,7 +22,7 @@ from ..errors import BudgetExceeded, KeygateError, PermissionDenied
 from ..limitconf import BUDGET_KINDS, LimitSettings, Price
 from ..spend import SpendBook, counter_name, notify, period_bounds, period_end
 from ..types import KeyRecord, Team
-from ._estimate import OUTPUT_FIELDS, TOKEN_ROUTES, Estimate, estimate
+from ._estimate import TOKEN_ROUTES, Estimate, estimate
 
 # Markers of one streamed token-bearing event per route: each such event carries at least one
 # token, so counting them never overestimates an upstream that keeps to its max tokens.
@@ -95,12 +95,14 @@ class Reservation:
     """A metered request's hold on its budgets, from the request phase to the complete phase.
 
     ``names`` and ``amounts`` are the counters held and how much on each (in the plan's budget
-    order); ``output`` is the max output tokens reserved, which a stream may not go past.
+    order); ``output`` is the max output tokens reserved, which a stream may not go past, and
+    ``field`` the body field that caps it.
     """
 
     __slots__ = (
         "amounts",
         "cut",
+        "field",
         "given",
         "markers",
         "names",
@@ -111,24 +113,29 @@ class Reservation:
         "streamed",
     )
 
-    def __init__(self, plan: _Plan, names: list[str], price: Price | None, est: Estimate) -> None:
+    def __init__(
+        self,
+        plan: _Plan,
+        names: list[str],
+        price: Price | None,
+        est: Estimate,
+        markers: tuple[bytes, bytes] | None,
+    ) -> None:
         self.plan = plan
         self.names = names
         self.price = price
-        self.prompt, self.output, self.given = est
+        self.prompt, self.output, self.given, self.field = est
         self.amounts = self.worst_case()
         self.streamed = 0  # token-bearing events seen in a stream
-        self.markers: tuple[bytes, bytes] | None = None
+        self.markers = markers
         self.cut = False
 
     def worst_case(self) -> list[float]:
         """The amount to hold on each budget: prompt plus max output, in tokens or priced."""
         plan, price = self.plan, self.price
         # The same for every budget of a kind (price.cost() inlined: a worst case has no cached tokens).
-        tokens = float(self.prompt + self.output) if plan.tokens else 0.0
-        usd = (
-            (self.prompt * price.input + self.output * price.output) / 1_000_000 if price is not None else 0.0
-        )
+        tokens = float(self.prompt + self.output)
+        usd = (self.prompt * price.input + self.output * price.output) / 1e6 if price is not None else 0.0
         if plan.single:
             return [tokens if plan.tokens else usd]
         return [tokens if b.kind == "tokens" else usd for b in plan.budgets]
@@ -203,10 +210,7 @@ class BudgetGuardBase(Guard):
         est = ctx.extras.get("estimate") or estimate(ctx, self._limits.default_max_output_tokens)
         ts = ctx.ts
         names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
-        res = Reservation(plan, names, price, est)
-        if ctx.stream:
-            res.markers = _MARKERS.get(route)
-        return res
+        return Reservation(plan, names, price, est, _MARKERS.get(route) if ctx.stream else None)
 
     def _fit(self, ctx: Context, res: Reservation, state: list[tuple[float, float]]) -> KeygateError | None:
         """Clamp the request's max output to what is left of its budgets, or refuse it."""
@@ -263,16 +267,8 @@ class BudgetGuardBase(Guard):
     def _set_max_output(ctx: Context, res: Reservation, value: int) -> None:
         """Send the request with max output tokens ``value`` (what its reservation covers)."""
         res.output, res.given = value, True
-        fields = OUTPUT_FIELDS.get(ctx.route.name if ctx.route is not None else "", ())
-        data = ctx.json
-        if not fields or data is None:
-            return
-        target = fields[0]
-        for f in fields:
-            if f in data:
-                target = f
-                break
-        ctx.set_json(target, value)
+        if res.field and ctx.json is not None:
+            ctx.set_json(res.field, value)
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         res: Reservation | None = ctx.extras.get("budget")
@@ -293,14 +289,14 @@ class BudgetGuardBase(Guard):
         if res is None:
             return
         usage = ctx.usage
-        if res.streamed and usage.total_tokens == 0:
+        if res.streamed and not (usage.prompt_tokens or usage.completion_tokens):
             # A stream that ended without its usage chunk (cut off, or the client left): count
             # what it used by our own estimate so nothing streamed goes unaccounted.
             usage.prompt_tokens = res.prompt
             usage.completion_tokens = res.streamed
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
-        tokens = float(usage.prompt_tokens + usage.completion_tokens) if plan.tokens else 0.0
+        tokens = float(usage.prompt_tokens + usage.completion_tokens)
         usd = price.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) if price else 0.0
         settle, touch = self._counters.settle, self._book.touch
         budgets, soft, amounts = plan.budgets, plan.soft, res.amounts
@@ -309,10 +305,15 @@ class BudgetGuardBase(Guard):
             b = budgets[i]
             before, after = settle(name, amounts[i], tokens if b.kind == "tokens" else usd)
             touch(name)
-            if before < soft[i] <= after and name not in self._notified:
-                self._notified.add(name)
-                self._notify(b, name, after)
+            if before < soft[i] <= after:
+                self._crossed(b, name, after)
             i += 1  # noqa: SIM113
+
+    def _crossed(self, b: Budget, counter: str, spent: float) -> None:
+        """Settled spend crossed the soft threshold: tell once per budget period and process."""
+        if counter not in self._notified:
+            self._notified.add(counter)
+            self._notify(b, counter, spent)
 
     def _notify(self, b: Budget, counter: str, spent: float) -> None:
         notify(

@@ -76,16 +76,19 @@ def filter_request(
     return out
 
 
-def filter_response(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers to send back to the client."""
+def filter_response(
+    headers: Iterable[tuple[str, str]], replaced: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Headers to send back to the client, less the ``x-ratelimit-*`` names in ``replaced`` (those
+    keygate answers with its own counts)."""
     out = []
     for name, value in headers:
         # The upstream client hands over lower-cased names (HTTP/1.1 and HTTP/2 alike); lower()
         # only the rare name that is not, rather than every name of every response.
-        if name in RESPONSE_ALLOW or name.startswith("x-ratelimit-"):
+        if name in RESPONSE_ALLOW or (name.startswith("x-ratelimit-") and name not in replaced):
             out.append((name, value))
         elif not name.islower():
             lname = name.lower()
-            if lname in RESPONSE_ALLOW or lname.startswith("x-ratelimit-"):
+            if lname in RESPONSE_ALLOW or (lname.startswith("x-ratelimit-") and lname not in replaced):
                 out.append((lname, value))
     return out

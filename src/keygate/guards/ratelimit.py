@@ -15,7 +15,7 @@ from time import monotonic
 from typing import Any
 
 from ..chain import Context, Guard
-from ..counters import Counters, Rate, Refused, SyncCounters, Taken
+from ..counters import Counters, Rate, Refused, SyncCounters
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings
 from ..types import KeyRecord, Team
@@ -192,33 +192,22 @@ class RateLimitBase(Guard):
             headers=plan.headers(refused.reset, 0.0, []),  # reset: seconds from now, so now is 0
         )
 
-    @staticmethod
-    def _taken(ctx: Context, plan: Plan, cost: int, taken: Taken, now: float) -> None:
-        extras = ctx.extras
-        extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
-        if plan.kinds:
-            # Headers for the client response, whatever it turns out to be (app.py adds them).
-            extras["headers"] = (plan.replaces, plan.headers(taken, now, []))
-
     def complete(self, ctx: Context) -> None:
         taken: tuple[Plan, int] | None = ctx.extras.pop("ratelimit", None)
         if taken is None:
             return
         plan, charged = taken
-        if plan.gate_names:
-            self._counters.leave(plan.gate_names)
         if plan.tokens:
             usage = ctx.usage
             delta = usage.prompt_tokens + usage.completion_tokens - charged
-            if delta:
-                now = monotonic()
-                for rate in plan.tokens:
-                    self._counters.adjust(rate, delta, now)
+            self._counters.finish(plan.gate_names, plan.tokens, delta, monotonic() if delta else 0.0)
+        elif plan.gate_names:
+            self._counters.leave(plan.gate_names)
 
     def _worst_case(self, ctx: Context) -> int:
         """The request's worst case in tokens, charged to the token rates up front."""
-        prompt, output, _ = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
-        return prompt + output
+        est = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
+        return est[0] + est[1]
 
 
 class RateLimit(RateLimitBase):
@@ -230,26 +219,30 @@ class RateLimit(RateLimitBase):
         self._now: SyncCounters = counters
 
     def request(self, ctx: Context) -> KeygateError | None:
-        key, team = ctx.key, ctx.team
+        key = ctx.key
         assert key is not None
         cached = self._plans.get(key.id)  # (self.plan(), inlined: this runs for every request)
-        if cached is not None and cached[0] is key and cached[1] is team:
-            plan = cached[2]
+        if cached is None or cached[0] is not key or cached[1] is not ctx.team:
+            plan = self.plan(key, ctx.team)
         else:
-            plan = self.plan(key, team)
+            plan = cached[2]
         if plan.empty:
             return None
+        extras = ctx.extras
         if plan.tokens:
-            prompt, output, _ = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
-            cost = prompt + output
+            est = extras.get("estimate") or estimate(ctx, self._default_output)
+            cost = est[0] + est[1]
             costs = plan._costs if cost == plan._costs_for else plan.costs(cost)
         else:
             cost, costs = 0, plan.request_costs
         now = monotonic()
         taken = self._now.take_now(plan.rates, costs, now, plan.gates)
-        if type(taken) is Refused:
+        if taken.__class__ is Refused:
             return self._refusal(plan, taken)
-        self._taken(ctx, plan, cost, taken, now)  # type: ignore[arg-type]
+        extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
+        if plan.kinds:
+            # Headers for the client response, whatever it turns out to be (app.py adds them).
+            extras["headers"] = (plan.replaces, plan.headers(taken, now, []))  # type: ignore[arg-type]
         return None
 
 
@@ -266,7 +259,9 @@ class AsyncRateLimit(RateLimitBase):
         taken = await self._counters.take(plan.rates, plan.costs(cost), now, plan.gates)
         if isinstance(taken, Refused):
             return self._refusal(plan, taken)
-        self._taken(ctx, plan, cost, taken, now)
+        ctx.extras["ratelimit"] = (plan, cost)
+        if plan.kinds:
+            ctx.extras["headers"] = (plan.replaces, plan.headers(taken, now, []))
         return None
 
 
