@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What rate limits and budgets cost end to end, counted in CPU instructions: a repeatable figure.
 
-    python benchmarks/instructions.py                 # about 6 minutes
-    python benchmarks/instructions.py --short 6 --long 18
+    python benchmarks/instructions.py                 # about 8 minutes
+    python benchmarks/instructions.py --short 5 --long 15   # quicker, noisier
 
 Timings on a shared machine drift by tens of percent; instruction counts do not. Each config runs
 ``keygate serve`` under ``valgrind --tool=callgrind`` (whole process: granian, the event loop, the
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--short", type=int, default=5, help="seconds of load in the short run (5)")
-    parser.add_argument("--long", type=int, default=15, help="seconds of load in the long run (15)")
+    parser.add_argument("--short", type=int, default=10, help="seconds of load in the short run (10)")
+    parser.add_argument("--long", type=int, default=40, help="seconds of load in the long run (40)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
     return parser.parse_args(argv)
 
@@ -90,6 +90,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         for index, (name, extra_file) in enumerate(CONFIGS.items()):
             extra = load_extra_config(extra_file)
             extra["admin_listen"] = f"127.0.0.1:{free_port()}"
+            # Usage rows and spend are written at shutdown only: under callgrind a run serves ~50
+            # times fewer requests per second, so a write every 0.5 s would weigh ~50 times more
+            # per request than in real use. Written once, the batch costs per row, as it should.
+            extra["usage_flush_interval"] = 3600
             keygate = Keygate(tmp, command, env, extra)
             if not authorization:
                 authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"

@@ -1,5 +1,6 @@
 """The per-request fast path of the limits, without a server: one counters call per request for
-gates and rates, budget period windows, cached rate-limit headers, spend bookkeeping."""
+gates and rates, budget holds, budget period windows, rate-limit headers, the request's worst-case
+estimate, spend bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import calendar
 import math
 from collections.abc import Sequence
 
+import orjson
 import pytest
 
+from keygate import routes
+from keygate.chain import Context
 from keygate.counters import MemoryCounters, Rate, Refused
+from keygate.guards._estimate import estimate
+from keygate.guards.headers import filter_response
 from keygate.guards.ratelimit import Plan, fmt_reset
 from keygate.spend import SpendBook, period_bounds, period_end, period_key
 
@@ -144,3 +150,64 @@ def test_headers_name_the_tightest_limit_of_each_kind() -> None:
         ]
     assert fmt_reset(0.9996) == "1000ms" and fmt_reset(59.5) == "1m0s" and fmt_reset(-0.1) == "0ms"
     assert fmt_reset(0.0004) == "0ms" and fmt_reset(0.2) == "200ms" and fmt_reset(3725.0) == "1h2m5s"
+
+
+def test_finish_leaves_gates_and_corrects_token_rates_in_one_call() -> None:
+    c = MemoryCounters()
+    tpm = Rate("k:tpm", 1000, 60.0, "tokens")
+    assert c.take_now((tpm,), (1000.0,), 0.0, (GATE,)) == [60.0]  # the worst case fills the bucket
+    c.finish(["k:conc"], (tpm,), -900, 0.0)  # it used 100 tokens, not 1000
+    assert c.in_flight("k:conc") == 0
+    assert c.take_now((tpm,), (900.0,), 0.0, (GATE,)) == [60.0]  # the refunded 900 fit again
+    c.finish(["k:conc"], (tpm,), 0, 0.0)
+    assert c.in_flight("k:conc") == 0 and isinstance(c.take_now((tpm,), (1.0,), 0.0), Refused)
+
+
+def _ctx(route: str, body: dict[str, object]) -> Context:
+    ctx = Context("r", "POST", route, "", {}, "127.0.0.1")
+    ctx.route = routes.match("POST", route)
+    ctx.body = orjson.dumps(body)
+    ctx.json = body
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("body", "output", "given", "field"),
+    [
+        ({}, 4096, False, "max_completion_tokens"),
+        ({"max_tokens": 100}, 100, True, "max_tokens"),
+        ({"max_completion_tokens": 50, "max_tokens": 100}, 50, True, "max_completion_tokens"),
+        ({"max_completion_tokens": None, "max_tokens": 100}, 100, True, "max_completion_tokens"),
+        ({"max_completion_tokens": "x", "max_tokens": True}, 4096, False, "max_completion_tokens"),
+        ({"max_tokens": 0}, 4096, False, "max_tokens"),
+    ],
+)
+def test_estimate_reads_the_output_cap_and_names_the_field_that_sets_it(
+    body: dict[str, object], output: int, given: bool, field: str
+) -> None:
+    ctx = _ctx("/v1/chat/completions", {"model": "m", **body})
+    est = estimate(ctx, 4096)
+    assert est == ((len(ctx.body) + 3) // 4, output, given, field)
+    assert ctx.extras["estimate"] is est  # shared with the other limit guards
+
+
+def test_estimate_of_embeddings_and_unmetered_routes() -> None:
+    emb = _ctx("/v1/embeddings", {"model": "m", "input": "x" * 40})
+    assert estimate(emb, 4096) == ((len(emb.body) + 3) // 4, 0, False, "")
+    mod = _ctx("/v1/moderations", {"input": "x"})
+    assert estimate(mod, 4096) == (0, 0, False, "")
+
+
+def test_keygate_rate_limit_headers_replace_the_upstreams_by_name() -> None:
+    upstream = [
+        ("content-type", "application/json"),
+        ("x-ratelimit-remaining-requests", "99"),
+        ("X-RateLimit-Remaining-Tokens", "5"),
+        ("set-cookie", "a=b"),
+    ]
+    mine = frozenset({"x-ratelimit-remaining-requests"})
+    assert filter_response(upstream, mine) == [
+        ("content-type", "application/json"),
+        ("x-ratelimit-remaining-tokens", "5"),
+    ]
+    assert ("x-ratelimit-remaining-requests", "99") in filter_response(upstream)
