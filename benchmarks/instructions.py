@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from harness.keygate_proc import Keygate, default_command, load_extra_config
 from harness.mock_upstream import start_mock_upstream
 from harness.procs import HarnessError, ManagedProcess, free_port, run_in_temp_dir
 from harness.scenarios import Scenario, check_one_request
-from harness.tools import ensure_tools
+from harness.tools import SETUP_SCRIPT, ensure_tools
 from limits import CONFIGS
 
 _TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
@@ -45,23 +46,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def find_valgrind() -> str:
+    """valgrind's path, running setup.sh once if it is missing."""
+    found = shutil.which("valgrind")
+    if found is None:
+        print(f"valgrind missing; running {SETUP_SCRIPT}", flush=True)
+        subprocess.run(["sh", str(SETUP_SCRIPT)], check=False)
+        found = shutil.which("valgrind")
+    if found is None:
+        raise HarnessError(f"could not install valgrind (see the output of {SETUP_SCRIPT} above)")
+    return found
+
+
 def one_run(
     keygate: Keygate, name: str, upstream_url: str, authorization: str, seconds: int, conns: int
 ) -> tuple[int, int]:
     """(instructions, requests) of one keygate process under callgrind, loaded for ``seconds``."""
     tools = ensure_tools()
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise HarnessError("valgrind is missing: run benchmarks/setup.sh")
+    valgrind = find_valgrind()
     out = keygate.tmp / f"{name}.callgrind"
     port = free_port()
     config = keygate.write_config(name, port, upstream_url)
     cmd = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *keygate.command]
+    # A fixed hash seed: with a random one, dict layouts (and so instruction counts) vary by run.
+    env = {**keygate.env(), "PYTHONHASHSEED": "0"}
     process = ManagedProcess(
-        f"keygate ({name})",
-        [*cmd, "--config", str(config), "serve"],
-        keygate.tmp / f"{name}.log",
-        keygate.env(),
+        f"keygate ({name})", [*cmd, "--config", str(config), "serve"], keygate.tmp / f"{name}.log", env
     )
     try:
         process.wait_for_port(port, timeout=300.0)

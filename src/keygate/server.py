@@ -7,6 +7,7 @@ of usage records are ordinary awaits here rather than hooks in another process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -133,6 +134,11 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     await parts.gateway.chain.start()
     if parts.pool is not None:
         await parts.pool.start()
+    # Everything built so far (modules, settings, caches) lives as long as the process: move it out
+    # of the collector's sight, so that full collections, which would otherwise walk all of it
+    # again and again under load, only look at objects made while serving.
+    gc.collect()
+    gc.freeze()
     try:
         # Both listeners share this loop; when either ends (or fails to bind), stop both.
         async def run(s: Server) -> None:
