@@ -247,7 +247,9 @@ class BudgetGuardBase(Guard):
         """The worst case is held. A non-streamed request without its own max tokens is capped at
         what was held: only a stream can be cut off mid-way, so only a stream may go without one."""
         if not res.given and not ctx.stream and res.output:
-            self._set_max_output(ctx, res, res.output)
+            res.given = True
+            if res.field and ctx.json is not None:
+                ctx.set_json(res.field, res.output)
         touch = self._book.touch
         for name in res.names:
             touch(name)  # persisted held: a crash counts it at its worst case
@@ -296,8 +298,16 @@ class BudgetGuardBase(Guard):
             usage.completion_tokens = res.streamed
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
-        tokens = float(usage.prompt_tokens + usage.completion_tokens)
-        usd = price.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) if price else 0.0
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        tokens = float(prompt + completion)
+        usd = 0.0
+        if price is not None:  # (price.cost(), inlined)
+            cached = usage.cached_tokens
+            if cached > prompt:
+                cached = prompt
+            usd = (
+                (prompt - cached) * price.input + cached * price.cached_input + completion * price.output
+            ) / 1e6
         settle, touch = self._counters.settle, self._book.touch
         budgets, soft, amounts = plan.budgets, plan.soft, res.amounts
         i = 0
