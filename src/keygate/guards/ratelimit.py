@@ -51,17 +51,16 @@ class Plan:
         # for every token rate), for the last token cost asked for: reused while it repeats.
         self._costs_for = -1
         self._costs = self.request_costs = [1.0] * len(requests)
-        # x-ratelimit-* headers: each rate's limit header, made once; per kind that has a limit
-        # (requests first), the indices of its rates and that kind's header cache.
+        # x-ratelimit-* headers: each rate's limit header, made once.
         self.limit_headers = [(f"x-ratelimit-limit-{r.kind}", str(r.limit)) for r in self.rates]
         # Per kind with a limit: its first rate's index, the indices of its other rates (usually
         # none) and the kind's header names.
-        self.kinds: list[tuple[int, tuple[int, ...], HeaderCache]] = []
+        self.kinds: list[tuple[int, tuple[int, ...], KindHeaders]] = []
         for kind in ("requests", "tokens"):
             indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
             if indices:
                 self.kinds.append((indices[0], tuple(indices[1:]), HEADERS[kind]))
-        # The upstream headers keygate's own replace (see app.with_extras).
+        # The upstream headers that keygate's own replace (see app.reply_headers).
         self.replaces = frozenset(
             f"x-ratelimit-{part}-{kind}"
             for _, _, made in self.kinds
@@ -107,7 +106,7 @@ class Plan:
 _MS = [f"{ms}ms" for ms in range(1001)]  # fmt_reset below a second (0.9996 s rounds to 1000ms)
 
 
-class HeaderCache:
+class KindHeaders:
     """Per kind, the ``x-ratelimit-*`` header names and the reset headers below a second, made once."""
 
     __slots__ = ("kind", "remaining_name", "reset_ms", "reset_name")
@@ -119,7 +118,7 @@ class HeaderCache:
         self.reset_ms = [(self.reset_name, text) for text in _MS]  # 0ms to 1000ms
 
 
-HEADERS = {kind: HeaderCache(kind) for kind in ("requests", "tokens")}
+HEADERS = {kind: KindHeaders(kind) for kind in ("requests", "tokens")}
 
 
 def compile_plan(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any]) -> Plan:
