@@ -70,7 +70,9 @@ def test_inactive_token_is_rejected_and_cached(gw: Gateway, idp: IdP, mock: Mock
 
 
 def test_cache_lives_no_longer_than_the_token(gw: Gateway, idp: IdP, mock: MockUpstream) -> None:
-    idp.tokens["opaque-short"] = {"active": True, "sub": "svc-b", "exp": int(time.time()) + 1}
+    # exp is whole seconds: + 2 leaves the token 1 to 2 s to live (+ 1 could leave a few ms, and
+    # the first call would then meet an expired token)
+    idp.tokens["opaque-short"] = {"active": True, "sub": "svc-b", "exp": int(time.time()) + 2}
     assert call(gw, "opaque-short").status_code == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and call(gw, "opaque-short").status_code == 200:
