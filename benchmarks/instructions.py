@@ -18,11 +18,11 @@ Needs nginx, wrk and valgrind (``benchmarks/setup.sh`` installs them).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import wrk
@@ -58,45 +58,50 @@ def find_valgrind() -> str:
     return found
 
 
-def one_run(
-    keygate: Keygate, name: str, upstream_url: str, authorization: str, seconds: int, conns: int
-) -> tuple[int, int]:
-    """(instructions, requests) of one keygate process under callgrind, loaded for ``seconds``."""
-    tools = ensure_tools()
-    valgrind = find_valgrind()
-    out = keygate.tmp / f"{name}.callgrind"
-    port = free_port()
-    config = keygate.write_config(name, port, upstream_url)
-    cmd = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *keygate.command]
-    # A fixed hash seed: with a random one, dict layouts (and so instruction counts) vary by run.
-    env = {**keygate.env(), "PYTHONHASHSEED": "0"}
-    process = ManagedProcess(
-        f"keygate ({name})", [*cmd, "--config", str(config), "serve"], keygate.tmp / f"{name}.log", env
-    )
-    try:
-        process.wait_for_port(port, timeout=300.0)
-        scenario = Scenario(name, "json", True, port, authorization, process.pid, 0)
-        check_one_request(scenario)
-        result = wrk.run(
-            tools.wrk, scenario.url, scenario.script(keygate.tmp), wrk.LoadShape(1, conns), seconds
+@dataclass(frozen=True)
+class Load:
+    """What every callgrind run shares: the tools, the upstream and the client's credentials."""
+
+    wrk: str
+    valgrind: str
+    connections: int
+    upstream_url: str
+    authorization: str
+
+    def run(self, keygate: Keygate, name: str, seconds: int) -> tuple[int, int]:
+        """(instructions, requests) of one keygate process under callgrind, loaded for ``seconds``."""
+        out = keygate.tmp / f"{name}.callgrind"
+        port = free_port()
+        config = keygate.write_config(name, port, self.upstream_url)
+        cmd = [self.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *keygate.command]
+        # A fixed hash seed: with a random one, dict layouts (and so instruction counts) vary by run.
+        env = {**keygate.env(), "PYTHONHASHSEED": "0"}
+        process = ManagedProcess(
+            f"keygate ({name})", [*cmd, "--config", str(config), "serve"], keygate.tmp / f"{name}.log", env
         )
-        if sum(result.errors.values()):
-            raise HarnessError(f"{name}: errors {result.errors}")
-    finally:
-        process.stop(timeout=120.0)
-    found = _TOTALS.search(out.read_text(errors="replace"))
-    if found is None:
-        raise HarnessError(f"{name}: no instruction total in {out}")
-    return int(found.group(1)), result.requests + 1  # + the checked request
+        try:
+            process.wait_for_port(port, timeout=300.0)
+            scenario = Scenario(name, "json", True, port, self.authorization, process.pid, 0)
+            check_one_request(scenario)
+            shape = wrk.LoadShape(1, self.connections)
+            result = wrk.run(self.wrk, scenario.url, scenario.script(keygate.tmp), shape, seconds)
+            if sum(result.errors.values()):
+                raise HarnessError(f"{name}: errors {result.errors}")
+        finally:
+            process.stop(timeout=120.0)
+        found = _TOTALS.search(out.read_text(errors="replace"))
+        if found is None:
+            raise HarnessError(f"{name}: no instruction total in {out}")
+        return int(found.group(1)), result.requests + 1  # + the checked request
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     tools = ensure_tools()
+    valgrind = find_valgrind()
     command, env = default_command()
     per_request: dict[str, float] = {}
-    conns = args.connections
-    with start_mock_upstream(tools.nginx, tmp) as upstream, contextlib.ExitStack():
-        authorization = ""
+    with start_mock_upstream(tools.nginx, tmp) as upstream:
+        load: Load | None = None
         for index, (name, extra_file) in enumerate(CONFIGS.items()):
             extra = load_extra_config(extra_file)
             extra["admin_listen"] = f"127.0.0.1:{free_port()}"
@@ -105,12 +110,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             # per request than in real use. Written once, the batch costs per row, as it should.
             extra["usage_flush_interval"] = 3600
             keygate = Keygate(tmp, command, env, extra)
-            if not authorization:
-                authorization = f"Bearer {keygate.create_client_key(upstream.json_base_url)}"
-            url = upstream.json_base_url
+            if load is None:
+                key = keygate.create_client_key(upstream.json_base_url)
+                load = Load(tools.wrk, valgrind, args.connections, upstream.json_base_url, f"Bearer {key}")
             short, long = (
-                one_run(keygate, f"cg-{index}-{seconds}s", url, authorization, seconds, conns)
-                for seconds in (args.short, args.long)
+                load.run(keygate, f"cg-{index}-{seconds}s", seconds) for seconds in (args.short, args.long)
             )
             if long[1] <= short[1]:
                 raise HarnessError(f"{name}: the long run served no more requests than the short one")

@@ -247,9 +247,7 @@ class BudgetGuardBase(Guard):
         """The worst case is held. A non-streamed request without its own max tokens is capped at
         what was held: only a stream can be cut off mid-way, so only a stream may go without one."""
         if not res.given and not ctx.stream and res.output:
-            res.given = True
-            if res.field and ctx.json is not None:
-                ctx.set_json(res.field, res.output)
+            self._set_max_output(ctx, res, res.output)
         touch = self._book.touch
         for name in res.names:
             touch(name)  # persisted held: a crash counts it at its worst case

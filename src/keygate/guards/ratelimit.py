@@ -196,12 +196,11 @@ class RateLimitBase(Guard):
         if taken is None:
             return
         plan, charged = taken
+        delta = 0
         if plan.tokens:
             usage = ctx.usage
             delta = usage.prompt_tokens + usage.completion_tokens - charged
-            self._counters.finish(plan.gate_names, plan.tokens, delta, monotonic() if delta else 0.0)
-        elif plan.gate_names:
-            self._counters.leave(plan.gate_names)
+        self._counters.finish(plan.gate_names, plan.tokens, delta, monotonic() if delta else 0.0)
 
     def _worst_case(self, ctx: Context) -> int:
         """The request's worst case in tokens, charged to the token rates up front."""
@@ -238,6 +237,7 @@ class RateLimit(RateLimitBase):
         taken = self._now.take_now(plan.rates, costs, now, plan.gates)
         if taken.__class__ is Refused:
             return self._refusal(plan, taken)
+        # (What AsyncRateLimit does after its take, inlined here like the plan lookup above.)
         extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
         if plan.kinds:
             # Headers for the client response, whatever it turns out to be (app.py adds them).
