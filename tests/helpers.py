@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,11 +20,19 @@ UPSTREAM_SECRET = "sk-test-UPSTREAM-secret-0123456789abcdef"
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_ports(host: str = "127.0.0.1", count: int = 1) -> list[int]:
+    """``count`` different ports that were free a moment ago (bound together, so the OS cannot hand
+    out the same one twice, as two calls in a row sometimes do)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(family, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(host)[0]
 
 
 def wait_port(
@@ -55,8 +64,7 @@ class Gateway:
     ) -> None:
         self.workdir = workdir
         self.host = host
-        self.port = free_port(host)
-        self.admin_port = free_port(host)
+        self.port, self.admin_port = free_ports(host, 2)
         self.config_path = workdir / "keygate.yaml"
         self.access_log = workdir / "access.log"
         self.stdout_path = workdir / "stdout.log"
