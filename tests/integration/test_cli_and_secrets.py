@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import time
@@ -141,3 +142,28 @@ def test_teams_and_key_updates(tmp_path: Path, upstream: MockUpstream) -> None:
     )
     assert [a[1] for a in audit] == ["teams.create", "keys.create", "keys.update"]
     assert all(a[0].startswith("cli:") and a[3].startswith("cli@") for a in audit)
+
+
+def test_cli_writes_beside_a_serving_gateway_keep_sqlite_shared_memory_locked(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    # The gateway maps the head of the WAL index (-shm) to notice key changes without a query.
+    # Closing a descriptor of that file would drop SQLite's POSIX locks on it, process-wide; a CLI
+    # command could then take the -shm for unused and truncate it under the server's mappings
+    # (SIGBUS: a crash seen under load during `upstreams rotate`). SQLite's "DMS" lock is byte 128
+    # of the -shm (https://www.sqlite.org/walformat.html); while the gateway serves, no other
+    # process can take it exclusively.
+    with Gateway(tmp_path, upstream.url) as gw:
+        client = openai.OpenAI(base_url=gw.url, api_key=gw.create_key("app")["key"], max_retries=0)
+        for _ in range(3):
+            client.models.list()
+            gw.create_key()  # another process commits to the same database
+        with open(tmp_path / "keygate.db-shm", "rb+") as shm:
+            try:
+                fcntl.lockf(shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+            except OSError:
+                pass
+            else:
+                raise AssertionError("the gateway holds no lock on its database's shared memory")
+        client.models.list()
+        assert gw.proc is not None and gw.proc.poll() is None

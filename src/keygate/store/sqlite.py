@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..types import KeyRecord, Team
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
@@ -142,15 +142,23 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
         self._data_version = -1
         self._keys_rev: str | None = None
         self._wal_map: mmap.mmap | None = None
+        self._wal_file: BinaryIO | None = None
         self._wal_header = b""
 
     def _wal_index(self) -> mmap.mmap | None:
-        """The -shm file mapped read-only, once it exists (WAL mode); None before that."""
+        """The -shm file mapped read-only, once it exists (WAL mode); None before that.
+
+        The file stays open until :meth:`close`, after every connection. Closing any descriptor
+        of a file drops all of this process's POSIX locks on it, SQLite's included: another
+        process could then take the -shm for unused and truncate it under our connections'
+        mappings, and their next read would die of SIGBUS.
+        """
         if self._wal_map is None:
             self._conn()  # opening a connection in WAL mode creates the -shm file
             try:
-                with open(f"{self.path}-shm", "rb") as fh:
-                    self._wal_map = mmap.mmap(fh.fileno(), 48, prot=mmap.PROT_READ)
+                if self._wal_file is None:
+                    self._wal_file = open(f"{self.path}-shm", "rb")  # noqa: SIM115 - held open, see above
+                self._wal_map = mmap.mmap(self._wal_file.fileno(), 48, prot=mmap.PROT_READ)
             except (OSError, ValueError):
                 return None
         return self._wal_map
@@ -199,14 +207,18 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                 conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s', 'now'))", (name,))
 
     def close(self) -> None:
-        if self._wal_map is not None:
-            self._wal_map.close()
-            self._wal_map = None
         with self._lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
         self._local = threading.local()
+        # Only now, with SQLite's locks released by the connections themselves (see _wal_index).
+        if self._wal_map is not None:
+            self._wal_map.close()
+            self._wal_map = None
+        if self._wal_file is not None:
+            self._wal_file.close()
+            self._wal_file = None
 
     # -- client keys -------------------------------------------------------------------------
 
