@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from keygate import routes
-from keygate.chain import Context, Guard
+from keygate.chain import Guard
+from keygate.context import Context
 from keygate.counters import MemoryCounters, Rate, Refused, SyncCounters, Taken
 from keygate.guards.budget import AsyncBudgetGuard, BudgetGuard, budget_guard
 from keygate.guards.ratelimit import AsyncRateLimit, RateLimit, rate_limit

@@ -4,7 +4,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keygate.chain import Context
+from keygate.context import Context
 from keygate.streaming import SSETap
 
 

@@ -16,8 +16,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import http1, routes
-from .chain import Chain, Context
+from .chain import Chain
 from .config import Settings
+from .context import Context
 from .errors import KeygateError, NotFound, error_body, error_headers
 from .guards.body import ClientGone
 from .guards.headers import filter_request, filter_response, request_allowlist

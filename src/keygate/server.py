@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
+from . import native
 from .app import Gateway
 from .chain import build_chain
 from .config import Settings
@@ -124,6 +125,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": sorted(settings.upstreams),
+                "hot_path": native.MODE,
             },
         )
         if on_ready is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .chain import Context
+from .context import Context
 from .errors import KeygateError
 from .upstream import fill_usage
 

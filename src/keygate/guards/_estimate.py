@@ -7,7 +7,7 @@ max tokens field, or the configured default when it gives none.
 
 from __future__ import annotations
 
-from ..chain import Context
+from ..context import Context
 
 TOKEN_ROUTES = frozenset({"chat.completions", "completions", "responses", "embeddings"})
 OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {

@@ -6,7 +6,8 @@ Error messages never echo what the client sent: a key in an error body or log li
 from __future__ import annotations
 
 from .. import keys
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError
 from ..keycache import KeyCache
 from ..types import Secret

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, PermissionDenied
 from ..keycache import KeyCache
 from ..types import KeyRecord

@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import InvalidRequest, KeygateError, PayloadTooLarge, UnsupportedMediaType
 
 # Routes whose streamed responses can carry a usage chunk when asked with include_usage.

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..counters import Counters, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
 from ..limitconf import BUDGET_KINDS, LimitSettings, Price
@@ -233,7 +234,7 @@ class BudgetGuardBase(Guard):
                 if price.output > 0:
                     room = room_usd * 1_000_000 / price.output
                 else:
-                    room = output if room_usd >= 0 else -1
+                    room = float(output) if room_usd >= 0 else -1.0
             if room < need:
                 return self._exhausted(b, ctx.ts)
             if room < affordable:  # (room >= 0 here, so int(room) < affordable too)

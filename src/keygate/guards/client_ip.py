@@ -15,7 +15,8 @@ import re
 from collections.abc import Sequence
 
 from ..access_config import Network, NetworkSettings
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import InvalidRequest, KeygateError, PermissionDenied
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -14,7 +14,8 @@ import logging
 import time
 from time import monotonic
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import KeygateError, UpstreamUnavailable
 from ..limitconf import GlobalLimits
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import KeygateError
 from ..logs import redact
 from .auth import UNKNOWN

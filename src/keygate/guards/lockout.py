@@ -12,7 +12,8 @@ import time
 from collections import deque
 
 from ..access_config import Lockout
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, RateLimited
 
 log = logging.getLogger("keygate.access")

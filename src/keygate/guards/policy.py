@@ -33,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, PayloadTooLarge, PermissionDenied
 from .client_ip import client_addr, in_networks
 

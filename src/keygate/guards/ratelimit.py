@@ -14,7 +14,8 @@ from math import ceil
 from time import monotonic
 from typing import Any
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..counters import Counters, Rate, Refused, SyncCounters
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings

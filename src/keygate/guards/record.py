@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..chain import Context, Guard
+from ..chain import Guard
+from ..context import Context
 from ..types import UsageRow
 
 if TYPE_CHECKING:
