@@ -23,7 +23,7 @@ PURE = os.environ.get("KEYGATE_PURE_PYTHON", "") not in ("", "0")
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def test_the_gateway_runs_the_hot_path_it_reports(tmp_path: Path, upstream: MockUpstream) -> None:
+def test_the_gateway_runs_the_hot_path_it_reports(tmp_path: Path, mock: MockUpstream) -> None:
     # scripts/test.sh compiles before the tests, and runs the limit tests again with
     # KEYGATE_PURE_PYTHON=1: each run checks that it runs what it meant to.
     if PURE:
@@ -32,7 +32,7 @@ def test_the_gateway_runs_the_hot_path_it_reports(tmp_path: Path, upstream: Mock
     else:
         assert native.MODE == "compiled"
         assert keygate.guards.budget.__file__.endswith(SUFFIX)
-    with Gateway(tmp_path, upstream.url) as gw:
+    with Gateway(tmp_path, mock.url) as gw:
         client = openai.OpenAI(base_url=gw.url, api_key=gw.create_key()["key"], max_retries=0)
         assert client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     started = [json.loads(line) for line in gw.stderr_path.read_text().splitlines() if "listening" in line]
