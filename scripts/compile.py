@@ -42,8 +42,7 @@ def build() -> None:
         cmd.run()
         shutil.rmtree(native.BUILD_DIR, ignore_errors=True)
         shutil.copytree(out, native.BUILD_DIR)
-    wanted = (*native.COMPILED, native.GROUP + "__mypyc")
-    missing = [m for m in wanted if not native.extension_path(m).is_file()]
+    missing = [m for m, path in native.extension_files().items() if not path.is_file()]
     if missing:
         raise SystemExit(f"compile.py: the build did not produce {', '.join(missing)}")
     native.STAMP.write_text(native.digest() + "\n")
@@ -55,11 +54,7 @@ def main() -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the build is current")
     args = parser.parse_args()
-    try:
-        current = native.STAMP.read_text().strip() == native.digest()
-    except OSError:
-        current = False
-    if current and not args.force:
+    if native.stamp_matches() and not args.force:
         print("compile.py: the compiled hot path is up to date")
         return 0
     print(f"compile.py: compiling {len(native.COMPILED)} hot-path modules with mypyc...", flush=True)

@@ -64,6 +64,20 @@ def extension_path(module: str) -> Path:
     )
 
 
+def extension_files() -> dict[str, Path]:
+    """Every extension a build must hold: one per compiled module, and the group's shared library."""
+    return {m: extension_path(m) for m in (*COMPILED, GROUP + "__mypyc")}
+
+
+def stamp_matches() -> bool | None:
+    """Whether the build's stamp matches the sources as they are now; None when there is no stamp."""
+    try:
+        stamp = STAMP.read_text().strip()
+    except OSError:
+        return None
+    return stamp == digest()
+
+
 class _Finder:
     """Finds the compiled modules (and their shared library) in the build directory."""
 
@@ -85,12 +99,11 @@ def activate() -> str:
     if os.environ.get("KEYGATE_PURE_PYTHON", "") not in ("", "0"):
         MODE = "interpreted (KEYGATE_PURE_PYTHON is set)"
         return MODE
-    files = {m: extension_path(m) for m in (*COMPILED, GROUP + "__mypyc")}
-    try:
-        fresh = STAMP.read_text().strip() == digest()
-    except OSError:
+    fresh = stamp_matches()
+    if fresh is None:
         MODE = "interpreted (not compiled: run scripts/compile.py)"
         return MODE
+    files = extension_files()
     if not fresh or not all(f.is_file() for f in files.values()):
         MODE = "interpreted (the compiled modules are out of date: run scripts/compile.py)"
         return MODE
