@@ -1,6 +1,6 @@
-"""The guard protocol and the one function that orders the chain (the context: context.py).
+"""The guard protocol and the chain that runs guards in order (the order itself: ``guards/__init__``).
 
-Phases (see ARCHITECTURE.md):
+Phases (see docs/ARCHITECTURE.md):
 
 =============== ============================================ ===============================
 phase           runs                                         may
@@ -16,6 +16,11 @@ unused phase costs nothing on the hot path. A guard's ``request`` phase is a pla
 never waits (most guards), or ``async def`` when it does (reading the body, verifying a token,
 queueing for a global slot): the chain tells them apart once, when it is built, and calls a plain
 one without creating a coroutine.
+
+Guards hand data to each other through typed :class:`~keygate.context.Context` fields. Each guard
+names the fields its request phase reads (``needs``) and writes (``provides``); the chain checks at
+build time that every need is provided by the app or by an earlier guard, so an order that cannot
+work fails when the gateway is built, not on some request.
 """
 
 from __future__ import annotations
@@ -23,24 +28,25 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
-
-from mypy_extensions import mypyc_attr
+from typing import Any, ClassVar, Final
 
 from .context import Context
 from .errors import KeygateError
 
-if TYPE_CHECKING:
-    from .config import Settings
-
 log = logging.getLogger("keygate")
 
+# Context fields the app sets before the chain runs.
+FROM_APP: Final = frozenset(
+    {"request_id", "ts", "method", "path", "query", "headers", "peer_ip", "proto", "route"}
+)
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (keygate.native); other guards are not
+
 class Guard:
     """Base class: override the phases you need. ``name`` identifies the guard in logs."""
 
-    name = "guard"
+    name: ClassVar[str] = "guard"
+    needs: ClassVar[frozenset[str]] = frozenset()  # Context fields the request phase reads
+    provides: ClassVar[frozenset[str]] = frozenset()  # Context fields the request phase sets
 
     def request(self, ctx: Context) -> KeygateError | Awaitable[KeygateError | None] | None:
         """Check the request; return an error to reject it. Override as ``def`` or ``async def``."""
@@ -66,10 +72,23 @@ def _overrides(guard: Guard, phase: str) -> bool:
     return getattr(type(guard), phase) is not getattr(Guard, phase)
 
 
+def check_order(guards: Sequence[Guard]) -> None:
+    """Raise ``ValueError`` naming the first guard that reads a field nothing before it provides."""
+    provided = set(FROM_APP)
+    for guard in guards:
+        missing = guard.needs - provided
+        if missing:
+            raise ValueError(
+                f"guard {guard.name!r} needs {', '.join(sorted(missing))}, which no earlier guard provides"
+            )
+        provided |= guard.provides
+
+
 class Chain:
     """Guards in order, with each phase's bound methods precomputed."""
 
     def __init__(self, guards: Sequence[Guard]) -> None:
+        check_order(guards)
         self.guards = tuple(guards)
         # (phase, awaits) pairs: decided here, once, never per request.
         self._request: tuple[tuple[Callable[[Context], Any], bool], ...] = tuple(
@@ -118,45 +137,3 @@ class Chain:
     async def stop(self) -> None:
         for g in reversed(self.guards):
             await g.stop()
-
-
-def build_chain(settings: Settings, keys: Any, recorder: Any, store: Any = None) -> Chain:
-    """The one place the guard order is decided.
-
-    ip → lockout → auth → honeytoken → access policy → body → request policy → rate limits →
-    budget → global upstream caps → forward; the recorder's complete phase accounts and logs
-    every request, rejected or not.
-    """
-    from .counters import MemoryCounters
-    from .guards.access import build_authenticate
-    from .guards.body import BodyReader
-    from .guards.budget import budget_guard
-    from .guards.client_ip import ClientIP
-    from .guards.global_limits import global_limit
-    from .guards.honeytoken import Honeytoken
-    from .guards.lockout import AuthLockout
-    from .guards.policy import AccessPolicy, RequestPolicy
-    from .guards.ratelimit import rate_limit
-    from .guards.record import Record
-    from .guards.rotation_watch import RotationWatch
-    from .spend import SpendBook
-
-    access = settings.access
-    limits = settings.limits
-    counters = MemoryCounters()  # in process; a Redis implementation plugs in here
-    return Chain(
-        [
-            Record(recorder),
-            RotationWatch(keys, settings.rotation_warning_days),
-            ClientIP(access.network),
-            AuthLockout(access.network.lockout),
-            build_authenticate(settings, keys),
-            Honeytoken(),
-            AccessPolicy(),
-            BodyReader(settings.max_body_bytes, settings.body_read_timeout),
-            RequestPolicy(),
-            rate_limit(counters, limits),
-            budget_guard(counters, limits, SpendBook(counters, store, settings.usage_flush_interval)),
-            global_limit(limits.global_),
-        ]
-    )

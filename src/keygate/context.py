@@ -1,8 +1,8 @@
 """Everything one request carries along the guard chain.
 
-Its own module, kept interpreted, although the chain and the limit guards are compiled
-(keygate.native): most code reading a context is interpreted, and CPython reads the ``__slots__``
-of an interpreted class faster than the attributes of a compiled one.
+Each field is set by one stage and read by the stages after it; the comment on each slot says who
+sets it. Data one guard hands to another is a field here, never a key in ``extras``, which holds
+only a guard's private state between its own phases (see ``chain.Guard.needs``/``provides``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import KeygateError
-from .types import KeyRecord, Team, Usage
+from .types import IPAddress, KeyRecord, Team, Usage
 
 if TYPE_CHECKING:
     from .config import Upstream
     from .routes import Route
+
+Estimate = tuple[int, int, bool, str]
+"""``(prompt, output, given, field)``: estimated prompt tokens, max output tokens, whether the
+request set a valid max itself, and the body field that caps the output. A plain tuple: it is made
+for every limited request."""
+
+LimitHeaders = tuple[frozenset[str], list[tuple[str, str]]]
+"""Headers keygate adds to the answer (its own ``x-ratelimit-*`` counts), and the upstream header
+names they replace."""
 
 
 class Context:
@@ -25,13 +34,16 @@ class Context:
 
     __slots__ = (
         "body",
+        "client_addr",
         "client_ip",
         "client_wants_usage",
         "error",
+        "estimate",
         "extras",
         "headers",
         "json",
         "key",
+        "limit_headers",
         "method",
         "model",
         "path",
@@ -59,6 +71,7 @@ class Context:
         peer_ip: str,
         proto: Any = None,
     ) -> None:
+        # Set by the app before the chain runs.
         self.request_id = request_id
         self.ts = time.time()
         self.started = time.perf_counter()
@@ -67,21 +80,31 @@ class Context:
         self.query = query
         self.headers = headers  # lower-cased names
         self.peer_ip = peer_ip
-        self.client_ip = peer_ip
         self.proto = proto
         self.route: Route | None = None
+        # client_ip guard: the resolved client (the socket peer unless a trusted proxy said otherwise)
+        self.client_ip = peer_ip
+        self.client_addr: IPAddress | None = None
+        # authentication guard: who is asking
+        self.key: KeyRecord | None = None
+        self.team: Team | None = None
+        # body guard: the request as read and checked
         self.body = b""
         self.json: dict[str, Any] | None = None
         self.model: str | None = None
         self.stream = False
+        # metering (asked by the body guard): False when keygate asked for the usage chunk itself
         self.client_wants_usage = True
-        self.key: KeyRecord | None = None
-        self.team: Team | None = None
+        # the first limit guard that needs it: the request's worst case in tokens
+        self.estimate: Estimate | None = None
+        # rate-limit guard: headers for the answer, whatever it turns out to be
+        self.limit_headers: LimitHeaders | None = None
+        # forwarding: where it went; the answer: status, usage (metering), error
         self.upstream: Upstream | None = None
         self.status = 0
         self.usage = Usage()
         self.error: KeygateError | None = None
-        self.extras: dict[str, Any] = {}  # per-guard scratch space, keyed by guard name
+        self.extras: dict[str, Any] = {}  # a guard's private state between its own phases
 
     @property
     def latency_ms(self) -> float:

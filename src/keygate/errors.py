@@ -17,8 +17,13 @@
     │   └── UpstreamTimeout           504 upstream_timeout
     └── ConfigError                   (start-up only, never sent to a client)
 
-Guards return these as values (``return NotFound(...)``) rather than raising from deep inside;
-:func:`error_body` and :func:`error_headers` are the only code that renders them.
+    ClientGone                        the client went away (not an answer: nobody is left to read it)
+
+Guards return these as values (``return NotFound(...)``) rather than raising from deep inside.
+Module-level instances are fine as values but are never raised: a raised exception keeps its
+traceback (and every frame in it) alive for as long as the instance lives, so code that raises
+builds a fresh one. :func:`error_body` is the one renderer: the JSON answer, and the final SSE
+event of a stream that fails after it started (:func:`sse_error_event`).
 """
 
 from __future__ import annotations
@@ -132,6 +137,10 @@ class ConfigError(KeygateError):
     default_code = "config_error"
 
 
+class ClientGone(Exception):
+    """The client went away (mid-body or mid-stream); recorded as status 499, never answered."""
+
+
 def error_body(err: KeygateError) -> bytes:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return orjson.dumps(
@@ -141,3 +150,8 @@ def error_body(err: KeygateError) -> bytes:
 
 def error_headers(err: KeygateError) -> list[tuple[str, str]]:
     return [("content-type", "application/json"), *err.headers]
+
+
+def sse_error_event(err: KeygateError) -> bytes:
+    """A final server-sent event carrying the error, for failures after a stream started."""
+    return b"data: " + error_body(err) + b"\n\n"

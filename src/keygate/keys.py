@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+from .errors import ConfigError
 from .types import Secret
 
 CLIENT_PREFIX: Final = "kg_"
@@ -56,6 +57,12 @@ def is_well_formed(key: str, prefix: str = CLIENT_PREFIX) -> bool:
     return hmac.compare_digest(m.group(3), _checksum(m.group(1), m.group(2)))
 
 
+def require_pepper(pepper: Secret) -> None:
+    """Refuse to hash with no pepper (settings loaded without ``config.ensure_pepper``)."""
+    if not pepper:
+        raise ConfigError("pepper: none is configured (KEYGATE_PEPPER, or the pepper file on first run)")
+
+
 @functools.lru_cache(maxsize=4)
 def _keyed(pepper: str) -> hmac.HMAC:
     return hmac.new(pepper.encode(), digestmod=hashlib.sha256)
@@ -87,6 +94,7 @@ class Issued:
 
 def issue(pepper: Secret, prefix: str = CLIENT_PREFIX) -> Issued:
     """Generate a key or token and derive its stored hash and display hint."""
+    require_pepper(pepper)
     secret = generate(prefix)
     return Issued(secret, hash_key(pepper, secret), hint(secret))
 

@@ -11,15 +11,17 @@ Policy (in a key's or team's ``policy`` JSON, or ``limits.defaults`` in the conf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
+from . import schema
 from .errors import ConfigError
+from .schema import positive, setting
 
 RATE_PERIODS: dict[str, tuple[float, str]] = {
     "rps": (1.0, "requests"),
@@ -50,23 +52,51 @@ class Price:
         ) / 1_000_000
 
 
+def _count(value: object, where: str) -> int:
+    found: int = schema.number(value, where, integer=True)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalLimits:
-    rps: int | None = None
-    max_concurrent: int | None = None
-    queue: int = 0  # requests allowed to wait for a slot; 0 = answer 503 at once
-    queue_timeout: float = 1.0  # longest wait in the queue before a 503
+    rps: int | None = setting(None, _count)
+    max_concurrent: int | None = setting(None, _count)
+    # requests allowed to wait for a slot; 0 = answer 503 at once
+    queue: int = setting(0, positive(integer=True, zero=True))
+    queue_timeout: float = setting(1.0, positive())  # longest wait in the queue before a 503
+
+
+def _fraction(value: object, where: str) -> float:
+    found = float(schema.number(value, where))
+    if found > 1:
+        raise ConfigError(f"{where}: expected a fraction such as 0.8")
+    return found
+
+
+def _defaults(value: object, where: str) -> dict[str, Any]:
+    raw = schema.mapping(value, where)
+    unknown = sorted(set(raw) - POLICY_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown limit")
+    return check_policy(raw, where)
+
+
+def _prices(value: object, where: str) -> dict[str, Price]:
+    raw = schema.mapping(value, where)
+    prices = shipped_prices()
+    prices.update({str(k): _price(v, f"{where}.{k}") for k, v in raw.items()})
+    return prices
 
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    global_: GlobalLimits = field(default_factory=GlobalLimits)
-    default_max_output_tokens: int = 4096
-    soft_threshold: float = 0.8
-    webhook_url: str | None = None
-    prices: Mapping[str, Price] = field(default_factory=dict)
-    default_price: Price | None = None
+    defaults: Mapping[str, Any] = setting(dict, _defaults)
+    global_: GlobalLimits = setting(GlobalLimits, lambda v, w: schema.build(GlobalLimits, v, w), key="global")
+    default_max_output_tokens: int = setting(4096, _count)
+    soft_threshold: float = setting(0.8, _fraction)
+    webhook_url: str | None = setting(None, schema.url)
+    prices: Mapping[str, Price] = setting(dict, _prices)  # the shipped table, plus these
+    default_price: Price | None = setting(None, lambda v, w: _price(v, w))
 
     def price_for(self, model: str | None) -> Price | None:
         """Exact name, else the longest priced name the model starts with (dated snapshots)."""
@@ -88,13 +118,7 @@ def shipped_prices() -> dict[str, Price]:
 
 
 def _number(value: object, where: str, *, integer: bool = False, allow_zero: bool = False) -> Any:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and integer and not isinstance(value, int):
-        ok = False
-    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}: expected {kind} > 0, got {value!r}")
-    return value
+    return schema.number(value, where, integer=integer, zero=allow_zero)
 
 
 def _price(raw: object, where: str) -> Price:
@@ -142,53 +166,7 @@ def check_policy(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def parse_limits(raw: object) -> LimitSettings:
     """Parse the ``limits:`` section of the config file."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("limits: expected a mapping")
-    known = {"defaults", "global", "default_max_output_tokens", "soft_threshold", "webhook_url"}
-    unknown = set(raw) - known - {"prices", "default_price"}
-    if unknown:
-        raise ConfigError(f"limits.{sorted(unknown)[0]}: unknown setting")
-    defaults = raw.get("defaults", {}) or {}
-    if not isinstance(defaults, dict) or set(defaults) - POLICY_KEYS:
-        bad = sorted(set(defaults) - POLICY_KEYS)[0] if isinstance(defaults, dict) else ""
-        raise ConfigError(f"limits.defaults{'.' + bad if bad else ''}: unknown limit")
-    g = raw.get("global", {}) or {}
-    if not isinstance(g, dict) or set(g) - {"rps", "max_concurrent", "queue", "queue_timeout"}:
-        raise ConfigError("limits.global: expected {rps, max_concurrent, queue, queue_timeout}")
-    glob = GlobalLimits(
-        rps=_number(g["rps"], "limits.global.rps", integer=True) if "rps" in g else None,
-        max_concurrent=(
-            _number(g["max_concurrent"], "limits.global.max_concurrent", integer=True)
-            if "max_concurrent" in g
-            else None
-        ),
-        queue=_number(g.get("queue", 0), "limits.global.queue", integer=True, allow_zero=True),
-        queue_timeout=float(_number(g.get("queue_timeout", 1.0), "limits.global.queue_timeout")),
-    )
-    soft = float(_number(raw.get("soft_threshold", 0.8), "limits.soft_threshold"))
-    if soft > 1:
-        raise ConfigError("limits.soft_threshold: expected a fraction such as 0.8")
-    webhook = raw.get("webhook_url")
-    if webhook is not None:
-        parts = urlsplit(str(webhook))
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            raise ConfigError("limits.webhook_url: expected an http(s) URL without credentials")
-    prices = shipped_prices()
-    extra = raw.get("prices", {}) or {}
-    if not isinstance(extra, dict):
-        raise ConfigError("limits.prices: expected a map from model to {input, cached_input, output}")
-    prices.update({str(k): _price(v, f"limits.prices.{k}") for k, v in extra.items()})
-    default_price = raw.get("default_price")
-    return LimitSettings(
-        defaults=check_policy(defaults, "limits.defaults"),
-        global_=glob,
-        default_max_output_tokens=_number(
-            raw.get("default_max_output_tokens", 4096), "limits.default_max_output_tokens", integer=True
-        ),
-        soft_threshold=soft,
-        webhook_url=str(webhook) if webhook is not None else None,
-        prices=prices,
-        default_price=_price(default_price, "limits.default_price") if default_price is not None else None,
-    )
+    found = schema.build(LimitSettings, raw, "limits")
+    if not found.prices:  # no `prices:` given: the shipped table alone
+        found = dataclasses.replace(found, prices=shipped_prices())
+    return found

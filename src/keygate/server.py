@@ -16,16 +16,20 @@ from dataclasses import dataclass
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
-from . import native
+from .admin.listener import admin_server, announce_first_token
 from .app import Gateway
-from .chain import build_chain
+from .chain import Chain
 from .config import Settings
+from .counters import MemoryCounters
 from .errors import ConfigError
+from .forward import Forwarder
+from .guards import Parts as GuardParts
+from .guards import default_guards
 from .keycache import KeyCache
 from .recorder import Recorder
-from .store import SQLiteStore, Store, open_store
+from .spend import SpendBook
+from .store import Store, open_store
 from .tls import CertWatcher, confirm_reload, server_options
-from .upstream import UpstreamClient
 from .upstream_pool import UpstreamPool
 from .vault import Keyring
 
@@ -41,36 +45,68 @@ class Parts:
     recorder: Recorder
     keys: KeyCache
     gateway: Gateway
-    pool: UpstreamPool | None = None
+    pool: UpstreamPool
 
 
-def check_ready_to_serve(settings: Settings, pool: UpstreamPool | None = None) -> None:
-    for up in settings.upstreams.values():
-        if up.api_key is None and (pool is None or pool.key_count(up.name) == 0):
-            raise ConfigError(
-                f"upstreams.{up.name}.api_key: {up.api_key_ref} is not set in the environment "
-                "(export it before starting keygate)"
-            )
-
-
-def build_gateway(settings: Settings) -> Parts:
+def build(settings: Settings) -> Parts:
+    """Open the store and make every part of a gateway, each given the parts it needs."""
     store = open_store(settings)
-    recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
-    keys = KeyCache(store)
-    chain = build_chain(settings, keys, recorder, store)
-    keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
-    assert isinstance(store, SQLiteStore)  # the upstream-secret tables live in SQLite for now
-    pool = UpstreamPool(settings, store, keyring)
-    gateway = Gateway(settings, chain, UpstreamClient(settings), pool)
+    try:
+        recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
+        keys = KeyCache(store)
+        counters = MemoryCounters()  # in process; a networked implementation plugs in here
+        spend = SpendBook(counters, store, settings.usage_flush_interval)
+        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend)))
+        keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
+        pool = UpstreamPool(settings, store, keyring)
+        check_ready_to_serve(settings, pool)
+    except BaseException:
+        store.close()
+        raise
+    gateway = Gateway(settings, chain, Forwarder(settings, pool))
     return Parts(settings, store, recorder, keys, gateway, pool)
 
 
-async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then drain, flush usage and close."""
-    parts = build_gateway(settings)
-    check_ready_to_serve(settings, parts.pool)
-    from .admin.listener import admin_server, announce_first_token
+def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
+    """Refuse to start when no upstream could be reached with a key, or the default is unknown."""
+    if pool.upstream_for(None) is None:
+        raise ConfigError(
+            f"default_upstream: {settings.default_upstream!r} is neither in the config file nor stored "
+            f"(known: {', '.join(pool.names()) or 'none'})"
+        )
+    for name in pool.names():
+        up = pool.upstream_for(name)
+        if up is not None and up.fallback is not None and up.fallback not in pool.names():
+            raise ConfigError(f"upstreams.{name}.fallback: {up.fallback!r} is not another upstream")
+    if not any(pool.key_count(name) for name in pool.names()):
+        refs = sorted({up.api_key_ref for up in settings.upstreams.values() if up.api_key_ref})
+        hint = f"set {', '.join(refs)} in the environment, or " if refs else ""
+        raise ConfigError(
+            f"upstreams: no upstream has a key ({hint}store one with "
+            "`keygate upstreams add NAME --key-stdin`)"
+        )
+    for name in pool.names():
+        if not pool.key_count(name):
+            log.warning(
+                "upstream has no key yet: requests routed to it get 503 until one is added",
+                extra={"upstream": name},
+            )
 
+
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[], None] | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    own_process: bool = True,
+) -> None:
+    """Serve until SIGINT or SIGTERM (or ``stop`` is set), then drain, flush usage and close.
+
+    ``own_process`` (the ``keygate serve`` command) also installs the signal handlers and moves
+    what was built out of the garbage collector's sight; an embedder (``keygate.testing``) runs
+    the same server without either.
+    """
+    parts = build(settings)
     announce_first_token(settings, parts.store)
     admin = admin_server(settings, parts.store)
     server = Server(
@@ -86,7 +122,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     # Old workers get this long to finish in-flight requests after a TLS reload's new worker is up.
     server.respawn_interval = 1.0
 
-    def stop() -> None:
+    def stop_serving() -> None:
         for s in (server, admin):
             s.interrupt_signal = True
             s.main_loop_interrupt.set()
@@ -101,18 +137,21 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         server.main_loop_interrupt.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
     watcher = CertWatcher(settings.access.tls, reload_tls)
 
     def on_sighup() -> None:
         # SIGHUP re-reads what lives in files: upstream key references and TLS certificates.
-        if parts.pool is not None:
-            parts.pool.refresh_now()
+        parts.pool.refresh_now()
         if settings.access.tls.enabled:
             watcher.reload_now()
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if own_process:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_serving)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if stop is not None:
+        stopper = asyncio.ensure_future(stop.wait())
+        stopper.add_done_callback(lambda _: stop_serving())
     if settings.access.tls.enabled:
         watcher.start()
 
@@ -124,8 +163,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 "admin_url": f"http://{settings.admin_host}:{settings.admin_port}/",
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
-                "upstreams": sorted(settings.upstreams),
-                "hot_path": native.MODE,
+                "upstreams": parts.pool.names(),
             },
         )
         if on_ready is not None:
@@ -134,20 +172,20 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     server.on_startup(started)
     await parts.recorder.start()
     await parts.gateway.chain.start()
-    if parts.pool is not None:
-        await parts.pool.start()
-    # Everything built so far (modules, settings, caches) lives as long as the process: move it out
-    # of the collector's sight, so that full collections, which would otherwise walk all of it
-    # again and again under load, only look at objects made while serving.
-    gc.collect()
-    gc.freeze()
+    await parts.pool.start()
+    if own_process:
+        # Everything built so far (modules, settings, caches) lives as long as the process: move it
+        # out of the collector's sight, so that full collections, which would otherwise walk all of
+        # it again and again under load, only look at objects made while serving.
+        gc.collect()
+        gc.freeze()
     try:
         # Both listeners share this loop; when either ends (or fails to bind), stop both.
         async def run(s: Server) -> None:
             try:
                 await s.serve()
             finally:
-                stop()
+                stop_serving()
 
         results = await asyncio.gather(run(server), run(admin), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -157,10 +195,11 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         await watcher.stop()
         for task in confirmations:
             task.cancel()
-        if parts.pool is not None:
-            await parts.pool.stop()
+        if stop is not None:
+            stopper.cancel()
+        await parts.pool.stop()
         await parts.gateway.chain.stop()
         await parts.recorder.close()
-        await parts.gateway.client.close()
+        parts.gateway.forwarder.close()
         parts.store.close()
         log.info("keygate stopped")

@@ -17,14 +17,17 @@ import functools
 import logging
 import math
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import httpx
 import orjson
 
+from . import outbound
 from .batching import WriteBehind
 from .counters import Counters
+from .limitconf import BUDGET_KINDS
+from .types import KeyRecord, Team
 
 log = logging.getLogger("keygate.budget")
 
@@ -32,6 +35,35 @@ log = logging.getLogger("keygate.budget")
 class SpendStore(Protocol):
     def load_spend(self) -> dict[str, tuple[float, float]]: ...
     def save_spend(self, rows: Sequence[tuple[str, float, float]], ts: float) -> None: ...
+
+
+class Budget:
+    """One budget that applies to a request."""
+
+    __slots__ = ("amount", "kind", "label", "period", "scope")
+
+    def __init__(self, scope: str, label: str, kind: str, amount: float, period: str) -> None:
+        self.scope = scope  # key:<id> | team:<id>
+        self.label = label  # the key's or team's name, for the soft-threshold notice
+        self.kind = kind  # usd | tokens
+        self.amount = float(amount)
+        self.period = period
+
+
+def budgets_of(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any]) -> list[Budget]:
+    out: list[Budget] = []
+    scopes: list[tuple[str, str, Mapping[str, Any]]] = [
+        (f"key:{key.id}", key.name, {**{k: defaults[k] for k in BUDGET_KINDS if k in defaults}, **key.policy})
+    ]
+    if team is not None:
+        scopes.append((f"team:{team.id}", team.name, team.policy))
+    for scope, label, policy in scopes:
+        for kind in BUDGET_KINDS:
+            spec = policy.get(kind)
+            if isinstance(spec, dict) and isinstance(spec.get("amount"), int | float):
+                period = str(spec.get("period", "lifetime"))
+                out.append(Budget(scope, label, kind[7:], spec["amount"], period))
+    return out
 
 
 def period_key(period: str, ts: float) -> str:
@@ -136,21 +168,48 @@ class SpendBook(WriteBehind):
             self._dirty.update(names)
 
 
-def _post(url: str, payload: dict[str, Any]) -> None:
-    request = urllib.request.Request(  # noqa: S310 (the URL is an http(s) URL checked at config load)
-        url, data=orjson.dumps(payload), headers={"content-type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            response.read(1024)
-    except Exception as exc:
-        log.warning("budget webhook failed", extra={"error": type(exc).__name__})
+class Notifier:
+    """The soft-threshold notice: logged, and POSTed to ``webhook_url`` in the background.
 
+    Best effort: one attempt per notice with a 5 s timeout, failures only logged; a request never
+    waits for it. The POST goes through ``outbound.async_client`` (no redirects, no proxy from the
+    environment, TLS verified).
+    """
 
-def notify(url: str | None, payload: dict[str, Any]) -> None:
-    """Log the soft-threshold warning and POST it to the webhook in the background (best effort)."""
-    log.warning("budget soft threshold reached", extra={"budget_notice": payload})
-    if url is None:
-        return
-    with contextlib.suppress(RuntimeError):
-        asyncio.get_running_loop().run_in_executor(None, _post, url, payload)
+    def __init__(self, url: str | None) -> None:
+        self._url = url
+        self._client: httpx.AsyncClient | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self._url is not None:
+            self._client = outbound.async_client(connect_timeout=5.0, timeout=5.0)
+
+    async def stop(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+        for task in list(self._sending):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def send(self, payload: dict[str, Any]) -> None:
+        log.warning("budget soft threshold reached", extra={"budget_notice": payload})
+        if self._client is None or self._url is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._post(self._client, self._url, payload))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    @staticmethod
+    async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> None:
+        try:
+            response = await client.post(
+                url, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
+            if response.status_code >= 300:
+                log.warning("budget webhook failed", extra={"status": response.status_code})
+        except Exception as exc:
+            log.warning("budget webhook failed", extra={"error": type(exc).__name__})

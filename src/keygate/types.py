@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 REDACTED: Final = "**redacted**"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Secret:
@@ -30,8 +33,6 @@ class Secret:
         return REDACTED
 
     def __eq__(self, other: object) -> bool:
-        import hmac
-
         return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:
@@ -76,11 +77,14 @@ class Team:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of one request, as reported by the upstream."""
+    """Token counts of one request, as reported by the upstream (see metering.py)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Streamed events that carried output, counted as the stream passed (a lower bound of the
+    # output tokens, for a stream that ends without reporting usage).
+    streamed: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -107,3 +111,19 @@ class UsageRow:
     upstream: str | None
     stream: bool
     error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit entry, ready to store: who did what to which target, from where, when.
+
+    ``details`` is JSON text with anything key-shaped masked (built by ``ops.audit``). A store
+    writes it in the same transaction as the change it describes.
+    """
+
+    ts: float
+    actor: str
+    origin: str
+    action: str
+    target: str
+    details: str = "{}"

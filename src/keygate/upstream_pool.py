@@ -26,15 +26,14 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import Settings, Upstream, read_secret_file
+from .config import Settings, Upstream
 from .errors import ConfigError, KeygateError, RateLimited, UpstreamUnavailable
+from .schema import read_secret_file
+from .store import Store
 from .types import Secret
 from .vault import Keyring, VaultError
-
-if TYPE_CHECKING:
-    from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("keygate.upstream")
 alert = logging.getLogger("keygate.alert")
@@ -139,7 +138,7 @@ class Lease:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings, store: SQLiteStore, keyring: Keyring | None) -> None:
+    def __init__(self, settings: Settings, store: Store, keyring: Keyring | None) -> None:
         self.settings = settings
         self.max_attempts = settings.upstream_retries + 1
         self.used: dict[str, float] = {}
@@ -163,7 +162,10 @@ class UpstreamPool:
         for up in self.settings.upstreams.values():
             entries[up.name] = _Entry(up, self._config_keys(up))
         for d in self._store.list_upstream_defs():
-            if d.name not in entries:
+            known = entries.get(d.name)
+            # A stored definition adds an upstream, or replaces the built-in default (never one of
+            # the config file's, which `upstreams add` refuses to redefine).
+            if known is None or known.upstream.source == "builtin":
                 up = Upstream(
                     d.name,
                     d.base_url,
@@ -172,6 +174,7 @@ class UpstreamPool:
                     d.allow_insecure,
                     fallback=d.fallback,
                     ca_bundle=Path(d.ca_bundle) if d.ca_bundle else None,
+                    source="store",
                 )
                 entries[d.name] = _Entry(up, [])
         for row in self._store.list_upstream_keys():

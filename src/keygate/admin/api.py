@@ -21,8 +21,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..cli.keys import key_view
-from ..cli.teams import team_view
 from ..config import Settings
 from ..errors import (
     AuthenticationFailed,
@@ -33,11 +31,11 @@ from ..errors import (
     error_body,
     error_headers,
 )
-from ..store import Store
-from ..store.admin_tokens import AdminToken
-from . import service, tokens
+from ..ops import keys, teams, tokens, usage
+from ..ops.audit import Actor
+from ..ops.views import key_view
+from ..store import AdminToken, Store
 from .openapi import openapi_document
-from .service import Actor
 
 log = logging.getLogger("keygate.admin")
 
@@ -45,10 +43,17 @@ MAX_BODY = 1024 * 1024
 GET = ["GET"]
 _LIMIT = re.compile(r"^[0-9]{1,6}$")
 
-MISSING = AuthenticationFailed(
-    "Missing admin token. Send it as 'Authorization: Bearer kga_...'.", code="missing_admin_token"
-)
-INVALID = AuthenticationFailed("Invalid or revoked admin token.", code="invalid_admin_token")
+
+def _missing() -> AuthenticationFailed:
+    # A fresh error each time: a raised module-level instance would keep every traceback alive.
+    return AuthenticationFailed(
+        "Missing admin token. Send it as 'Authorization: Bearer kga_...'.", code="missing_admin_token"
+    )
+
+
+def _invalid() -> AuthenticationFailed:
+    return AuthenticationFailed("Invalid or revoked admin token.", code="invalid_admin_token")
+
 
 Operation = Callable[["Call"], Any]
 
@@ -114,15 +119,14 @@ class AdminAPI:
 
     def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
         if presented is None:
-            raise MISSING
+            raise _missing()
         token = tokens.authenticate(self.store, self.settings.pepper, presented)
         if token is None:
             log.warning("admin authentication failed", extra={"origin": origin, "path": path[:200]})
-            raise INVALID
+            raise _invalid()
         if not tokens.allowed(token.role, permission):
-            service.audit(
-                self.store, Actor(token.id, origin), "denied", path[:200], role=token.role, needs=permission
-            )
+            actor = Actor(token.id, origin)
+            self.store.write_audit(actor.record("denied", path[:200], role=token.role, needs=permission))
             raise PermissionDenied(f"The {token.role} role may not do this (needs {permission}).")
         return token
 
@@ -154,7 +158,7 @@ class AdminAPI:
 
     def _limit(self, call: Call) -> int:
         raw = call.query.get("limit", "100")
-        if not _LIMIT.match(raw) or not 1 <= int(raw) <= 1000:
+        if not _LIMIT.match(raw):
             raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
         return int(raw)
 
@@ -162,99 +166,81 @@ class AdminAPI:
         return _one_route_per_path(self._routes())
 
     def _routes(self) -> list[Route]:
-        s = self.store
-        ep = self.endpoint
+        s, settings, ep = self.store, self.settings, self.endpoint
+        pepper = settings.pepper
+
+        def key_id(c: Call) -> str:
+            return c.params["key_id"]
+
         return [
             Route("/healthz", healthz, methods=GET),
             Route("/openapi.json", ep("keys:read", lambda c: openapi_document()), methods=GET),
-            Route(
-                "/admin/keys", ep("keys:read", lambda c: [key_view(k) for k in s.list_keys()]), methods=GET
-            ),
+            Route("/admin/keys", ep("keys:read", lambda c: keys.list_views(s)), methods=GET),
             Route(
                 "/admin/keys",
-                ep(
-                    "keys:write",
-                    lambda c: service.create_key(s, self.settings, c.actor, c.body),
-                    status=201,
-                    body=True,
-                ),
+                ep("keys:write", lambda c: keys.create(s, settings, c.actor, c.body), status=201, body=True),
                 methods=["POST"],
             ),
             Route(
                 "/admin/keys/{key_id}",
-                ep("keys:read", lambda c: key_view(service.get_key(s, c.params["key_id"]))),
+                ep("keys:read", lambda c: key_view(keys.get(s, key_id(c)))),
                 methods=GET,
             ),
             Route(
                 "/admin/keys/{key_id}",
-                ep(
-                    "keys:write",
-                    lambda c: service.update_key(s, c.actor, c.params["key_id"], c.body),
-                    body=True,
-                ),
+                ep("keys:write", lambda c: keys.update(s, settings, c.actor, key_id(c), c.body), body=True),
                 methods=["PATCH"],
             ),
             Route(
                 "/admin/keys/{key_id}/revoke",
-                ep("keys:write", lambda c: service.revoke_key(s, c.actor, c.params["key_id"])),
+                ep("keys:write", lambda c: keys.revoke(s, c.actor, key_id(c))[0]),
                 methods=["POST"],
             ),
+            Route("/admin/teams", ep("teams:read", lambda c: teams.list_views(s)), methods=GET),
             Route(
                 "/admin/teams",
-                ep("teams:read", lambda c: [team_view(t) for t in s.list_teams()]),
-                methods=GET,
-            ),
-            Route(
-                "/admin/teams",
-                ep("teams:write", lambda c: service.create_team(s, c.actor, c.body), status=201, body=True),
+                ep("teams:write", lambda c: teams.create(s, c.actor, c.body), status=201, body=True),
                 methods=["POST"],
             ),
             Route(
                 "/admin/teams/{team}",
-                ep("teams:read", lambda c: team_view(service.get_team(s, c.params["team"]))),
+                ep("teams:read", lambda c: teams.view(s, c.params["team"])),
                 methods=GET,
             ),
             Route(
                 "/admin/teams/{team}",
                 ep(
                     "teams:write",
-                    lambda c: service.update_team(s, c.actor, c.params["team"], c.body),
+                    lambda c: teams.update(s, c.actor, c.params["team"], c.body),
                     body=True,
                 ),
                 methods=["PATCH"],
             ),
             Route(
                 "/admin/usage",
-                ep("usage:read", lambda c: service.usage(s, c.query.get("key")), query=("key",)),
+                ep("usage:read", lambda c: usage.usage(s, c.query.get("key")), query=("key",)),
                 methods=GET,
             ),
             Route(
                 "/admin/audit",
                 ep(
                     "audit:read",
-                    lambda c: service.audit_entries(s, self._limit(c), c.query.get("action")),
+                    lambda c: usage.audit(s, self._limit(c), c.query.get("action")),
                     query=("limit", "action"),
                 ),
                 methods=GET,
             ),
-            Route(
-                "/admin/tokens",
-                ep("tokens:read", lambda c: [tokens.token_view(t) for t in s.list_admin_tokens()]),
-                methods=GET,
-            ),
+            Route("/admin/tokens", ep("tokens:read", lambda c: tokens.list_views(s)), methods=GET),
             Route(
                 "/admin/tokens",
                 ep(
-                    "tokens:write",
-                    lambda c: service.create_token(s, self.settings, c.actor, c.body),
-                    status=201,
-                    body=True,
+                    "tokens:write", lambda c: tokens.create(s, pepper, c.actor, c.body), status=201, body=True
                 ),
                 methods=["POST"],
             ),
             Route(
                 "/admin/tokens/{token_id}/revoke",
-                ep("tokens:write", lambda c: service.revoke_token(s, c.actor, c.params["token_id"])),
+                ep("tokens:write", lambda c: tokens.revoke(s, c.actor, c.params["token_id"])[0]),
                 methods=["POST"],
             ),
         ]

@@ -16,8 +16,9 @@ from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
 from ..config import Settings
+from ..ops import tokens
+from ..ops.audit import SERVE
 from ..store import Store
-from . import tokens
 from .api import build_admin_app
 
 log = logging.getLogger("keygate")
@@ -47,10 +48,7 @@ def announce_first_token(settings: Settings, store: Store, terminal: TextIO | No
             "no admin token exists yet; run `keygate init` or `keygate admin-tokens create --role admin`",
         )
         return
-    token, secret = tokens.issue(store, settings.pepper, "admin", "first admin")
-    store.write_audit(
-        token.created_at, "serve", "admin_tokens.create", token.id, "local", '{"role": "admin"}'
-    )
+    token, secret = tokens.issue(store, settings.pepper, SERVE, "admin", "first admin")
     print_first_token(out, token.id, secret)
 
 

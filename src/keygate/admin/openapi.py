@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .service import NAME_MAX
+from ..ops.validate import NAME_MAX
 
-_NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": r"\S"}
+# Non-blank, without control characters (ops.validate.check_name)
+_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": NAME_MAX,
+    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\S[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+}
 _POLICY = {
     "type": "object",
     "description": (
@@ -144,6 +150,13 @@ _ERROR_SCHEMA = _obj(
     ["error"],
 )
 
+_REF = {
+    "type": "string",
+    "maxLength": NAME_MAX,
+    "nullable": True,
+    "description": "an id or name; null or empty for none",
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": _ERROR_SCHEMA,
     "Key": _KEY,
@@ -156,7 +169,8 @@ _SCHEMAS: dict[str, Any] = {
     "KeyCreate": _obj(
         {
             "name": _NAME,
-            "team": {"type": "string", "maxLength": NAME_MAX, "nullable": True},
+            "team": _REF,
+            "upstream": _REF,
             "policy": _POLICY,
         },
         ["name"],
@@ -165,7 +179,8 @@ _SCHEMAS: dict[str, Any] = {
     "KeyUpdate": _obj(
         {
             "name": _NAME,
-            "team": {"type": "string", "maxLength": NAME_MAX, "nullable": True},
+            "team": _REF,
+            "upstream": _REF,
             "policy": _POLICY,
         },
         [],

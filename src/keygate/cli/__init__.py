@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from ..errors import ConfigError, KeygateError
@@ -61,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run one ``keygate`` command; ``env`` stands in for the process environment (tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.env = os.environ if env is None else env
     if not hasattr(args, "config"):
         args.config = None
     if not hasattr(args, "admin_url"):

@@ -1,30 +1,27 @@
-"""Helpers shared by the CLI areas: settings, store, audit trail, output."""
+"""Helpers shared by the CLI areas: settings, the local store, the acting operator, output."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from ..config import Settings, load_settings
+from ..config import Settings, ensure_pepper, load_settings
+from ..ops.audit import Actor, cli_actor
 from ..store import Store, open_store
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    return load_settings(args.config, args.env)
 
 
 @contextmanager
 def local_store(args: argparse.Namespace) -> Iterator[tuple[Settings, Store]]:
-    settings = settings_from(args)
+    """The settings (with a pepper, made on first use) and the store they name, closed after."""
+    settings = ensure_pepper(settings_from(args))
     store = open_store(settings)
     try:
         yield settings, store
@@ -32,26 +29,8 @@ def local_store(args: argparse.Namespace) -> Iterator[tuple[Settings, Store]]:
         store.close()
 
 
-def audit(store: Store, action: str, target: str, **details: Any) -> None:
-    """Record an operator action with who, from where and when."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    store.write_audit(
-        time.time(),
-        f"cli:{user}",
-        action,
-        target,
-        f"cli@{socket.gethostname()}",
-        orjson.dumps(details).decode(),
-    )
-
-
-def fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def actor() -> Actor:
+    return cli_actor()
 
 
 def print_json(data: Any) -> None:

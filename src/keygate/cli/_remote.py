@@ -1,7 +1,8 @@
 """The CLI against a remote admin API (``--admin-url URL``, token from ``KEYGATE_ADMIN_TOKEN``).
 
-httpx is the client: no redirects are followed (a redirect must never carry the token to another
-host), TLS is verified, and plain http is refused except to a loopback address. Errors come back
+The client follows keygate's outbound policy (``outbound.py``): no redirects (a redirect must never
+carry the token to another host), no proxy from the environment, TLS verified; and plain http is
+refused except to a loopback address. Errors come back
 in OpenAI's error shape and are re-raised as the same keygate error, so the CLI prints the same
 message and exit code in both modes.
 """
@@ -9,12 +10,13 @@ message and exit code in both modes.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
+from .. import outbound, schema
 from ..config import admin_token_from_env
 from ..errors import (
     AuthenticationFailed,
@@ -39,38 +41,18 @@ def is_remote(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "admin_url", None))
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--admin-url: expected an http(s) URL, got {url!r}")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError("--admin-url: no credentials, query or fragment allowed")
-    if parts.scheme == "http":
-        host = parts.hostname
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise ConfigError("--admin-url: https is required except for a loopback address")
-    return url.rstrip("/")
-
-
 def segment(value: str) -> str:
     """A path segment, percent-encoded so an id can never change the path it is sent to."""
     return quote(value, safe="")
 
 
 class AdminClient:
-    def __init__(self, url: str) -> None:
-        token = admin_token_from_env()
+    def __init__(self, url: str, env: Mapping[str, str]) -> None:
+        token = admin_token_from_env(env)
         if token is None:
             raise ConfigError("KEYGATE_ADMIN_TOKEN: required with --admin-url (an admin token, kga_...)")
-        self._client = httpx.Client(
-            base_url=_check_url(url),
-            headers={"authorization": f"Bearer {token.reveal()}"},
-            follow_redirects=False,
-            timeout=30.0,
+        self._client = outbound.sync_client(
+            schema.url(url, "--admin-url"), {"authorization": f"Bearer {token.reveal()}"}
         )
 
     def request(self, method: str, path: str, json: Any = None, params: dict[str, str] | None = None) -> Any:
@@ -95,4 +77,4 @@ def _error(response: httpx.Response) -> KeygateError:
 def call(args: argparse.Namespace, method: str, path: str, json: Any = None, **params: str | None) -> Any:
     """One admin API request from the CLI; ``None`` query values are left out."""
     query = {k: v for k, v in params.items() if v is not None}
-    return AdminClient(args.admin_url).request(method, path, json=json, params=query or None)
+    return AdminClient(args.admin_url, args.env).request(method, path, json=json, params=query or None)

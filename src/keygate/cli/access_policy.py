@@ -8,40 +8,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import InvalidRequest
 from ..routes import ROUTE_NAMES
+from ..times import iso, parse_duration, parse_instant
 
 FIELDS = ("models", "routes", "expires_at", "allow_ips", "max_body_bytes", "max_output_tokens")
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> int:
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise InvalidRequest(f"--expires-in: expected a duration such as 30d, 12h or 90m, got {text!r}")
-    return int(m.group(1)) * _UNIT[m.group(2)]
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> str:
-    try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(
-            f"--expires-at: expected an ISO 8601 time such as 2027-01-31T00:00:00Z, got {text!r}"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return iso(dt.timestamp())
 
 
 def _cidr(text: str) -> str:
@@ -57,12 +31,6 @@ def _route(text: str) -> str:
             f"--allow-route: unknown route {text!r}; one of {', '.join(sorted(ROUTE_NAMES))}"
         )
     return text
-
-
-def _positive(flag: str, value: int) -> int:
-    if value <= 0:
-        raise InvalidRequest(f"{flag}: expected a positive number")
-    return value
 
 
 class AccessPolicyOptions:
@@ -114,15 +82,16 @@ class AccessPolicyOptions:
         if args.allow_route:
             policy["routes"] = sorted({_route(r) for r in args.allow_route})
         if args.expires_in:
-            policy["expires_at"] = iso(time.time() + parse_duration(args.expires_in))
+            policy["expires_at"] = iso(time.time() + parse_duration(args.expires_in, "--expires-in"))
         if args.expires_at:
-            policy["expires_at"] = parse_time(args.expires_at)
+            policy["expires_at"] = iso(parse_instant(args.expires_at.strip(), "--expires-at"))
         if args.allow_ip:
             policy["allow_ips"] = sorted({_cidr(c) for c in args.allow_ip})
+        # Numbers are range-checked with every other policy field (ops.policy.validate_policy).
         if args.max_body_bytes is not None:
-            policy["max_body_bytes"] = _positive("--max-body-bytes", args.max_body_bytes)
+            policy["max_body_bytes"] = args.max_body_bytes
         if args.max_output_tokens is not None:
-            policy["max_output_tokens"] = _positive("--max-output-tokens", args.max_output_tokens)
+            policy["max_output_tokens"] = args.max_output_tokens
 
 
 OPTIONS = AccessPolicyOptions()

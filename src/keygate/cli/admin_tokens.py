@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
-from ..admin import tokens
-from ..errors import NotFound
-from ._common import audit, local_store, print_json, print_table
+from ..ops import tokens as ops
+from ._common import actor, local_store, print_json, print_table
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -27,7 +25,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ts = p.add_subparsers(dest="admin_tokens_command", required=True, metavar="ACTION")
 
     c = ts.add_parser("create", parents=[common], help="issue a token; prints the secret once")
-    c.add_argument("--role", required=True, choices=tokens.ROLES)
+    c.add_argument("--role", required=True, choices=ops.ROLES)
     c.add_argument("--name", help="what the token is for (default: the role)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(handler=create)
@@ -41,40 +39,39 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     r.set_defaults(handler=revoke)
 
 
-def _show(args: argparse.Namespace, view: dict[str, Any], secret: str) -> None:
+def _show(args: argparse.Namespace, view: dict[str, Any]) -> None:
     if args.json:
-        print_json({**view, "token": secret})
+        print_json(view)
         return
     print(f"Created admin token {view['id']} (role {view['role']}).")
-    print(f"\n    {secret}\n")
+    print(f"\n    {view['token']}\n")
     print("Store it now: keygate keeps only a hash and cannot show it again.", file=sys.stderr)
 
 
 def run_init(args: argparse.Namespace) -> int:
     with local_store(args) as (settings, store):
-        if tokens.has_admin(store):
+        if ops.has_admin(store):
             if args.json:
                 print_json({"database": str(settings.database_path), "created": False})
             else:
                 print(f"keygate is initialised ({settings.database_path}); an admin token exists already.")
             return 0
-        token, secret = tokens.issue(store, settings.pepper, "admin", "first admin")
-        audit(store, "admin_tokens.create", token.id, role="admin", name=token.name)
-    _show(args, tokens.token_view(token), secret)
+        view = ops.create(store, settings.pepper, actor(), {"role": "admin", "name": "first admin"})
+    _show(args, view)
     return 0
 
 
 def create(args: argparse.Namespace) -> int:
+    body = {"role": args.role, "name": args.name or args.role}
     with local_store(args) as (settings, store):
-        token, secret = tokens.issue(store, settings.pepper, args.role, args.name or args.role)
-        audit(store, "admin_tokens.create", token.id, role=token.role, name=token.name)
-    _show(args, tokens.token_view(token), secret)
+        view = ops.create(store, settings.pepper, actor(), body)
+    _show(args, view)
     return 0
 
 
 def list_tokens(args: argparse.Namespace) -> int:
     with local_store(args) as (_, store):
-        views = [tokens.token_view(t) for t in store.list_admin_tokens()]
+        views = ops.list_views(store)
     if args.json:
         print_json(views)
         return 0
@@ -87,10 +84,6 @@ def list_tokens(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     with local_store(args) as (_, store):
-        if store.get_admin_token(args.token_id) is None:
-            raise NotFound(f"no admin token with id {args.token_id}")
-        changed = store.revoke_admin_token(args.token_id, time.time())
-        if changed:
-            audit(store, "admin_tokens.revoke", args.token_id)
+        _, changed = ops.revoke(store, actor(), args.token_id)
     print(f"Revoked {args.token_id}." if changed else f"{args.token_id} was already revoked.")
     return 0

@@ -8,16 +8,12 @@ policy JSON (``rotate_every``, ``rotated_at``, ``honeytoken``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from typing import Any
 
-from .. import keys as keyfmt
-from ..errors import InvalidRequest, NotFound
-from ..rotation import due_keys, parse_duration
-from ._common import audit, fmt_time, local_store, print_json, print_table
-from .upstreams import sql
+from ..ops import keys as ops
+from ..times import parse_duration
+from ._common import actor, local_store, print_json, print_table
 
 
 def add_create_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +35,7 @@ def apply(args: argparse.Namespace, policy: dict[str, Any]) -> dict[str, Any]:
         out["honeytoken"] = True
     every = getattr(args, "rotate_every", None)
     if every is not None:
-        seconds = parse_duration(every, "--rotate-every")
+        seconds = round(parse_duration(every, "--rotate-every"))
         if seconds:
             out["rotate_every"] = seconds
         else:
@@ -65,55 +61,20 @@ def register(ks: Any, common: argparse.ArgumentParser) -> None:
 def rotate(args: argparse.Namespace) -> int:
     grace = parse_duration(args.grace, "--grace")
     with local_store(args) as (settings, store):
-        record = store.get_key(args.key_id)
-        if record is None:
-            raise NotFound(f"no key with id {args.key_id}")
-        if not record.active:
-            raise InvalidRequest(f"{args.key_id} is revoked; create a new key instead")
-        issued = keyfmt.issue(settings.pepper)
-        secret = issued.secret
-        now = time.time()
-        policy = {**record.policy, "rotated_at": now}
-        sql(store).rotate_key_secret(
-            record.id,
-            issued.key_hash,
-            issued.hint,
-            now + grace,
-            json.dumps(policy),
-        )
-        audit(store, "keys.rotate", record.id, grace_seconds=grace)
+        view = ops.rotate(store, settings, actor(), args.key_id, grace)
     if args.json:
-        print_json(
-            {
-                "id": record.id,
-                "key": secret,
-                "hint": issued.hint,
-                "old_valid_until": fmt_time(now + grace),
-            }
-        )
+        print_json({k: view[k] for k in ("id", "key", "hint", "old_valid_until")})
     else:
-        print(f"Rotated key {record.id} ({record.name}). New secret:")
-        print(f"\n    {secret}\n")
-        print(f"The old secret keeps working until {fmt_time(now + grace)}.", file=sys.stderr)
+        print(f"Rotated key {view['id']} ({view['name']}). New secret:")
+        print(f"\n    {view['key']}\n")
+        print(f"The old secret keeps working until {view['old_valid_until']}.", file=sys.stderr)
     return 0
 
 
 def due(args: argparse.Namespace) -> int:
     window = parse_duration(args.within, "--within")
     with local_store(args) as (_, store):
-        records = store.list_keys()
-    now = time.time()
-    found = due_keys(records, now, window)
-    views: list[dict[str, Any]] = [
-        {
-            "id": d.key.id,
-            "name": d.key.name,
-            "reason": d.reason,
-            "due_at": fmt_time(d.when),
-            "overdue": d.when <= now,
-        }
-        for d in found
-    ]
+        views = ops.due(store, window)
     if args.json:
         print_json(views)
     else:

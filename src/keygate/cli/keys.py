@@ -1,20 +1,15 @@
-"""``keygate keys``: create, list, update and revoke client keys."""
+"""``keygate keys``: create, list, update and revoke client keys (``key_rotation``: rotate, due)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
-from .. import keys as keyfmt
-from ..errors import InvalidRequest, NotFound
-from ..store import Store
-from ..types import KeyRecord
+from ..ops import keys as ops
 from . import _remote, key_rotation
-from ._common import audit, fmt_time, local_store, print_json, print_table
+from ._common import actor, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
-from .upstreams import resolve_upstream
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -50,63 +45,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     key_rotation.register(ks, common)
 
 
-def key_view(r: KeyRecord) -> dict[str, Any]:
-    """The public view of a key record: everything but its hash."""
-    return {
-        "id": r.id,
-        "name": r.name,
-        "hint": r.hint,
-        "status": r.status,
-        "created_at": fmt_time(r.created_at),
-        "last_used_at": fmt_time(r.last_used_at) if r.last_used_at else None,
-        "team_id": r.team_id,
-        "upstream": r.upstream,
-        "policy": r.policy,
-    }
-
-
-def resolve_team(store: Store, team: str | None) -> str | None:
-    if not team:
-        return None
-    found = store.get_team(team)
-    if found is None:
-        raise NotFound(f"no team with id or name {team}")
-    return found.id
+def _policy(args: argparse.Namespace, current: dict[str, Any]) -> dict[str, Any]:
+    return key_rotation.apply(args, apply_policy(args, current))
 
 
 def create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "policy": _policy(args, {})}
+    for name in ("team", "upstream"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
     if _remote.is_remote(args):
-        _no_remote_upstream(args)
-        body = {"name": args.name, "team": args.team, "policy": apply_policy(args, {})}
         view = _remote.call(args, "POST", "/admin/keys", body)
-        return _show_created(args, view)
-    with local_store(args) as (settings, store):
-        issued = keyfmt.issue(settings.pepper)
-        secret = issued.secret
-        record = KeyRecord(
-            id=keyfmt.new_id("key"),
-            name=args.name,
-            key_hash=issued.key_hash,
-            hint=issued.hint,
-            created_at=time.time(),
-            team_id=resolve_team(store, args.team),
-            upstream=resolve_upstream(settings, store, args.upstream),
-            policy=key_rotation.apply(args, apply_policy(args, {})),
-        )
-        store.insert_key(record)
-        audit(
-            store,
-            "keys.create",
-            record.id,
-            name=record.name,
-            team=record.team_id,
-            upstream=record.upstream,
-            policy=record.policy,
-        )
-    return _show_created(args, {**key_view(record), "key": secret})
-
-
-def _show_created(args: argparse.Namespace, view: dict[str, Any]) -> int:
+    else:
+        with local_store(args) as (settings, store):
+            view = ops.create(store, settings, actor(), body)
     if args.json:
         print_json(view)
     else:
@@ -121,7 +73,7 @@ def list_keys(args: argparse.Namespace) -> int:
         views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/keys")
     else:
         with local_store(args) as (_, store):
-            views = [key_view(r) for r in store.list_keys()]
+            views = ops.list_views(store)
     if args.json:
         print_json(views)
         return 0
@@ -143,58 +95,35 @@ def list_keys(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    if _remote.is_remote(args):
-        return _update_remote(args)
-    with local_store(args) as (settings, store):
-        current = store.get_key(args.key_id)
-        if current is None:
-            raise NotFound(f"no key with id {args.key_id}")
-        changes: dict[str, Any] = {}
-        if args.name is not None:
-            if not args.name:
-                raise InvalidRequest("--name cannot be empty")
-            changes["name"] = args.name
-        if args.team is not None:
-            changes["team_id"] = resolve_team(store, args.team)
-        if args.upstream is not None:
-            changes["upstream"] = resolve_upstream(settings, store, args.upstream)
-        policy = key_rotation.apply(args, apply_policy(args, current.policy))
-        if policy != current.policy:
-            changes["policy"] = policy
-        updated = store.update_key(args.key_id, **changes) if changes else current
-        audit(store, "keys.update", args.key_id, changes=changes)
-    assert updated is not None
-    if args.json:
-        print_json(key_view(updated))
-    else:
-        pinned = f", upstream {updated.upstream}" if updated.upstream else ""
-        print(f"Updated {updated.id}: policy {describe(updated.policy)}{pinned}")
-    return 0
-
-
-def _no_remote_upstream(args: argparse.Namespace) -> None:
-    if args.upstream is not None:
-        raise InvalidRequest("--upstream: not available with --admin-url yet; run it on the gateway host")
-
-
-def _update_remote(args: argparse.Namespace) -> int:
-    _no_remote_upstream(args)
+    remote = _remote.is_remote(args)
     path = f"/admin/keys/{_remote.segment(args.key_id)}"
-    current = _remote.call(args, "GET", path)
-    body: dict[str, Any] = {}
-    if args.name is not None:
-        body["name"] = args.name
-    if args.team is not None:
-        body["team"] = args.team or None
-    policy = apply_policy(args, current["policy"])
-    if policy != current["policy"]:
-        body["policy"] = policy
-    updated = _remote.call(args, "PATCH", path, body)
+    if remote:
+        current = _remote.call(args, "GET", path)
+        body = _changes(args, current["policy"])
+        updated = _remote.call(args, "PATCH", path, body) if body else current
+    else:
+        with local_store(args) as (settings, store):
+            record = ops.get(store, args.key_id)
+            updated = ops.update(store, settings, actor(), args.key_id, _changes(args, record.policy))
     if args.json:
         print_json(updated)
     else:
-        print(f"Updated {updated['id']}: policy {describe(updated['policy'])}")
+        pinned = f", upstream {updated['upstream']}" if updated.get("upstream") else ""
+        print(f"Updated {updated['id']}: policy {describe(updated['policy'])}{pinned}")
     return 0
+
+
+def _changes(args: argparse.Namespace, policy: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.name is not None:
+        body["name"] = args.name
+    for name in ("team", "upstream"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name) or None
+    new = _policy(args, policy)
+    if new != policy:
+        body["policy"] = new
+    return body
 
 
 def revoke(args: argparse.Namespace) -> int:
@@ -203,13 +132,8 @@ def revoke(args: argparse.Namespace) -> int:
         was = _remote.call(args, "GET", path)["status"]
         _remote.call(args, "POST", path + "/revoke")
         changed = was != "revoked"
-        print(f"Revoked {args.key_id}." if changed else f"{args.key_id} was already revoked.")
-        return 0
-    with local_store(args) as (_, store):
-        if store.get_key(args.key_id) is None:
-            raise NotFound(f"no key with id {args.key_id}")
-        changed = store.revoke_key(args.key_id, time.time())
-        if changed:
-            audit(store, "keys.revoke", args.key_id)
+    else:
+        with local_store(args) as (_, store):
+            _, changed = ops.revoke(store, actor(), args.key_id)
     print(f"Revoked {args.key_id}." if changed else f"{args.key_id} was already revoked.")
     return 0

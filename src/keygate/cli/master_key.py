@@ -1,9 +1,6 @@
 """``keygate master-key``: generate a master key, re-wrap every stored data key under a new one.
 
-Rotation re-wraps row by row, each in its own transaction, and only rows still wrapped by
-another master key; so an interrupted rotation (crash, kill, power loss) is resumed by running
-the same command again. The ciphertexts themselves never change, so running gateways, which keep
-their decrypted keys in memory, are unaffected.
+Rotation (``ops.master_key``) re-wraps row by row and resumes where it stopped when run again.
 """
 
 from __future__ import annotations
@@ -12,16 +9,15 @@ import argparse
 import os
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..config import read_master_key_file
 from ..errors import InvalidRequest
+from ..ops import master_key as ops
 from ..types import Secret
-from ..vault import Keyring, generate_master_key, kek_id, parse_master_key
-from ._common import audit, local_store, print_json
-from .upstreams import sql
+from ..vault import generate_master_key, kek_id, parse_master_key
+from ._common import actor, local_store, print_json
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -57,25 +53,18 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def rotate(args: argparse.Namespace) -> int:
-    new = parse_master_key(read_master_key_file(Path(args.new_key_file), "--new-key-file"), "--new-key-file")
+    new = read_master_key_file(Path(args.new_key_file), "--new-key-file")
+
+    def progress(key_id: str, done: int, todo: int) -> None:
+        print(f"re-wrapped {key_id} ({done}/{todo})", flush=True)
+        if args.crash_after is not None and done >= args.crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     with local_store(args) as (settings, store):
-        prev = parse_master_key(settings.previous_master_key) if settings.previous_master_key else None
-        current = parse_master_key(settings.master_key) if settings.master_key else None
-        ring = Keyring(new, current, prev)
-        db = sql(store)
-        rows = [r for r in db.list_upstream_keys() if r.sealed is not None]
-        todo = [r for r in rows if r.sealed is not None and r.sealed.kek_id != ring.current_id]
-        done = 0
-        for r in todo:
-            assert r.sealed is not None
-            if db.rewrap_upstream_key(r.id, r.sealed.kek_id, ring.rewrap(r.upstream, r.id, r.sealed)):
-                done += 1
-                print(f"re-wrapped {r.id} ({done}/{len(todo)})", flush=True)
-            if args.crash_after is not None and done >= args.crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        audit(db, "master_key.rotate", ring.current_id, rewrapped=done, total=len(rows))
+        result = ops.rotate(settings, store, actor(), new, progress)
     print(
-        f"All {len(rows)} stored key(s) are now wrapped by {ring.current_id} ({done} re-wrapped now).\n"
+        f"All {result['total']} stored key(s) are now wrapped by {result['current']} "
+        f"({result['rewrapped']} re-wrapped now).\n"
         "Next: point master_key_file (or KEYGATE_MASTER_KEY) at the new key; keep the old one as "
         "previous_master_key_file until every gateway has restarted."
     )
@@ -85,15 +74,12 @@ def rotate(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     with local_store(args) as (settings, store):
-        rows = sql(store).list_upstream_keys()
-    counts = Counter(r.sealed.kek_id for r in rows if r.sealed is not None)
-    ring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
-    current = ring.current_id if ring else None
-    view = {"current": current, "wrapped_by": dict(counts)}
+        view = ops.status(settings, store)
     if args.json:
         print_json(view)
     else:
+        current = view["current"]
         print(f"current master key: {current or '(none configured)'}")
-        for kid, n in sorted(counts.items()):
+        for kid, n in sorted(view["wrapped_by"].items()):
             print(f"  {kid}: {n} key(s){'  (current)' if kid == current else ''}")
     return 0

@@ -6,7 +6,12 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from ..config import parse_listen
+import uvloop
+
+from .. import logs
+from ..config import ensure_pepper, parse_listen
+from ..server import serve
+from ..tls import tls_from_flags
 from ._common import settings_from
 
 
@@ -21,19 +26,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import logs
-    from ..server import serve
-
     logs.configure(args.log_level)
     settings = settings_from(args)
     if args.listen:
-        host, port = parse_listen(args.listen, "--listen")
-        settings = replace(settings, listen_host=host, listen_port=port)
-    from ..tls import tls_from_flags
-
-    tls = tls_from_flags(settings.access.tls, args.tls_cert, args.tls_key, args.client_ca)
-    settings = replace(settings, access=replace(settings.access, tls=tls))
-    import uvloop
-
-    uvloop.run(serve(settings))
+        settings = replace(settings, listen=parse_listen(args.listen, "--listen"))
+    tls = tls_from_flags(settings.tls, args.tls_cert, args.tls_key, args.client_ca)
+    uvloop.run(serve(ensure_pepper(replace(settings, tls=tls))))
     return 0

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from .. import keys as keyfmt
-from ..errors import InvalidRequest, NotFound
-from ..types import Team
+from ..ops import teams as ops
 from . import _remote
-from ._common import audit, fmt_time, local_store, print_json, print_table
+from ._common import actor, local_store, print_json, print_table
 from ._policy import add_policy_arguments, apply_policy, describe
 
 
@@ -35,29 +32,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     u.set_defaults(handler=update)
 
 
-def team_view(t: Team) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "created_at": fmt_time(t.created_at), "policy": t.policy}
-
-
 def create(args: argparse.Namespace) -> int:
-    if not args.name.strip():
-        raise InvalidRequest("a team needs a name")
+    body = {"name": args.name, "policy": apply_policy(args, {})}
     if _remote.is_remote(args):
-        view = _remote.call(
-            args, "POST", "/admin/teams", {"name": args.name, "policy": apply_policy(args, {})}
-        )
-        print_json(view) if args.json else print(f"Created team {view['id']} ({view['name']}).")
-        return 0
-    with local_store(args) as (_, store):
-        if store.get_team(args.name) is not None:
-            raise InvalidRequest(f"a team named {args.name} exists already")
-        team = Team(keyfmt.new_id("team"), args.name, time.time(), apply_policy(args, {}))
-        store.insert_team(team)
-        audit(store, "teams.create", team.id, name=team.name, policy=team.policy)
-    if args.json:
-        print_json(team_view(team))
+        view = _remote.call(args, "POST", "/admin/teams", body)
     else:
-        print(f"Created team {team.id} ({team.name}).")
+        with local_store(args) as (_, store):
+            view = ops.create(store, actor(), body)
+    print_json(view) if args.json else print(f"Created team {view['id']} ({view['name']}).")
     return 0
 
 
@@ -66,7 +48,7 @@ def list_teams(args: argparse.Namespace) -> int:
         views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/teams")
     else:
         with local_store(args) as (_, store):
-            views = [team_view(t) for t in store.list_teams()]
+            views = ops.list_views(store)
     if args.json:
         print_json(views)
     else:
@@ -82,18 +64,9 @@ def update(args: argparse.Namespace) -> int:
         path = f"/admin/teams/{_remote.segment(args.team)}"
         current = _remote.call(args, "GET", path)
         view = _remote.call(args, "PATCH", path, {"policy": apply_policy(args, current["policy"])})
-        print_json(view) if args.json else print(f"Updated {view['id']}: policy {describe(view['policy'])}")
-        return 0
-    with local_store(args) as (_, store):
-        team = store.get_team(args.team)
-        if team is None:
-            raise NotFound(f"no team with id or name {args.team}")
-        policy = apply_policy(args, team.policy)
-        updated = store.update_team(team.id, policy)
-        audit(store, "teams.update", team.id, policy=policy)
-    assert updated is not None
-    if args.json:
-        print_json(team_view(updated))
     else:
-        print(f"Updated {updated.id}: policy {describe(updated.policy)}")
+        with local_store(args) as (_, store):
+            team = ops.get(store, args.team)
+            view = ops.update(store, actor(), team.id, {"policy": apply_policy(args, team.policy)})
+    print_json(view) if args.json else print(f"Updated {view['id']}: policy {describe(view['policy'])}")
     return 0

@@ -1,25 +1,17 @@
-"""``keygate upstreams``: store upstream keys (encrypted), list them, rotate and retire them.
+"""``keygate upstreams``: store upstream keys (encrypted), list them, rotate, retire, re-enable them.
 
-Secrets are write-only: read from stdin or a no-echo prompt, sealed with the master key
-(:mod:`keygate.vault`), and never printed again; listings show the last 4 characters and a
-fingerprint.
+Secrets are write-only: read from stdin or a no-echo prompt, sealed with the master key, and never
+printed again; listings show the last 4 characters and a fingerprint.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
-from .. import keys as keyfmt
-from ..config import Settings, check_base_url
-from ..errors import ConfigError, InvalidRequest, NotFound
-from ..rotation import parse_duration
-from ..store import SQLiteStore, Store
-from ..store.secrets_sql import UpstreamDef, UpstreamKeyRow
-from ..vault import Keyring, fingerprint
-from ._common import audit, fmt_time, local_store, print_json, print_table
+from ..ops import upstreams as ops
+from ..times import parse_duration
+from ._common import actor, local_store, print_json, print_table
 from ._secret_input import read_secret
 
 
@@ -63,88 +55,26 @@ def _upstream_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-stdin", action="store_true", help="read the key from stdin (else a hidden prompt)")
 
 
-def sql(store: Store) -> SQLiteStore:
-    """The store, with its upstream-secret tables (SQLite is the only store so far)."""
-    assert isinstance(store, SQLiteStore)
-    return store
-
-
-def resolve_upstream(settings: Settings, store: Store, name: str | None) -> str | None:
-    """A client key's pinned upstream: a configured or stored upstream; '' or None means none."""
-    if not name:
-        return None
-    known = set(settings.upstreams) | {d.name for d in sql(store).list_upstream_defs()}
-    if name not in known:
-        raise InvalidRequest(f"--upstream: no upstream named {name!r} (known: {', '.join(sorted(known))})")
-    return name
-
-
-def keyring_for(settings: Settings) -> Keyring:
-    ring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
-    if ring is None:
-        raise ConfigError(
-            "master key: storing upstream keys needs a master key "
-            "(set KEYGATE_MASTER_KEY or master_key_file; see keygate master-key generate)"
-        )
-    return ring
-
-
-def _ensure_upstream(settings: Settings, store: SQLiteStore, args: argparse.Namespace) -> None:
-    name = args.name
-    if name in settings.upstreams:
-        configured = settings.upstreams[name]
-        if args.base_url and args.base_url.rstrip("/") != configured.base_url:
-            raise InvalidRequest(f"upstream {name} is defined in the config file with another base URL")
-        return
-    existing = {d.name: d for d in store.list_upstream_defs()}
-    current = existing.get(name)
-    if current is None and not args.base_url:
-        raise InvalidRequest(f"upstream {name} is new: give its --base-url")
-    known = set(settings.upstreams) | set(existing)
-    if args.fallback and (args.fallback not in known or args.fallback == name):
-        raise InvalidRequest(f"--fallback: {args.fallback} is not another upstream")
-    if args.ca_bundle and not Path(args.ca_bundle).is_file():
-        raise InvalidRequest(f"--ca-bundle: {args.ca_bundle} is not a readable PEM file")
-    insecure = args.allow_insecure or (current.allow_insecure if current else False)
-    base = args.base_url or (current.base_url if current else "")
-    definition = UpstreamDef(
-        name,
-        check_base_url(base, "--base-url", insecure),
-        insecure,
-        args.fallback or (current.fallback if current else None),
-        str(Path(args.ca_bundle).resolve()) if args.ca_bundle else (current.ca_bundle if current else None),
-        current.created_at if current else time.time(),
-    )
-    if definition != current:
-        store.put_upstream_def(definition)
-
-
 def _store_key(args: argparse.Namespace, grace: float | None) -> int:
-    with local_store(args) as (settings, any_store):
-        store = sql(any_store)
-        ring = keyring_for(settings)
-        _ensure_upstream(settings, store, args)
-        secret = read_secret(args.key_stdin)
-        key_id = keyfmt.new_id("uk")
-        now = time.time()
-        value = secret.reveal()
-        row = UpstreamKeyRow(
-            key_id,
+    with local_store(args) as (settings, store):
+        ops.keyring_for(settings)  # no master key: say so before asking for the secret
+        who = actor()
+        ops.define(
+            settings,
+            store,
+            who,
             args.name,
-            value[-4:],
-            fingerprint(value),
-            now,
-            None,
-            "active",
-            None,
-            ring.seal(args.name, key_id, value),
+            base_url=args.base_url,
+            allow_insecure=args.allow_insecure,
+            fallback=args.fallback,
+            ca_bundle=args.ca_bundle,
         )
-        store.insert_upstream_key(row, retire_others_at=None if grace is None else now + grace)
-        action = "upstreams.add" if grace is None else "upstreams.rotate"
-        audit(store, action, key_id, upstream=args.name, fingerprint=row.fingerprint)
-    print(f"Stored key {key_id} for upstream {args.name} (...{row.last4}, {row.fingerprint}).")
+        view = ops.store_key(settings, store, who, args.name, read_secret(args.key_stdin), grace)
+    print(
+        f"Stored key {view['key_id']} for upstream {args.name} (...{view['last4']}, {view['fingerprint']})."
+    )
     if grace is not None:
-        print(f"Traffic moves to it now; older keys retire at {fmt_time(now + grace)}.")
+        print(f"Traffic moves to it now; older keys retire at {view['others_retire_at']}.")
     return 0
 
 
@@ -157,84 +87,22 @@ def rotate(args: argparse.Namespace) -> int:
 
 
 def retire(args: argparse.Namespace) -> int:
-    with local_store(args) as (_, any_store):
-        store = sql(any_store)
-        now = time.time()
-        rows = store.list_upstream_keys(args.name)
-        if args.key_id:
-            targets = [r.id for r in rows if r.id == args.key_id and r.status != "retired"]
-            if not targets:
-                raise NotFound(f"no live key {args.key_id} on upstream {args.name}")
-        else:
-            targets = [r.id for r in rows if r.status == "retiring"]
-        for key_id in targets:
-            store.retire_upstream_keys(now, key_id=key_id, upstream=args.name)
-            audit(store, "upstreams.retire", key_id, upstream=args.name)
-    print(f"Retired {len(targets)} key(s) of {args.name}: " + (", ".join(targets) or "none"))
+    with local_store(args) as (_, store):
+        retired = ops.retire(store, actor(), args.name, args.key_id)
+    print(f"Retired {len(retired)} key(s) of {args.name}: " + (", ".join(retired) or "none"))
     return 0
 
 
 def enable(args: argparse.Namespace) -> int:
-    with local_store(args) as (settings, any_store):
-        store = sql(any_store)
-        configured = settings.upstreams.get(args.name)
-        refs: tuple[str, ...] = ()
-        if configured is not None:
-            single = (configured.api_key_ref,) if configured.api_key is not None else ()
-            refs = configured.api_key_refs or single
-        config_ids = {f"{args.name}#{i}" for i in range(len(refs))}
-        now = time.time()
-        rows = store.list_upstream_keys(args.name)
-        stored_ids = {r.id for r in rows if r.effective_status(now) != "retired"}
-        if args.key_id not in config_ids | stored_ids:
-            raise NotFound(f"no live key {args.key_id} on upstream {args.name}")
-        store.enable_upstream_key(args.name, args.key_id, time.time())
-        audit(store, "upstreams.enable", args.key_id, upstream=args.name)
+    with local_store(args) as (settings, store):
+        ops.enable(settings, store, actor(), args.name, args.key_id)
     print(f"Key {args.key_id} of {args.name} goes back into rotation on running gateways.")
     return 0
 
 
 def list_upstreams(args: argparse.Namespace) -> int:
-    with local_store(args) as (settings, any_store):
-        store = sql(any_store)
-        now = time.time()
-        store.retire_upstream_keys(now)  # sweep expired grace periods
-        defs = {d.name: d for d in store.list_upstream_defs()}
-        rows = store.list_upstream_keys()
-    views: list[dict[str, Any]] = []
-    for up in settings.upstreams.values():
-        for i, ref in enumerate(up.api_key_refs):
-            value = up.api_keys[i] if i < len(up.api_keys) else None
-            views.append(
-                {
-                    "upstream": up.name,
-                    "base_url": up.base_url,
-                    "key_id": f"{up.name}#{i}",
-                    "source": ref,
-                    "last4": value.reveal()[-4:] if value else None,
-                    "fingerprint": fingerprint(value.reveal()) if value else None,
-                    "created_at": None,
-                    "last_used_at": None,
-                    "status": "active" if value else "missing" if not ref.startswith("file:") else "file",
-                }
-            )
-    for r in rows:
-        base = settings.upstreams[r.upstream].base_url if r.upstream in settings.upstreams else None
-        d = defs.get(r.upstream)
-        views.append(
-            {
-                "upstream": r.upstream,
-                "base_url": base or (d.base_url if d else None),
-                "key_id": r.id,
-                "source": "store",
-                "last4": r.last4,
-                "fingerprint": r.fingerprint,
-                "created_at": fmt_time(r.created_at),
-                "last_used_at": fmt_time(r.last_used_at) if r.last_used_at else None,
-                "status": r.effective_status(now),
-                "retire_at": fmt_time(r.retire_at) if r.retire_at else None,
-            }
-        )
+    with local_store(args) as (settings, store):
+        views = ops.views(settings, store)
     if args.json:
         print_json(views)
         return 0

@@ -1,11 +1,12 @@
-"""``keygate usage``: requests and tokens per key."""
+"""``keygate usage``: requests and tokens per key, and spend against budget."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from . import _budgets, _remote
+from ..ops import usage as ops
+from . import _remote
 from ._common import local_store, print_json, print_table
 
 
@@ -20,27 +21,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.budgets:
         with local_store(args) as (settings, store):
-            _budgets.show(settings, store, args.json)
+            budgets = ops.budgets(settings, store)
+        _print_budgets(budgets) if not args.json else print_json(budgets)
         return 0
     if _remote.is_remote(args):
         views: list[dict[str, Any]] = _remote.call(args, "GET", "/admin/usage", key=args.key)
     else:
-        views = _local_views(args)
+        with local_store(args) as (_, store):
+            views = ops.usage(store, args.key)
     if args.json:
         print_json(views)
         return 0
-    _print(views)
-    return 0
-
-
-def _local_views(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ..admin.service import usage
-
-    with local_store(args) as (_, store):
-        return usage(store, args.key)
-
-
-def _print(views: list[dict[str, Any]]) -> None:
     print_table(
         ["key", "name", "requests", "errors", "prompt", "completion", "total", "last"],
         [
@@ -53,6 +44,26 @@ def _print(views: list[dict[str, Any]]) -> None:
                 str(v["completion_tokens"]),
                 str(v["total_tokens"]),
                 v["last"],
+            ]
+            for v in views
+        ],
+    )
+    return 0
+
+
+def _print_budgets(views: list[dict[str, Any]]) -> None:
+    print_table(
+        ["scope", "id", "name", "budget", "period", "spent", "in flight", "used"],
+        [
+            [
+                v["scope"],
+                v["id"],
+                v["name"],
+                f"${v['budget']:g}" if v["kind"] == "usd" else f"{v['budget']:g} tokens",
+                f"{v['period']} {v['period_key']}",
+                f"{v['spent']:g}",
+                f"{v['in_flight']:g}",
+                f"{v['used_pct']}%",
             ]
             for v in views
         ],

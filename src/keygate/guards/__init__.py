@@ -1,1 +1,63 @@
-"""Guards: one concern each. :func:`keygate.chain.build_chain` puts them in order."""
+"""The guards of the request path, one concern each, and the one place their order is decided.
+
+:func:`default_guards` is the chain a gateway runs, built from the parts ``server.py`` makes and
+injects (:class:`Parts`): nothing here opens a store or picks a counters implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..chain import Guard
+from ..config import Settings
+from ..counters import Counters
+from ..keycache import KeyCache
+from ..recorder import Recorder
+from ..spend import SpendBook
+from .access import build_authenticate
+from .body import BodyReader
+from .budget import budget_guard
+from .client_ip import ClientIP
+from .global_limits import global_limit
+from .honeytoken import Honeytoken
+from .lockout import AuthLockout
+from .policy import AccessPolicy, RequestPolicy
+from .ratelimit import rate_limit
+from .record import Record
+from .rotation_watch import RotationWatch
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the default guards are built from."""
+
+    settings: Settings
+    keys: KeyCache  # key and team records, cached in process
+    recorder: Recorder  # usage rows and access-log lines, written in batches
+    counters: Counters  # rate limits, concurrency gates, budgets in flight
+    spend: SpendBook  # budget spend, persisted in batches
+
+
+def default_guards(parts: Parts) -> list[Guard]:
+    """The request path, in order.
+
+    record (complete phase: accounts every request, rejected or not) → rotation watch (background
+    only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
+    → rate limits → budget → global upstream caps → (forward).
+    """
+    settings = parts.settings
+    access, limits = settings.access, settings.limits
+    return [
+        Record(parts.recorder),
+        RotationWatch(parts.keys, settings.rotation_warning_days),
+        ClientIP(access.network),
+        AuthLockout(access.network.lockout),
+        build_authenticate(settings, parts.keys),
+        Honeytoken(),
+        AccessPolicy(),
+        BodyReader(settings.max_body_bytes, settings.body_read_timeout),
+        RequestPolicy(),
+        rate_limit(parts.counters, limits),
+        budget_guard(parts.counters, limits, parts.spend),
+        global_limit(limits.global_),
+    ]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..config import Settings
+from ..keycache import KeyCache
 from .auth import KeyAuth
 from .authn import Authenticate, TokenVerifier
-
-if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keycache import KeyCache
+from .introspect import Introspector
+from .jwt_auth import JWTVerifier
 
 
 def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate | KeyAuth:
@@ -19,12 +17,8 @@ def build_authenticate(settings: Settings, keys: KeyCache) -> Authenticate | Key
     jwt: TokenVerifier | None = None
     introspect: TokenVerifier | None = None
     if auth.jwt is not None:
-        from .jwt_auth import JWTVerifier
-
         jwt = JWTVerifier(auth.jwt, keys)
     if auth.introspection is not None:
-        from .introspect import Introspector
-
         introspect = Introspector(auth.introspection, keys)
     key_auth = KeyAuth(keys, settings.pepper) if auth.keys else None
     if key_auth is not None and jwt is None and introspect is None:

@@ -29,8 +29,11 @@ def bearer_token(ctx: Context) -> str | None:
 
 class KeyAuth(Guard):
     name = "auth"
+    needs = frozenset({"headers"})
+    provides = frozenset({"key", "team"})
 
     def __init__(self, cache: KeyCache, pepper: Secret) -> None:
+        keys.require_pepper(pepper)
         self._cache = cache
         self._pepper = pepper
 

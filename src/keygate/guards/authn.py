@@ -62,6 +62,8 @@ def claim_team(claims: dict[str, Any], claim: str | None, cache: KeyCache) -> st
 
 class Authenticate(Guard):
     name = "auth"
+    needs = frozenset({"headers"})
+    provides = frozenset({"key", "team"})
 
     def __init__(
         self,

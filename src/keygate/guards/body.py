@@ -17,15 +17,10 @@ import orjson
 
 from ..chain import Guard
 from ..context import Context
-from ..errors import InvalidRequest, KeygateError, PayloadTooLarge, UnsupportedMediaType
+from ..errors import ClientGone, InvalidRequest, KeygateError, PayloadTooLarge, UnsupportedMediaType
+from ..metering import ask_for_usage
 
-# Routes whose streamed responses can carry a usage chunk when asked with include_usage.
-USAGE_OPTION_ROUTES = frozenset({"chat.completions", "completions"})
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]{1,200})\r\n')
-
-
-class ClientGone(Exception):
-    """The client went away while sending its body."""
 
 
 class Deadlines:
@@ -83,6 +78,7 @@ class Deadlines:
 
 class BodyReader(Guard):
     name = "body"
+    provides = frozenset({"body", "json", "model", "stream", "client_wants_usage"})
 
     def __init__(self, max_bytes: int, read_timeout: float = 60.0) -> None:
         self.max_bytes = max_bytes
@@ -163,13 +159,8 @@ class BodyReader(Guard):
             return InvalidRequest("'model' must be a string.", param="model")
         ctx.model = model
         ctx.json = data
-        ctx.stream = data.get("stream") is True and ctx.route is not None and ctx.route.streamable
-        if ctx.stream and ctx.route is not None and ctx.route.name in USAGE_OPTION_ROUTES:
-            options = data.get("stream_options")
-            if not isinstance(options, dict) or options.get("include_usage") is not True:
-                # Ask upstream for the usage chunk so the request can be accounted; the streaming
-                # relay hides that extra chunk from this client, which did not ask for it.
-                asked = options if isinstance(options, dict) else {}
-                ctx.set_json("stream_options", {**asked, "include_usage": True})
-                ctx.client_wants_usage = False
+        route = ctx.route
+        if route is not None and route.streams and data.get("stream") is True:
+            ctx.stream = True
+            ask_for_usage(ctx)  # so the stream can be accounted (metering.py)
         return None

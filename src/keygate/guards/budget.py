@@ -13,54 +13,14 @@ Under a dollar budget, a model with no price (and no ``limits.default_price``) i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ..chain import Guard
-from ..context import Context
+from ..context import Context, Estimate
 from ..counters import Counters, SyncCounters
 from ..errors import BudgetExceeded, KeygateError, PermissionDenied
-from ..limitconf import BUDGET_KINDS, LimitSettings, Price
-from ..spend import SpendBook, counter_name, notify, period_bounds, period_end
+from ..limitconf import LimitSettings, Price
+from ..spend import Budget, Notifier, SpendBook, budgets_of, counter_name, period_bounds, period_end
 from ..types import KeyRecord, Team
-from ._estimate import TOKEN_ROUTES, Estimate, estimate
-
-# Markers of one streamed token-bearing event per route: each such event carries at least one
-# token, so counting them never overestimates an upstream that keeps to its max tokens.
-_MARKERS: dict[str, tuple[bytes, bytes]] = {
-    "chat.completions": (b'"content":"', b'"content":""'),
-    "completions": (b'"text":"', b'"text":""'),
-    "responses": (b'"delta":"', b'"delta":""'),
-}
-
-
-class Budget:
-    """One budget that applies to a request."""
-
-    __slots__ = ("amount", "kind", "label", "period", "scope")
-
-    def __init__(self, scope: str, label: str, kind: str, amount: float, period: str) -> None:
-        self.scope = scope  # key:<id> | team:<id>
-        self.label = label  # the key's or team's name, for the soft-threshold notice
-        self.kind = kind  # usd | tokens
-        self.amount = float(amount)
-        self.period = period
-
-
-def budgets_of(key: KeyRecord, team: Team | None, defaults: Mapping[str, Any]) -> list[Budget]:
-    out: list[Budget] = []
-    scopes: list[tuple[str, str, Mapping[str, Any]]] = [
-        (f"key:{key.id}", key.name, {**{k: defaults[k] for k in BUDGET_KINDS if k in defaults}, **key.policy})
-    ]
-    if team is not None:
-        scopes.append((f"team:{team.id}", team.name, team.policy))
-    for scope, label, policy in scopes:
-        for kind in BUDGET_KINDS:
-            spec = policy.get(kind)
-            if isinstance(spec, dict) and isinstance(spec.get("amount"), int | float):
-                period = str(spec.get("period", "lifetime"))
-                out.append(Budget(scope, label, kind[7:], spec["amount"], period))
-    return out
+from ._estimate import estimate
 
 
 class _Plan:
@@ -96,8 +56,9 @@ class Reservation:
     """A metered request's hold on its budgets, from the request phase to the complete phase.
 
     ``names`` and ``amounts`` are the counters held and how much on each (in the plan's budget
-    order); ``output`` is the max output tokens reserved, which a stream may not go past, and
-    ``field`` the body field that caps it.
+    order); ``output`` is the max output tokens reserved, which a stream may not go past (``watch``:
+    the request streams on a route whose output events the meter counts), and ``field`` the body
+    field that caps it.
     """
 
     __slots__ = (
@@ -105,13 +66,12 @@ class Reservation:
         "cut",
         "field",
         "given",
-        "markers",
         "names",
         "output",
         "plan",
         "price",
         "prompt",
-        "streamed",
+        "watch",
     )
 
     def __init__(
@@ -120,15 +80,14 @@ class Reservation:
         names: list[str],
         price: Price | None,
         est: Estimate,
-        markers: tuple[bytes, bytes] | None,
+        watch: bool,
     ) -> None:
         self.plan = plan
         self.names = names
         self.price = price
         self.prompt, self.output, self.given, self.field = est
         self.amounts = self.worst_case()
-        self.streamed = 0  # token-bearing events seen in a stream
-        self.markers = markers
+        self.watch = watch
         self.cut = False
 
     def worst_case(self) -> list[float]:
@@ -155,12 +114,15 @@ class BudgetGuardBase(Guard):
     """Shared by :class:`BudgetGuard` (plain, in-process counters) and :class:`AsyncBudgetGuard`."""
 
     name = "budget"
+    needs = frozenset({"key", "team", "route", "model", "body", "json", "stream"})
+    provides = frozenset({"estimate"})
 
     def __init__(self, counters: Counters, limits: LimitSettings, book: SpendBook) -> None:
         self._counters = counters
         self._limits = limits
         self._defaults = limits.defaults
         self._book = book
+        self._notifier = Notifier(limits.webhook_url)
         self._plans: dict[str, tuple[KeyRecord, Team | None, _Plan]] = {}
         self._notified: set[str] = set()
         self._prices: dict[str | None, Price | None] = {}
@@ -198,8 +160,9 @@ class BudgetGuardBase(Guard):
             plan = self._plan(key, team)
         if not plan.budgets:
             return None
-        route = ctx.route.name if ctx.route is not None else ""
-        if route not in TOKEN_ROUTES:
+        route = ctx.route
+        assert route is not None
+        if not route.metered:
             # Requests without a model (listing models) cost nothing; other endpoints with a model
             # (images, audio) cannot be metered under a dollar budget.
             return _not_priced(ctx.model) if plan.usd and ctx.model is not None else None
@@ -208,10 +171,10 @@ class BudgetGuardBase(Guard):
             price = self._prices.get(ctx.model) or self._price(ctx.model)
             if price is None:
                 return _not_priced(ctx.model)
-        est = ctx.extras.get("estimate") or estimate(ctx, self._limits.default_max_output_tokens)
+        est = ctx.estimate or estimate(ctx, self._limits.default_max_output_tokens)
         ts = ctx.ts
         names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
-        return Reservation(plan, names, price, est, _MARKERS.get(route) if ctx.stream else None)
+        return Reservation(plan, names, price, est, ctx.stream and bool(route.output_event))
 
     def _fit(self, ctx: Context, res: Reservation, state: list[tuple[float, float]]) -> KeygateError | None:
         """Clamp the request's max output to what is left of its budgets, or refuse it."""
@@ -273,11 +236,9 @@ class BudgetGuardBase(Guard):
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         res: Reservation | None = ctx.extras.get("budget")
-        if res is None or res.markers is None or not data:
+        if res is None or not res.watch:
             return None
-        marker, empty = res.markers
-        res.streamed += data.count(marker) - data.count(empty)
-        if res.streamed > res.output:
+        if ctx.usage.streamed > res.output:  # output events counted by the meter (metering.py)
             res.cut = True
             return BudgetExceeded(
                 "The stream was cut off: it went past the output tokens its budget reservation allows.",
@@ -290,11 +251,11 @@ class BudgetGuardBase(Guard):
         if res is None:
             return
         usage = ctx.usage
-        if res.streamed and not (usage.prompt_tokens or usage.completion_tokens):
+        if usage.streamed and not (usage.prompt_tokens or usage.completion_tokens):
             # A stream that ended without its usage chunk (cut off, or the client left): count
             # what it used by our own estimate so nothing streamed goes unaccounted.
             usage.prompt_tokens = res.prompt
-            usage.completion_tokens = res.streamed
+            usage.completion_tokens = usage.streamed
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
@@ -325,8 +286,7 @@ class BudgetGuardBase(Guard):
             self._notify(b, counter, spent)
 
     def _notify(self, b: Budget, counter: str, spent: float) -> None:
-        notify(
-            self._limits.webhook_url,
+        self._notifier.send(
             {
                 "event": "budget.soft_threshold",
                 "scope": b.scope.split(":", 1)[0],
@@ -343,9 +303,11 @@ class BudgetGuardBase(Guard):
 
     async def start(self) -> None:
         await self._book.start()
+        await self._notifier.start()
 
     async def stop(self) -> None:
         await self._book.close()
+        await self._notifier.stop()
 
 
 class BudgetGuard(BudgetGuardBase):

@@ -18,8 +18,7 @@ from ..access_config import Network, NetworkSettings
 from ..chain import Guard
 from ..context import Context
 from ..errors import InvalidRequest, KeygateError, PermissionDenied
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from ..types import IPAddress
 
 BLOCKED = PermissionDenied("Requests from your network are not allowed.", code="ip_not_allowed")
 BAD_FORWARDING = InvalidRequest("Malformed forwarding header from a trusted proxy.", code="bad_forwarding")
@@ -85,6 +84,7 @@ class ClientIP(Guard):
     """Set ``ctx.client_ip`` and apply the global deny and allow lists."""
 
     name = "client_ip"
+    provides = frozenset({"client_ip", "client_addr"})
 
     def __init__(self, settings: NetworkSettings) -> None:
         self._settings = settings
@@ -97,17 +97,9 @@ class ClientIP(Guard):
         if client is None:
             return BAD_FORWARDING
         ctx.client_ip = _text(client)
-        ctx.extras["client_addr"] = client
+        ctx.client_addr = client
         if in_networks(client, self._settings.deny):
             return BLOCKED
         if self._settings.allow and not in_networks(client, self._settings.allow):
             return BLOCKED
         return None
-
-
-def client_addr(ctx: Context) -> IPAddress | None:
-    """The client address the :class:`ClientIP` guard resolved (parsed again if it did not run)."""
-    addr = ctx.extras.get("client_addr")
-    if isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return addr
-    return parse_ip(ctx.client_ip)

@@ -35,6 +35,7 @@ class Honeytoken(Guard):
     """Runs right after authentication."""
 
     name = "honeytoken"
+    needs = frozenset({"key", "client_ip"})
 
     def request(self, ctx: Context) -> KeygateError | None:
         if ctx.key is None or not is_honeytoken(ctx.key.policy):

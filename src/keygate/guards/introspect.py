@@ -18,10 +18,10 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from .. import outbound
 from ..access_config import IntrospectionSettings
 from ..errors import AuthenticationFailed, KeygateError, UpstreamUnavailable
 from ..keycache import KeyCache
-from ..upstream import small_client
 from .authn import Principal, claim_team
 
 log = logging.getLogger("keygate.access")
@@ -45,7 +45,7 @@ class Introspector:
         self.calls = 0
 
     async def start(self) -> None:
-        self._client = small_client()
+        self._client = outbound.async_client()
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -19,11 +19,12 @@ from typing import Any
 
 import jwt
 import orjson
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from .. import outbound
 from ..access_config import JWTSettings
 from ..errors import AuthenticationFailed, KeygateError
 from ..keycache import KeyCache
-from ..upstream import small_client
 from .authn import Principal, claim_team
 
 log = logging.getLogger("keygate.access")
@@ -53,7 +54,7 @@ class JWKSCache:
         self.fetches = 0
 
     async def start(self) -> None:
-        self._client = small_client()
+        self._client = outbound.async_client()
         await self._refresh()
 
     async def stop(self) -> None:
@@ -127,8 +128,6 @@ class JWTVerifier:
         )
         self._static: Any = None
         if settings.public_key_file is not None:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
             self._static = load_pem_public_key(settings.public_key_file.read_bytes())
 
     async def start(self) -> None:

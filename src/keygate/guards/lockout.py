@@ -22,6 +22,7 @@ _MAX_TRACKED = 100_000  # bound memory under a spray from many addresses
 
 class AuthLockout(Guard):
     name = "lockout"
+    needs = frozenset({"client_ip"})
 
     def __init__(self, settings: Lockout) -> None:
         self._settings = settings

@@ -6,7 +6,9 @@ Policies are plain JSON in ``KeyRecord.policy`` and ``Team.policy`` (written by
 ================== ========================== ==================================================
 field              example                    effect
 ================== ========================== ==================================================
-expires_at         "2027-01-31T00:00:00Z"     afterwards 401 ``expired_api_key``
+expires_at         "2027-01-31T00:00:00Z"     afterwards 401 ``expired_api_key`` (any time
+                                              ``times.instant`` reads; one it cannot read
+                                              counts as passed)
 allow_ips          ["10.0.0.0/8", "::1/128"]  from any other client IP 403 ``ip_not_allowed``
 routes             ["embeddings"]             other routes 403 ``route_not_allowed``
 models             ["gpt-4o*", "o3"]          other models 403 ``model_not_allowed`` (names it)
@@ -27,7 +29,6 @@ import fnmatch
 import ipaddress
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -36,17 +37,12 @@ import orjson
 from ..chain import Guard
 from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, PayloadTooLarge, PermissionDenied
-from .client_ip import client_addr, in_networks
+from ..routes import OUTPUT_TOKEN_FIELDS
+from ..times import expired
+from .client_ip import in_networks
 
 EXPIRED = AuthenticationFailed("This API key has expired.", code="expired_api_key")
 IP_DENIED = PermissionDenied("This key may not be used from your network.", code="ip_not_allowed")
-# Which body field caps output length, per route, when the request names none.
-_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_DEFAULT_TOKEN_FIELD = {
-    "chat.completions": "max_completion_tokens",
-    "completions": "max_tokens",
-    "responses": "max_output_tokens",
-}
 
 
 def policies(ctx: Context) -> Iterator[dict[str, Any]]:
@@ -55,17 +51,6 @@ def policies(ctx: Context) -> Iterator[dict[str, Any]]:
         yield ctx.key.policy
     if ctx.team is not None and ctx.team.policy:
         yield ctx.team.policy
-
-
-@lru_cache(maxsize=4096)
-def expiry_ts(value: str) -> float:
-    """Seconds since the epoch of an ISO 8601 timestamp (naive means UTC)."""
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        from datetime import UTC
-
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 @lru_cache(maxsize=4096)
@@ -81,16 +66,17 @@ class AccessPolicy(Guard):
     """Expiry, client networks and routes: everything that needs no body."""
 
     name = "policy"
+    needs = frozenset({"key", "team", "client_addr"})
 
     def request(self, ctx: Context) -> KeygateError | None:
         now = time.time()
         for policy in policies(ctx):
             expires = policy.get("expires_at")
-            if isinstance(expires, str) and now >= expiry_ts(expires):
+            if expires is not None and expired(expires, now):
                 return EXPIRED
             allow_ips = policy.get("allow_ips")
             if allow_ips:
-                addr = client_addr(ctx)
+                addr = ctx.client_addr
                 if addr is None or not in_networks(addr, _networks(tuple(allow_ips))):
                     return IP_DENIED
             routes = policy.get("routes")
@@ -110,6 +96,7 @@ class RequestPolicy(Guard):
     """Body size, model and output-token caps: needs the body the BodyReader read."""
 
     name = "request_policy"
+    needs = frozenset({"key", "team", "body", "json", "model"})
 
     def request(self, ctx: Context) -> KeygateError | None:
         token_cap: int | None = None
@@ -136,7 +123,7 @@ class RequestPolicy(Guard):
         data = ctx.json
         assert data is not None
         changed = False
-        present = [f for f in _TOKEN_FIELDS if f in data]
+        present = [f for f in OUTPUT_TOKEN_FIELDS if f in data]
         for f in present:
             value = data[f]
             if not isinstance(value, int) or isinstance(value, bool) or value > cap:
@@ -144,9 +131,6 @@ class RequestPolicy(Guard):
                 changed = True
         if changed:
             ctx.body = orjson.dumps(data)
-        default = _DEFAULT_TOKEN_FIELD.get(ctx.route.name if ctx.route is not None else "")
-        if not present and default is not None:
-            ctx.set_json(default, cap)
-            changed = True
-        if changed:
-            ctx.extras["max_output_tokens_clamped"] = cap
+        fields = ctx.route.output_fields if ctx.route is not None else ()
+        if not present and fields:
+            ctx.set_json(fields[0], cap)

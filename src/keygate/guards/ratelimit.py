@@ -61,7 +61,7 @@ class Plan:
             indices = [i for i, r in enumerate(self.rates) if r.kind == kind]
             if indices:
                 self.kinds.append((indices[0], tuple(indices[1:]), HEADERS[kind]))
-        # The upstream headers that keygate's own replace (see app.reply_headers).
+        # The upstream headers that keygate's own replace (see app.Gateway._reply_headers).
         self.replaces = frozenset(
             f"x-ratelimit-{part}-{kind}"
             for _, _, made in self.kinds
@@ -164,6 +164,8 @@ class RateLimitBase(Guard):
     """Shared by :class:`RateLimit` (plain, in-process counters) and :class:`AsyncRateLimit`."""
 
     name = "ratelimit"
+    needs = frozenset({"key", "team", "body", "json"})
+    provides = frozenset({"estimate", "limit_headers"})
 
     def __init__(self, counters: Counters, limits: LimitSettings) -> None:
         self._counters = counters
@@ -205,7 +207,7 @@ class RateLimitBase(Guard):
 
     def _worst_case(self, ctx: Context) -> int:
         """The request's worst case in tokens, charged to the token rates up front."""
-        est = ctx.extras.get("estimate") or estimate(ctx, self._default_output)
+        est = ctx.estimate or estimate(ctx, self._default_output)
         return est[0] + est[1]
 
 
@@ -227,9 +229,8 @@ class RateLimit(RateLimitBase):
             plan = cached[2]
         if plan.empty:
             return None
-        extras = ctx.extras
         if plan.tokens:
-            est = extras.get("estimate") or estimate(ctx, self._default_output)
+            est = ctx.estimate or estimate(ctx, self._default_output)
             cost = est[0] + est[1]
             costs = plan._costs if cost == plan._costs_for else plan.costs(cost)
         else:
@@ -239,10 +240,10 @@ class RateLimit(RateLimitBase):
         if taken.__class__ is Refused:
             return self._refusal(plan, taken)
         # (What AsyncRateLimit does after its take, inlined here like the plan lookup above.)
-        extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
+        ctx.extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
         if plan.kinds:
             # Headers for the client response, whatever it turns out to be (app.py adds them).
-            extras["headers"] = (plan.replaces, plan.headers(taken, now, []))  # type: ignore[arg-type]
+            ctx.limit_headers = (plan.replaces, plan.headers(taken, now, []))  # type: ignore[arg-type]
         return None
 
 
@@ -261,7 +262,7 @@ class AsyncRateLimit(RateLimitBase):
             return self._refusal(plan, taken)
         ctx.extras["ratelimit"] = (plan, cost)
         if plan.kinds:
-            ctx.extras["headers"] = (plan.replaces, plan.headers(taken, now, []))
+            ctx.limit_headers = (plan.replaces, plan.headers(taken, now, []))
         return None
 
 

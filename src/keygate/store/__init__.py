@@ -1,12 +1,21 @@
-"""Persistent state behind one protocol: SQLite by default (``store.sqlite``)."""
+"""Persistent state behind one protocol (``store.base.Store``): SQLite by default."""
 
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Store, UsageSummary
+from .base import AdminToken, AuditEntry, Store, UpstreamDef, UpstreamKeyRow, UsageSummary
 from .sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "UsageSummary", "open_store"]
+__all__ = [
+    "AdminToken",
+    "AuditEntry",
+    "SQLiteStore",
+    "Store",
+    "UpstreamDef",
+    "UpstreamKeyRow",
+    "UsageSummary",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> Store:

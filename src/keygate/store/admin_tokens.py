@@ -1,7 +1,8 @@
-"""Admin tokens and the audit trail in SQLite: what the admin plane reads and writes.
+"""Admin tokens and the audit trail in SQLite.
 
-A mixin of :class:`~keygate.store.sqlite.SQLiteStore`, kept apart so the admin plane's tables
-live next to the code that owns them. Only ``HMAC-SHA256(pepper, token)`` is stored.
+A mixin of :class:`~keygate.store.sqlite.SQLiteStore`. Only ``HMAC-SHA256(pepper, token)`` is
+stored. :func:`insert_audit` is how every mixin writes an audit entry inside the transaction of
+the change it describes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
+
+from ..types import AuditRecord
+from .base import AdminToken, AuditEntry
 
 ADMIN_TOKENS_MIGRATION = """
     CREATE TABLE IF NOT EXISTS admin_tokens (
@@ -30,35 +33,6 @@ ADMIN_TOKENS_MIGRATION = """
 _COLUMNS = "id, name, token_hash, hint, role, created_at, status, revoked_at"
 
 
-@dataclass(frozen=True, slots=True)
-class AdminToken:
-    """An admin-plane credential as stored: never the plaintext token."""
-
-    id: str
-    name: str
-    token_hash: str
-    hint: str
-    role: str
-    created_at: float
-    status: str = "active"
-    revoked_at: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status == "active"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    id: int
-    ts: float
-    actor: str
-    action: str
-    target: str
-    origin: str
-    details: dict[str, Any]
-
-
 def _token(row: Sequence[Any]) -> AdminToken:
     return AdminToken(*row)
 
@@ -71,6 +45,13 @@ def _details(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def insert_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
+    conn.execute(
+        "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
+        (record.ts, record.actor, record.action, record.target, record.origin, record.details),
+    )
+
+
 class AdminTokensMixin:
     """Admin token and audit queries; the connection handling comes from the store class."""
 
@@ -80,7 +61,7 @@ class AdminTokensMixin:
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
-    def insert_admin_token(self, token: AdminToken) -> None:
+    def insert_admin_token(self, token: AdminToken, audit: AuditRecord) -> None:
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO admin_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
@@ -95,6 +76,7 @@ class AdminTokensMixin:
                     token.revoked_at,
                 ),
             )
+            insert_audit(conn, audit)
 
     def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
         sql = f"SELECT {_COLUMNS} FROM admin_tokens WHERE token_hash = ?"  # noqa: S608 (constant columns)
@@ -110,14 +92,20 @@ class AdminTokensMixin:
         sql = f"SELECT {_COLUMNS} FROM admin_tokens ORDER BY created_at, id"  # noqa: S608 (constant columns)
         return [_token(r) for r in self._conn().execute(sql).fetchall()]
 
-    def revoke_admin_token(self, token_id: str, when: float) -> bool:
+    def revoke_admin_token(self, token_id: str, when: float, audit: AuditRecord) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE admin_tokens SET status = 'revoked', revoked_at = ?"
                 " WHERE id = ? AND status = 'active'",
                 (when, token_id),
             )
+            if cur.rowcount:
+                insert_audit(conn, audit)
             return cur.rowcount > 0
+
+    def write_audit(self, record: AuditRecord) -> None:
+        with self._tx() as conn:
+            insert_audit(conn, record)
 
     def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         """The newest audit entries first."""

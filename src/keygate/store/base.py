@@ -1,13 +1,26 @@
-"""The Store protocol: what the gateway, the CLI and the admin API need from persistence."""
+"""The Store protocol: everything the gateway, the CLI and the admin API need from persistence.
+
+:class:`~keygate.store.sqlite.SQLiteStore` implements it; a networked store implements the same
+methods and nothing else is needed. Two rules every implementation keeps:
+
+- **A change and its audit entry commit together.** Every method that changes what an operator
+  manages (keys, teams, admin tokens, upstreams) takes the :class:`~keygate.types.AuditRecord`
+  describing the change and writes both in one transaction, or neither.
+- **Nothing secret is stored in the clear.** Client keys and admin tokens arrive as HMAC hashes,
+  upstream keys sealed (:mod:`keygate.vault`); the store never sees a plaintext secret.
+
+Methods are synchronous and safe to call from several threads (the event loop reads key records,
+the writer threads write usage and spend, the admin API runs in worker threads).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..types import KeyRecord, Team, UsageRow
-from .admin_tokens import AdminToken, AuditEntry
+from ..types import AuditRecord, KeyRecord, Team, UsageRow
+from ..vault import Sealed
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,43 +38,172 @@ class UsageSummary:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    """An admin-plane credential as stored: never the plaintext token."""
+
+    id: str
+    name: str
+    token_hash: str
+    hint: str
+    role: str
+    created_at: float
+    status: str = "active"
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit record as read back, with its sequence number and its details parsed."""
+
+    id: int
+    ts: float
+    actor: str
+    action: str
+    target: str
+    origin: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamDef:
+    """An upstream defined with ``keygate upstreams add`` (rather than in the config file)."""
+
+    name: str
+    base_url: str
+    allow_insecure: bool
+    fallback: str | None
+    ca_bundle: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKeyRow:
+    """A stored upstream key: sealed material and what may be shown about it."""
+
+    id: str
+    upstream: str
+    last4: str
+    fingerprint: str
+    created_at: float
+    last_used_at: float | None
+    status: str  # active | retiring | retired
+    retire_at: float | None
+    sealed: Sealed | None  # None once retired (the material is wiped)
+
+    def effective_status(self, now: float) -> str:
+        if self.status == "retiring" and self.retire_at is not None and self.retire_at <= now:
+            return "retired"
+        return self.status
+
+
+KEY_FIELDS = frozenset({"name", "team_id", "upstream", "metadata", "policy"})
+"""The fields of a key record :meth:`Store.update_key` may change."""
+
+
 class Store(Protocol):
     def migrate(self) -> None: ...
     def close(self) -> None: ...
 
-    # client keys
-    def insert_key(self, record: KeyRecord) -> None: ...
+    # -- client keys (a change to a key or team counts for keys_changed) -------------------------
+    def insert_key(self, record: KeyRecord, audit: AuditRecord) -> None: ...
     def get_key(self, key_id: str) -> KeyRecord | None: ...
     def list_keys(self) -> list[KeyRecord]: ...
-    def revoke_key(self, key_id: str, when: float) -> bool: ...
-    def update_key(self, key_id: str, **fields: Any) -> KeyRecord | None: ...
-    def keys_changed(self) -> bool:
-        """Cheap check, safe on every request: did another writer change key records?"""
+    def update_key(self, key_id: str, changes: Mapping[str, Any], audit: AuditRecord) -> KeyRecord | None:
+        """Change fields of :data:`KEY_FIELDS`; None if there is no such key (nothing written)."""
+        ...
+
+    def revoke_key(self, key_id: str, when: float, audit: AuditRecord) -> bool:
+        """True if the key was active (then the audit entry is written too)."""
+        ...
+
+    def rotate_key_secret(
+        self,
+        key_id: str,
+        new_hash: str,
+        new_hint: str,
+        grace_until: float,
+        policy: Mapping[str, Any],
+        audit: AuditRecord,
+    ) -> bool:
+        """Give a key a new secret hash; the old hash keeps working until ``grace_until``."""
         ...
 
     def list_grace_secrets(self, now: float) -> Iterator[tuple[str, str, float]]:
         """(old hash, key id, expiry) of rotated client-key secrets still in their grace period."""
         ...
 
-    # teams (a change to a team counts as a key change for keys_changed)
-    def insert_team(self, team: Team) -> None: ...
-    def get_team(self, team_id: str) -> Team | None: ...
-    def list_teams(self) -> list[Team]: ...
-    def update_team(self, team_id: str, policy: dict[str, Any]) -> Team | None: ...
+    def keys_changed(self) -> bool:
+        """Cheap check, safe on every request: did any writer change key or team records?"""
+        ...
 
-    # usage
+    # -- teams ------------------------------------------------------------------------------------
+    def insert_team(self, team: Team, audit: AuditRecord) -> None: ...
+    def get_team(self, ref: str) -> Team | None:
+        """A team by id or name."""
+        ...
+
+    def list_teams(self) -> list[Team]: ...
+    def update_team(self, team_id: str, policy: Mapping[str, Any], audit: AuditRecord) -> Team | None: ...
+
+    # -- usage and spend --------------------------------------------------------------------------
     def write_usage(self, rows: Sequence[UsageRow]) -> None: ...
     def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]: ...
+    def load_spend(self) -> dict[str, tuple[float, float]]:
+        """Every budget counter: name -> (spent, held)."""
+        ...
 
-    # audit
-    def write_audit(
-        self, ts: float, actor: str, action: str, target: str, origin: str, details: str
-    ) -> None: ...
+    def save_spend(self, rows: Sequence[tuple[str, float, float]], ts: float) -> None:
+        """Absolute ``(name, spent, held)`` values of the budget counters that changed."""
+        ...
 
-    # admin plane (store/admin_tokens.py)
-    def insert_admin_token(self, token: AdminToken) -> None: ...
+    # -- audit ------------------------------------------------------------------------------------
+    def write_audit(self, record: AuditRecord) -> None:
+        """An entry that goes with no change of state (a refusal, a security event)."""
+        ...
+
+    def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        """The newest entries first."""
+        ...
+
+    # -- admin tokens -----------------------------------------------------------------------------
+    def insert_admin_token(self, token: AdminToken, audit: AuditRecord) -> None: ...
     def admin_token_by_hash(self, token_hash: str) -> AdminToken | None: ...
     def get_admin_token(self, token_id: str) -> AdminToken | None: ...
     def list_admin_tokens(self) -> list[AdminToken]: ...
-    def revoke_admin_token(self, token_id: str, when: float) -> bool: ...
-    def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]: ...
+    def revoke_admin_token(self, token_id: str, when: float, audit: AuditRecord) -> bool: ...
+
+    # -- upstreams and their keys (a change bumps upstreams_rev) ------------------------------------
+    def upstreams_rev(self) -> str: ...
+    def put_upstream_def(self, definition: UpstreamDef, audit: AuditRecord) -> None: ...
+    def list_upstream_defs(self) -> list[UpstreamDef]: ...
+    def insert_upstream_key(
+        self, row: UpstreamKeyRow, audit: AuditRecord, retire_others_at: float | None = None
+    ) -> None:
+        """Add a key; with ``retire_others_at``, the upstream's other active keys start retiring."""
+        ...
+
+    def list_upstream_keys(self, upstream: str | None = None) -> list[UpstreamKeyRow]: ...
+    def retire_upstream_key(self, upstream: str, key_id: str, now: float, audit: AuditRecord) -> bool:
+        """Retire (and wipe) one live key now."""
+        ...
+
+    def sweep_retired_keys(self, now: float) -> int:
+        """Retire (and wipe) every key whose grace period is over; how many."""
+        ...
+
+    def rewrap_upstream_key(self, key_id: str, old_kek: str, new: Sealed) -> bool:
+        """Replace one row's wrapped data key, only if it is still wrapped by ``old_kek``."""
+        ...
+
+    def touch_upstream_keys(self, used: Mapping[str, float]) -> None: ...
+    def enable_upstream_key(self, upstream: str, key_id: str, now: float, audit: AuditRecord) -> None:
+        """Ask running gateways to put a key rejected (401/403) before ``now`` back into rotation."""
+        ...
+
+    def upstream_key_enables(self) -> dict[str, float]: ...
+    def count_sealed_upstream_keys(self) -> int: ...

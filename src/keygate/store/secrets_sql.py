@@ -7,13 +7,16 @@ Every change bumps ``meta.upstreams_rev`` so a running gateway reloads its key p
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..types import AuditRecord
 from ..vault import Sealed
+from .admin_tokens import insert_audit
+from .base import UpstreamDef, UpstreamKeyRow
 
 MIGRATION = (
     "0003_upstream_secrets",
@@ -62,34 +65,6 @@ ENABLES_MIGRATION = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamDef:
-    name: str
-    base_url: str
-    allow_insecure: bool
-    fallback: str | None
-    ca_bundle: str | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamKeyRow:
-    id: str
-    upstream: str
-    last4: str
-    fingerprint: str
-    created_at: float
-    last_used_at: float | None
-    status: str  # active | retiring | retired
-    retire_at: float | None
-    sealed: Sealed | None
-
-    def effective_status(self, now: float) -> str:
-        if self.status == "retiring" and self.retire_at is not None and self.retire_at <= now:
-            return "retired"
-        return self.status
-
-
 _UK_COLUMNS = (
     "id, upstream, last4, fingerprint, created_at, last_used_at, status, retire_at, kek_id,"
     " wrapped_key, ciphertext"
@@ -119,12 +94,14 @@ class SecretsMixin:
 
     # -- store-defined upstreams -----------------------------------------------------------------
 
-    def put_upstream_def(self, d: UpstreamDef) -> None:
+    def put_upstream_def(self, definition: UpstreamDef, audit: AuditRecord) -> None:
+        d = definition
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO upstream_defs VALUES (?, ?, ?, ?, ?, ?)",
                 (d.name, d.base_url, int(d.allow_insecure), d.fallback, d.ca_bundle, d.created_at),
             )
+            insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def list_upstream_defs(self) -> list[UpstreamDef]:
@@ -136,7 +113,9 @@ class SecretsMixin:
 
     # -- upstream keys -----------------------------------------------------------------------------
 
-    def insert_upstream_key(self, row: UpstreamKeyRow, retire_others_at: float | None = None) -> None:
+    def insert_upstream_key(
+        self, row: UpstreamKeyRow, audit: AuditRecord, retire_others_at: float | None = None
+    ) -> None:
         """Add a key; with ``retire_others_at``, the upstream's other active keys start retiring."""
         assert row.sealed is not None
         with self._tx() as conn:
@@ -162,6 +141,7 @@ class SecretsMixin:
                     row.sealed.ciphertext,
                 ),
             )
+            insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def list_upstream_keys(self, upstream: str | None = None) -> list[UpstreamKeyRow]:
@@ -172,22 +152,26 @@ class SecretsMixin:
             args = (upstream,)
         return [_uk_row(r) for r in self._conn().execute(sql + " ORDER BY created_at, id", args)]
 
-    def retire_upstream_keys(self, now: float, key_id: str | None = None, upstream: str | None = None) -> int:
-        """Retire (and wipe) one key now, or every key whose grace period is over."""
+    def retire_upstream_key(self, upstream: str, key_id: str, now: float, audit: AuditRecord) -> bool:
         with self._tx() as conn:
-            if key_id is not None:
-                cur = conn.execute(
-                    "UPDATE upstream_keys SET status = 'retired', retire_at = ?, kek_id = NULL,"
-                    " wrapped_key = NULL, ciphertext = NULL WHERE id = ? AND status != 'retired'"
-                    " AND (? IS NULL OR upstream = ?)",
-                    (now, key_id, upstream, upstream),
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE upstream_keys SET status = 'retired', kek_id = NULL, wrapped_key = NULL,"
-                    " ciphertext = NULL WHERE status = 'retiring' AND retire_at <= ?",
-                    (now,),
-                )
+            cur = conn.execute(
+                "UPDATE upstream_keys SET status = 'retired', retire_at = ?, kek_id = NULL,"
+                " wrapped_key = NULL, ciphertext = NULL"
+                " WHERE id = ? AND upstream = ? AND status != 'retired'",
+                (now, key_id, upstream),
+            )
+            if cur.rowcount:
+                insert_audit(conn, audit)
+                self._bump_upstreams_rev(conn)
+            return cur.rowcount > 0
+
+    def sweep_retired_keys(self, now: float) -> int:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE upstream_keys SET status = 'retired', kek_id = NULL, wrapped_key = NULL,"
+                " ciphertext = NULL WHERE status = 'retiring' AND retire_at <= ?",
+                (now,),
+            )
             if cur.rowcount:
                 self._bump_upstreams_rev(conn)
             return cur.rowcount
@@ -201,7 +185,7 @@ class SecretsMixin:
             )
             return cur.rowcount > 0
 
-    def touch_upstream_keys(self, used: dict[str, float]) -> None:
+    def touch_upstream_keys(self, used: Mapping[str, float]) -> None:
         if not used:
             return
         with self._tx() as conn:
@@ -210,13 +194,14 @@ class SecretsMixin:
                 [(ts, kid) for kid, ts in used.items()],
             )
 
-    def enable_upstream_key(self, upstream: str, key_id: str, now: float) -> None:
+    def enable_upstream_key(self, upstream: str, key_id: str, now: float, audit: AuditRecord) -> None:
         """Ask running gateways to put a key rejected (401/403) before ``now`` back into rotation."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO upstream_key_enables (key_id, upstream, enabled_at) VALUES (?, ?, ?)",
                 (key_id, upstream, now),
             )
+            insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def upstream_key_enables(self) -> dict[str, float]:
@@ -231,7 +216,13 @@ class SecretsMixin:
     # -- client keys: rotation with a grace period -------------------------------------------------
 
     def rotate_key_secret(
-        self, key_id: str, new_hash: str, new_hint: str, grace_until: float, policy_json: str
+        self,
+        key_id: str,
+        new_hash: str,
+        new_hint: str,
+        grace_until: float,
+        policy: Mapping[str, Any],
+        audit: AuditRecord,
     ) -> bool:
         """Give a key record a new secret hash; the old hash keeps working until ``grace_until``."""
         with self._tx() as conn:
@@ -244,8 +235,9 @@ class SecretsMixin:
             )
             conn.execute(
                 "UPDATE keys SET key_hash = ?, hint = ?, policy = ? WHERE id = ?",
-                (new_hash, new_hint, policy_json, key_id),
+                (new_hash, new_hint, json.dumps(policy), key_id),
             )
+            insert_audit(conn, audit)
             self._bump_keys_rev(conn)
             return True
 

@@ -13,13 +13,14 @@ import mmap
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..types import KeyRecord, Team
-from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
+from ..types import AuditRecord, KeyRecord, Team
+from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin, insert_audit
+from .base import KEY_FIELDS
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
@@ -226,7 +227,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
     def _bump_keys_rev(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'keys_rev'")
 
-    def insert_key(self, record: KeyRecord) -> None:
+    def insert_key(self, record: KeyRecord, audit: AuditRecord) -> None:
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
@@ -244,43 +245,50 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                     json.dumps(record.policy),
                 ),
             )
+            insert_audit(conn, audit)
             self._bump_keys_rev(conn)
 
-    def update_key(self, key_id: str, **fields: Any) -> KeyRecord | None:
-        """Change name, team_id, upstream, metadata or policy of a key."""
-        allowed = {"name", "team_id", "upstream", "metadata", "policy"}
-        if set(fields) - allowed:
-            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+    def update_key(self, key_id: str, changes: Mapping[str, Any], audit: AuditRecord) -> KeyRecord | None:
+        if set(changes) - KEY_FIELDS:
+            raise ValueError(f"cannot update {sorted(set(changes) - KEY_FIELDS)}")
         with self._tx() as conn:
-            for column, value in fields.items():
+            if conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone() is None:
+                return None
+            for column, value in changes.items():
                 if column in ("metadata", "policy"):
                     value = json.dumps(value)
+                # column is one of KEY_FIELDS (checked above), never client text
                 conn.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (value, key_id))  # noqa: S608
+            insert_audit(conn, audit)
             self._bump_keys_rev(conn)
         return self.get_key(key_id)
 
     # -- teams ------------------------------------------------------------------------------
 
-    def insert_team(self, team: Team) -> None:
+    def insert_team(self, team: Team, audit: AuditRecord) -> None:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO teams (id, name, created_at, policy) VALUES (?, ?, ?, ?)",
                 (team.id, team.name, team.created_at, json.dumps(team.policy)),
             )
+            insert_audit(conn, audit)
             self._bump_keys_rev(conn)
 
-    def get_team(self, team_id: str) -> Team | None:
+    def get_team(self, ref: str) -> Team | None:
         sql = f"SELECT {_TEAM_COLUMNS} FROM teams WHERE id = ? OR name = ?"  # noqa: S608 (constant columns)
-        row = self._conn().execute(sql, (team_id, team_id)).fetchone()
+        row = self._conn().execute(sql, (ref, ref)).fetchone()
         return _team_from_row(row) if row else None
 
     def list_teams(self) -> list[Team]:
         sql = f"SELECT {_TEAM_COLUMNS} FROM teams ORDER BY created_at, id"  # noqa: S608 (constant columns)
         return [_team_from_row(r) for r in self._conn().execute(sql).fetchall()]
 
-    def update_team(self, team_id: str, policy: dict[str, Any]) -> Team | None:
+    def update_team(self, team_id: str, policy: Mapping[str, Any], audit: AuditRecord) -> Team | None:
         with self._tx() as conn:
-            conn.execute("UPDATE teams SET policy = ? WHERE id = ?", (json.dumps(policy), team_id))
+            cur = conn.execute("UPDATE teams SET policy = ? WHERE id = ?", (json.dumps(policy), team_id))
+            if not cur.rowcount:
+                return None
+            insert_audit(conn, audit)
             self._bump_keys_rev(conn)
         return self.get_team(team_id)
 
@@ -294,13 +302,14 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
         rows = self._conn().execute(sql).fetchall()
         return [_key_from_row(r) for r in rows]
 
-    def revoke_key(self, key_id: str, when: float) -> bool:
+    def revoke_key(self, key_id: str, when: float, audit: AuditRecord) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ? AND status != 'revoked'",
                 (when, key_id),
             )
             if cur.rowcount:
+                insert_audit(conn, audit)
                 self._bump_keys_rev(conn)
             return cur.rowcount > 0
 

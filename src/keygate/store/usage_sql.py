@@ -1,4 +1,4 @@
-"""Usage rows, budget spend and the audit trail: the append-mostly tables of the SQLite store.
+"""Usage rows and budget spend: the append-mostly tables of the SQLite store.
 
 Mixed into :class:`~keygate.store.sqlite.SQLiteStore`, which provides the connections.
 """
@@ -91,13 +91,4 @@ class UsageMixin:
                 " ON CONFLICT(name) DO UPDATE SET spent = excluded.spent, held = excluded.held,"
                 " updated_at = excluded.updated_at",
                 [(n, spent, held, ts) for n, spent, held in rows],
-            )
-
-    # -- audit ------------------------------------------------------------------------------
-
-    def write_audit(self, ts: float, actor: str, action: str, target: str, origin: str, details: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
-                (ts, actor, action, target, origin, details),
             )

@@ -1,22 +1,24 @@
 """The one validator for policy JSON (keys and teams), whichever feature owns each field.
 
-The CLI builds policies from flags it has already checked; the admin API accepts policy JSON from
-the network, and everything in it reaches guards on the hot path. This function is the gate: an
-unknown field or a malformed value is refused with a message naming it, so a guard never meets a
-value it cannot read.
+The CLI builds a policy from its flags, the admin API takes policy JSON from the network; both go
+through :func:`validate_policy` before anything is stored, and everything in it reaches guards on
+the hot path. An unknown field or a malformed value is refused with a message naming it, so a
+guard never meets a value it cannot read, and no number is stored that JSON readers disagree on
+(integers above 2**53 - 1, non-finite numbers). Times are stored in one form, ISO 8601 UTC
+(``times.iso``), whether they came as text or as epoch seconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 
-from .errors import ConfigError, InvalidRequest
-from .limitconf import POLICY_KEYS as LIMIT_KEYS
-from .limitconf import check_policy as check_limits
-from .routes import ROUTE_NAMES
+from .. import schema, times
+from ..errors import ConfigError, InvalidRequest
+from ..limitconf import POLICY_KEYS as LIMIT_KEYS
+from ..limitconf import check_policy as check_limits
+from ..routes import ROUTE_NAMES
 
 _MAX_LIST = 256
 
@@ -39,21 +41,15 @@ def _route(name: str) -> None:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
-        raise InvalidRequest(f"policy.{name}: expected a positive whole number", param="policy")
-    return value
+    try:
+        found: int = schema.number(value, f"policy.{name}", integer=True)
+    except ConfigError as exc:
+        raise InvalidRequest(exc.message, param="policy") from None
+    return found
 
 
-def _timestamp(name: str, value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return value
-        except ValueError:
-            pass
-    elif isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise InvalidRequest(f"policy.{name}: expected an ISO 8601 time", param="policy")
+def _timestamp(name: str, value: Any) -> str:
+    return times.iso(times.parse_instant(value, f"policy.{name}"))
 
 
 def _flag(name: str, value: Any) -> bool:

@@ -15,11 +15,12 @@ import time
 from typing import Any, Final
 
 from .. import keys as keyfmt
-from ..cli._common import fmt_time
-from ..errors import InvalidRequest
-from ..store import Store
-from ..store.admin_tokens import AdminToken
+from ..errors import InvalidRequest, NotFound
+from ..store import AdminToken, Store
 from ..types import Secret
+from .audit import Actor
+from .validate import check_name, check_object
+from .views import token_view
 
 ROLES: Final = ("admin", "key-manager", "auditor")
 
@@ -45,12 +46,12 @@ def allowed(role: str, permission: str) -> bool:
     return permission in PERMISSIONS.get(role, frozenset())
 
 
-def issue(store: Store, pepper: Secret, role: str, name: str) -> tuple[AdminToken, str]:
+def issue(store: Store, pepper: Secret, actor: Actor, role: str, name: str) -> tuple[AdminToken, str]:
     """Create and store a new admin token; the plaintext is returned once and never stored."""
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+    name = check_name(name)
     issued = keyfmt.issue(pepper, keyfmt.ADMIN_PREFIX)
-    secret = issued.secret
     token = AdminToken(
         id=keyfmt.new_id("adm"),
         name=name,
@@ -59,13 +60,21 @@ def issue(store: Store, pepper: Secret, role: str, name: str) -> tuple[AdminToke
         role=role,
         created_at=time.time(),
     )
-    store.insert_admin_token(token)
-    return token, secret
+    store.insert_admin_token(token, actor.record("admin_tokens.create", token.id, role=role, name=name))
+    return token, issued.secret
+
+
+def create(store: Store, pepper: Secret, actor: Actor, body: Any) -> dict[str, Any]:
+    """A new admin token from ``{"role", "name"?}``; the view carries the secret (``token``) once."""
+    body = check_object(body, {"role", "name"}, {"role"})
+    role = body["role"]
+    token, secret = issue(store, pepper, actor, role if isinstance(role, str) else "", body.get("name", role))
+    return {**token_view(token), "token": secret}
 
 
 def authenticate(store: Store, pepper: Secret, presented: str) -> AdminToken | None:
     """The active token ``presented`` is, or None. Malformed tokens never reach the database."""
-    if not keyfmt.is_well_formed(presented, keyfmt.ADMIN_PREFIX):
+    if not pepper or not keyfmt.is_well_formed(presented, keyfmt.ADMIN_PREFIX):
         return None
     token = store.admin_token_by_hash(keyfmt.hash_key(pepper, presented))
     if token is None or not token.active:
@@ -78,13 +87,15 @@ def has_admin(store: Store) -> bool:
     return any(t.active and t.role == "admin" for t in store.list_admin_tokens())
 
 
-def token_view(t: AdminToken) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "name": t.name,
-        "hint": t.hint,
-        "role": t.role,
-        "status": t.status,
-        "created_at": fmt_time(t.created_at),
-        "revoked_at": fmt_time(t.revoked_at) if t.revoked_at else None,
-    }
+def list_views(store: Store) -> list[dict[str, Any]]:
+    return [token_view(t) for t in store.list_admin_tokens()]
+
+
+def revoke(store: Store, actor: Actor, token_id: str) -> tuple[dict[str, Any], bool]:
+    """Revoke an admin token (effective on its next request); the view, and whether it was active."""
+    if store.get_admin_token(token_id) is None:
+        raise NotFound(f"no admin token with id {token_id[:80]!r}")
+    changed = store.revoke_admin_token(token_id, time.time(), actor.record("admin_tokens.revoke", token_id))
+    token = store.get_admin_token(token_id)
+    assert token is not None
+    return token_view(token), changed

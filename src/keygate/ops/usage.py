@@ -1,4 +1,4 @@
-"""``keygate usage --budgets``: spend against budget per key and team, for the current periods."""
+"""What was used: requests and tokens per key, spend against budget, and the audit trail."""
 
 from __future__ import annotations
 
@@ -6,14 +6,20 @@ import time
 from typing import Any
 
 from ..config import Settings
-from ..guards.budget import budgets_of
-from ..spend import counter_name
+from ..errors import InvalidRequest
+from ..spend import budgets_of, counter_name
 from ..store import Store
-from ._common import print_json, print_table
+from .views import audit_view, usage_view
 
 
-def budget_views(settings: Settings, store: Store) -> list[dict[str, Any]]:
-    spend: dict[str, tuple[float, float]] = store.load_spend()  # type: ignore[attr-defined]
+def usage(store: Store, key_id: str | None = None) -> list[dict[str, Any]]:
+    names = {k.id: k.name for k in store.list_keys()}
+    return [usage_view(s, names.get(s.key_id or "")) for s in store.usage_summary(key_id)]
+
+
+def budgets(settings: Settings, store: Store) -> list[dict[str, Any]]:
+    """Spend against budget for the current period of every key and team budget."""
+    spend = store.load_spend()
     teams = {t.id: t for t in store.list_teams()}
     now = time.time()
     views: list[dict[str, Any]] = []
@@ -43,24 +49,8 @@ def budget_views(settings: Settings, store: Store) -> list[dict[str, Any]]:
     return views
 
 
-def show(settings: Settings, store: Store, as_json: bool) -> None:
-    views = budget_views(settings, store)
-    if as_json:
-        print_json(views)
-        return
-    print_table(
-        ["scope", "id", "name", "budget", "period", "spent", "in flight", "used"],
-        [
-            [
-                v["scope"],
-                v["id"],
-                v["name"],
-                f"${v['budget']:g}" if v["kind"] == "usd" else f"{v['budget']:g} tokens",
-                f"{v['period']} {v['period_key']}",
-                f"{v['spent']:g}",
-                f"{v['in_flight']:g}",
-                f"{v['used_pct']}%",
-            ]
-            for v in views
-        ],
-    )
+def audit(store: Store, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+    """The newest audit entries first, at most ``limit`` (1 to 1000)."""
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
+    return [audit_view(e) for e in store.list_audit(limit, action)]

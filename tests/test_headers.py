@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keygate.guards.headers import (
+from keygate.headers import (
     HOP_BY_HOP,
     REQUEST_ALLOW,
     REQUEST_NEVER,
