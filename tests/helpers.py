@@ -1,8 +1,9 @@
-"""Run a real keygate server in a subprocess for integration tests."""
+"""Real keygate servers for the tests: in process (:class:`Gateway`, the default), or as a
+subprocess (:class:`ProcessGateway`) for what needs a process of its own: signals, a crash, TLS
+reload by SIGHUP, what reaches argv."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,19 +17,10 @@ from typing import Any
 
 import yaml
 
+from keygate.testing import CliResult, LocalGateway, free_ports
+
 UPSTREAM_SECRET = "sk-test-UPSTREAM-secret-0123456789abcdef"
 SRC = str(Path(__file__).resolve().parent.parent / "src")
-
-
-def free_ports(host: str = "127.0.0.1", count: int = 1) -> list[int]:
-    """``count`` different ports that were free a moment ago (bound together, so the OS cannot hand
-    out the same one twice, as two calls in a row sometimes do)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(family, socket.SOCK_STREAM)) for _ in range(count)]
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,7 +42,63 @@ def wait_port(
     raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
-class Gateway:
+# The commands whose output is meant to show a secret (once): their stdout is not kept for the
+# secret search, everything else they and every other command print is.
+_SHOWS_A_SECRET = {("keys", "create"), ("keys", "rotate"), ("admin-tokens", "create")}
+
+
+def _keep_output(workdir: Path, args: tuple[str, ...], stdout: str, stderr: str) -> None:
+    shown_once = args[:2] in _SHOWS_A_SECRET or args[:1] == ("init",)
+    with (workdir / "cli-output.log").open("a") as fh:
+        fh.write(stderr if shown_once else stdout + stderr)
+
+
+class Gateway(LocalGateway):
+    """keygate in this process, in front of ``upstream_url`` with :data:`UPSTREAM_SECRET` as its
+    upstream key; every secret a test hands out is collected in ``secrets`` for the leak search."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        upstream_url: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(workdir, upstream_url, extra=extra, env=env, host=host, upstream_key=UPSTREAM_SECRET)
+        self.secrets: list[str] = [UPSTREAM_SECRET]
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> CliResult:
+        result = super().cli(*args, input=input, check=False)
+        _keep_output(self.workdir, args, result.stdout, result.stderr)
+        if check and result.returncode != 0:
+            raise AssertionError(f"keygate {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def create_key(self, name: str = "test", *extra: str) -> dict[str, Any]:
+        data = super().create_key(name, *extra)
+        self.secrets.append(data["key"])
+        return data
+
+
+def process_cli(gw: LocalGateway, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``keygate ARGS`` for ``gw``'s config as a process of its own (for a command that must be a
+    process: one that crashes on purpose, or whose argv is the point)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "keygate", "--config", str(gw.config_path), *args],
+        cwd=gw.workdir,
+        env={**gw.env, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+    )
+    _keep_output(gw.workdir, args, result.stdout, result.stderr)
+    return result
+
+
+class ProcessGateway:
     """A keygate process with its own config, database and log files under ``workdir``."""
 
     def __init__(
@@ -100,7 +148,7 @@ class Gateway:
     def base(self) -> str:
         return self.url[: -len("/v1")]
 
-    def start(self) -> Gateway:
+    def start(self) -> ProcessGateway:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keygate", "--config", str(self.config_path), "serve"],
             cwd=self.workdir,
@@ -137,14 +185,7 @@ class Gateway:
         )
         if check and result.returncode != 0:
             raise AssertionError(f"keygate {' '.join(args)} failed: {result.stderr}")
-        # Kept for the secret search; these are the outputs meant to show a secret (once).
-        shown_once = args[:2] in (
-            ("keys", "create"),
-            ("keys", "rotate"),
-            ("admin-tokens", "create"),
-        ) or args[:1] == ("init",)
-        with (self.workdir / "cli-output.log").open("a") as fh:
-            fh.write(result.stderr if shown_once else result.stdout + result.stderr)
+        _keep_output(self.workdir, args, result.stdout, result.stderr)
         return result
 
     def create_key(self, name: str = "test", *extra: str) -> dict[str, Any]:
@@ -174,7 +215,7 @@ class Gateway:
     def written_files(self) -> Iterable[Path]:
         return [p for p in self.workdir.rglob("*") if p.is_file()]
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> ProcessGateway:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

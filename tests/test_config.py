@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from keygate.config import load_settings
+from keygate.config import ensure_pepper, load_settings
 from keygate.errors import ConfigError
 
 
@@ -21,7 +21,11 @@ def test_zero_config_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert s.upstreams["openai"].base_url == "https://api.openai.com/v1"
     assert s.upstreams["openai"].api_key is not None and s.upstreams["openai"].api_key.reveal() == "sk-x"
     assert s.database_path == Path("keygate.db")
-    assert (tmp_path / "keygate.pepper").stat().st_mode & 0o777 == 0o600
+    # Loading reads only: the pepper file is made by the commands that need one.
+    assert not (tmp_path / "keygate.pepper").exists() and not s.pepper
+    made = ensure_pepper(s)
+    assert (tmp_path / "keygate.pepper").stat().st_mode & 0o777 == 0o600 and made.pepper
+    assert load_settings(None, {}).pepper == made.pepper == ensure_pepper(made).pepper
 
 
 def test_file_and_env_overrides(tmp_path: Path) -> None:
@@ -69,8 +73,8 @@ def test_file_and_env_overrides(tmp_path: Path) -> None:
             "upstreams:\n  x:\n    base_url: https://u:p@api.example.com/v1\n    api_key: ${K}\n",
             "upstreams.x.base_url",
         ),
-        ("upstreams:\n  x:\n    base_url: https://h\n", "upstreams.x.api_key"),
-        ("default_upstream: nope\n", "default_upstream"),
+        ("upstreams:\n  x:\n    base_url: https://h\n    api_key: sk-literal\n", "upstreams.x.api_keys"),
+        ("default_upstream: 7\n", "default_upstream"),
         ("- a list\n", "config"),
         ("listen: [unclosed\n", "config"),
     ],
@@ -90,7 +94,7 @@ def test_literal_secret_message_says_use_env(tmp_path: Path) -> None:
 
 def test_pepper_file_must_be_private(tmp_path: Path) -> None:
     cfg = write(tmp_path, "database_url: sqlite:///kg.db\n")
-    load_settings(cfg, {})
+    ensure_pepper(load_settings(cfg, {}))
     (tmp_path / "keygate.pepper").chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_settings(cfg, {})
@@ -115,7 +119,7 @@ def test_several_keys_file_refs_and_fallback(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("upstreams:\n  a:\n    api_key: ${K}\n    fallback: nope\n", "upstreams.a.fallback"),
+        ("upstreams:\n  a:\n    api_key: ${K}\n    fallback: a\n", "upstreams.a.fallback"),
         ("upstreams:\n  a:\n    api_key: file:relative/path\n", "upstreams.a.api_keys"),
         ("upstreams:\n  a:\n    api_key: ${K}\n    strategy: random\n", "upstreams.a.strategy"),
         ("upstreams:\n  a:\n    api_key: ${K}\n    ca_bundle: /nonexistent.pem\n", "upstreams.a.ca_bundle"),

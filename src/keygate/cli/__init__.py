@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_POLICY_FIELD = re.compile(r"^policy\.([a-z_]+)(\.[a-z_]+)?: ")
+
+
+def _as_flag(message: str) -> str:
+    """A policy error from the operations layer, named by the flag that set the field
+    (``policy.max_output_tokens: ...`` is ``--max-output-tokens: ...``)."""
+    m = _POLICY_FIELD.match(message)
+    if m is None:
+        return message
+    return f"--{m.group(1).replace('_', '-')}{m.group(2) or ''}: " + message[m.end() :]
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run one ``keygate`` command; ``env`` stands in for the process environment (tests)."""
     parser = build_parser()
@@ -78,7 +91,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"keygate: configuration error: {exc.message}", file=sys.stderr)
         return 2
     except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
+        print(f"keygate: {_as_flag(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -28,7 +28,7 @@ class Actor:
 
     def record(self, action: str, target: str, **details: Any) -> AuditRecord:
         """The audit record of one action by this actor, now."""
-        raw = json.dumps(details, default=str, ensure_ascii=False, sort_keys=True)
+        raw = json.dumps(details, default=str, ensure_ascii=False, separators=(",", ":"))
         return AuditRecord(time.time(), self.id, self.origin, action, target, redact(raw))
 
 

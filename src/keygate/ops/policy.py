@@ -49,7 +49,10 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _timestamp(name: str, value: Any) -> str:
-    return times.iso(times.parse_instant(value, f"policy.{name}"))
+    try:
+        return times.iso(times.parse_instant(value, f"policy.{name}"))
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param="policy") from None
 
 
 def _flag(name: str, value: Any) -> bool:

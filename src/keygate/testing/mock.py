@@ -17,7 +17,6 @@ Run it standalone with ``python -m keygate.testing --port 9000 [--api-key K ...]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import socket
@@ -34,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from keygate import _mock_payloads as payloads
-from keygate._mock_routes import Reply, StreamReply, failure_reply, find_route, invalid, unauthorized
+from . import _payloads as payloads
+from ._routes import Reply, StreamReply, failure_reply, find_route, invalid, unauthorized
 
 __all__ = ["DEFAULT_API_KEY", "FAILURE_MODES", "MockUpstream", "RecordedRequest"]
 
@@ -424,25 +423,3 @@ def _url_host(host: str) -> str:
     if address.is_unspecified:
         return "127.0.0.1" if address.version == 4 else "[::1]"
     return f"[{host}]" if address.version == 6 else host
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve a mock upstream until Ctrl-C, printing its base URL first."""
-    parser = argparse.ArgumentParser(prog="python -m keygate.testing", description=main.__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        dest="api_keys",
-        help=f"accepted key (repeatable); default {DEFAULT_API_KEY}",
-    )
-    args = parser.parse_args(argv)
-    with MockUpstream(args.host, args.port, args.api_keys or (DEFAULT_API_KEY,)) as upstream:
-        print(upstream.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from keygate.forward import scrub
 from keygate.types import Secret
-from keygate.upstream import scrub
 
 
 def test_scrub_removes_the_key_that_was_used() -> None:

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keygate.context import Context
-from keygate.streaming import SSETap
+from keygate.metering import StreamMeter, usage_from_json
+from keygate.types import Usage
 
 
 def chunk(i: int) -> bytes:
@@ -27,7 +28,7 @@ def test_any_chunking_gives_same_output_and_usage(cuts: list[int], wants_usage: 
     points = sorted(set(cuts))
     pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     c = ctx(wants_usage)
-    tap = SSETap(c)
+    tap = StreamMeter(c)
     out = b"".join(tap.feed(p) for p in pieces) + tap.flush()
     expected = STREAM if wants_usage else STREAM.replace(USAGE, b"")
     assert out == expected
@@ -35,7 +36,7 @@ def test_any_chunking_gives_same_output_and_usage(cuts: list[int], wants_usage: 
 
 
 def test_complete_events_are_forwarded_immediately() -> None:
-    tap = SSETap(ctx(False))
+    tap = StreamMeter(ctx(False))
     assert tap.feed(chunk(0)) == chunk(0)
     assert tap.feed(chunk(1)[:10]) == b""
     assert tap.feed(chunk(1)[10:]) == chunk(1)
@@ -44,14 +45,11 @@ def test_complete_events_are_forwarded_immediately() -> None:
 def test_responses_api_usage_is_captured() -> None:
     c = ctx(True)
     event = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}\n\n'
-    assert SSETap(c).feed(event) == event
+    assert StreamMeter(c).feed(event) == event
     assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (3, 4)
 
 
 def test_usage_from_json_body() -> None:
-    from keygate.types import Usage
-    from keygate.upstream import usage_from_json
-
     u = Usage()
     usage_from_json(
         b'{"data":[{"x":{"usage":1}}],"usage":{"prompt_tokens":3,"completion_tokens":4,'

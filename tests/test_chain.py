@@ -8,13 +8,15 @@ from pathlib import Path
 
 import yaml
 
-from keygate.chain import build_chain
-from keygate.config import load_settings
+from keygate.chain import Chain
+from keygate.config import ensure_pepper, load_settings
 from keygate.counters import MemoryCounters, SyncCounters
+from keygate.guards import Parts, default_guards
 from keygate.guards.budget import AsyncBudgetGuard, budget_guard
 from keygate.guards.global_limits import QueuedGlobalLimit, global_limit
 from keygate.guards.ratelimit import AsyncRateLimit, rate_limit
 from keygate.limitconf import GlobalLimits
+from keygate.spend import SpendBook
 
 
 def _chain(tmp_path: Path, extra: dict[str, object]) -> list[str]:
@@ -24,8 +26,10 @@ def _chain(tmp_path: Path, extra: dict[str, object]) -> list[str]:
         "upstreams": {"openai": {"base_url": "http://127.0.0.1:9/v1", "api_key": "${OPENAI_API_KEY}"}},
     }
     cfg.write_text(yaml.safe_dump({**base, **extra}))
-    settings = load_settings(cfg, {**os.environ, "OPENAI_API_KEY": "sk-test"})
-    chain = build_chain(settings, keys=None, recorder=None)
+    settings = ensure_pepper(load_settings(cfg, {**os.environ, "OPENAI_API_KEY": "sk-test"}))
+    counters = MemoryCounters()
+    parts = Parts(settings, None, None, counters, SpendBook(counters, None, 1.0))  # type: ignore[arg-type]
+    chain = Chain(default_guards(parts))
     return [g.name for g in chain.guards if inspect.iscoroutinefunction(g.request)]
 
 

@@ -1,6 +1,6 @@
 """What the mock upstream answers each request with: replies, failure modes and the route table.
 
-Built on the payload builders of :mod:`keygate._mock_payloads`; no I/O here either.
+Built on the payload builders of :mod:`keygate.testing._payloads`; no I/O here either.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from ._mock_payloads import (
+from ._payloads import (
     MODEL_IDS,
     SPEECH_BYTES,
     Json,
