@@ -306,7 +306,7 @@ class LocalGateway:
         while True:
             for entry in reversed(self.access_entries(timeout=0)):
                 if predicate(entry):
-                    return entry
+                    return dict(entry)
             if time.monotonic() > deadline:
                 raise AssertionError("no matching access-log entry")
             time.sleep(0.02)
