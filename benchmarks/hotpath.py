@@ -84,19 +84,28 @@ class Response:
         return UPSTREAM_HEADERS.get(name)
 
 
+class Origin:
+    path = "/v1"
+
+
 class Upstream:
-    async def send(self, *args: Any) -> Response:
+    """Stands in for http1.Client: every request gets the canned answer at once."""
+
+    def origin(self, *args: Any) -> Origin:
+        return Origin()
+
+    async def request(self, *args: Any) -> Response:
         return Response()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         pass
 
 
 async def run(n: int, extra: dict[str, Any]) -> None:
     from keygate import keys as keyfmt
-    from keygate.config import load_settings
-    from keygate.server import build_gateway
-    from keygate.types import KeyRecord
+    from keygate.config import ensure_pepper, load_settings
+    from keygate.server import build
+    from keygate.types import AuditRecord, KeyRecord
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "keygate.yaml"
@@ -106,13 +115,14 @@ async def run(n: int, extra: dict[str, Any]) -> None:
             "upstreams": {"openai": {"base_url": "http://127.0.0.1:9/v1", "api_key": "${OPENAI_API_KEY}"}},
         }
         cfg.write_text(yaml.safe_dump({**base, **extra}))
-        settings = load_settings(cfg, {**os.environ, "OPENAI_API_KEY": "sk-bench"})
-        parts = build_gateway(settings)
+        settings = ensure_pepper(load_settings(cfg, {**os.environ, "OPENAI_API_KEY": "sk-bench"}))
+        parts = build(settings)
         secret = keyfmt.generate()
         parts.store.insert_key(
-            KeyRecord(keyfmt.new_id(), "bench", keyfmt.hash_key(settings.pepper, secret), "h", time.time())
+            KeyRecord(keyfmt.new_id(), "bench", keyfmt.hash_key(settings.pepper, secret), "h", time.time()),
+            AuditRecord(time.time(), "bench", "local", "keys.create", "bench"),
         )
-        parts.gateway.client = Upstream()  # type: ignore[assignment]
+        parts.gateway.forwarder._http = Upstream()  # type: ignore[assignment]
         await parts.recorder.start()
         await parts.gateway.chain.start()
         scope, proto = Scope(secret), Proto()

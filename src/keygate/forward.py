@@ -105,7 +105,8 @@ class Forwarder:
 
     async def open(self, ctx: Context) -> Answer | KeygateError:
         """The answer that should reach the client, or the error to answer with instead."""
-        assert ctx.key is not None and ctx.route is not None
+        route = ctx.route
+        assert ctx.key is not None and route is not None
         base = ctx.upstream or self.pool.upstream_for(ctx.key.upstream)
         if base is None:
             return NO_UPSTREAM
@@ -116,8 +117,13 @@ class Forwarder:
             if lease is None:
                 return self.pool.unavailable(base.name)
             ctx.upstream = upstream = lease.upstream
+            origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
+            target = origin.path + route.upstream_path
+            if ctx.query:
+                target += "?" + ctx.query
+            headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
             try:
-                response = await self._send(ctx, upstream, lease.key.secret)
+                response = await self._http.request(origin, ctx.method, target, headers, ctx.body, ctx.stream)
             except http1.TransportError as exc:
                 lease.release()
                 err = transport_error(exc, upstream)
@@ -133,15 +139,6 @@ class Forwarder:
                 lease.release()
                 continue
             return Answer(response, lease, ctx.stream)
-
-    async def _send(self, ctx: Context, upstream: Upstream, key: Secret) -> http1.Response:
-        assert ctx.route is not None
-        origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
-        target = origin.path + ctx.route.upstream_path
-        if ctx.query:
-            target += "?" + ctx.query
-        headers = filter_request(ctx.headers.items(), self._allow_headers, key.reveal())
-        return await self._http.request(origin, ctx.method, target, headers, ctx.body, ctx.stream)
 
     def close(self) -> None:
         self._http.close()

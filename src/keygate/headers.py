@@ -70,8 +70,13 @@ def filter_request(
     headers: Iterable[tuple[str, str]], allow: frozenset[str], upstream_key: str
 ) -> dict[str, str]:
     """Headers to send upstream: allowlisted client headers plus the upstream Authorization."""
-    out = {name: value for name, value in headers if name.lower() in allow}
-    out = {k.lower(): v for k, v in out.items()}
+    out: dict[str, str] = {}
+    for name, value in headers:
+        # The server hands over lower-cased names; lower() only the rare name that is not.
+        if name in allow:
+            out[name] = value
+        elif not name.islower() and name.lower() in allow:
+            out[name.lower()] = value
     out["authorization"] = "Bearer " + upstream_key
     return out
 

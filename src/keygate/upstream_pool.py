@@ -289,6 +289,13 @@ class UpstreamPool:
 
     def acquire(self, name: str, tried: set[str]) -> Lease | None:
         """A lease on the next key of ``name`` (or of its fallbacks) not in ``tried``."""
+        entry = self._entries.get(name)
+        if entry is not None and len(entry.keys) == 1 and not tried:
+            # The usual case, one key and a first attempt: no lists to build when it is healthy.
+            only = entry.keys[0]
+            if only.state == "active" and only.usable(time.monotonic()):
+                tried.add(only.id)
+                return Lease(self, only)
         key = self._walk(name, tried, peek=False)
         if key is None:
             return None

@@ -98,8 +98,9 @@ class ClientIP(Guard):
             return BAD_FORWARDING
         ctx.client_ip = _text(client)
         ctx.client_addr = client
-        if in_networks(client, self._settings.deny):
+        settings = self._settings
+        if settings.deny and in_networks(client, settings.deny):
             return BLOCKED
-        if self._settings.allow and not in_networks(client, self._settings.allow):
+        if settings.allow and not in_networks(client, settings.allow):
             return BLOCKED
         return None
