@@ -1,11 +1,18 @@
+"""keygate.metering: the stream meter, usage from whole answers, and asking streams for usage."""
+
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keygate.context import Context
-from keygate.metering import StreamMeter, usage_from_json
+from keygate.metering import StreamMeter, ask_for_usage, fill_usage, usage_from_json
+from keygate.testing import _payloads as payloads
+from keygate.testing import context
 from keygate.types import Usage
 
 
@@ -64,3 +71,161 @@ def test_usage_from_json_body() -> None:
     for broken in (b'{"usage":{"prompt_tokens":3', b'{"usage": null}', b"not json", b'{"usage":{"a":}}'):
         usage_from_json(broken, u)
     assert (u.prompt_tokens, u.completion_tokens) == (0, 0)
+
+
+# --- output events per route (Usage.streamed) ------------------------------------------------------
+
+
+def _meter(method: str, path: str, events: list[bytes], wants_usage: bool = True) -> tuple[bytes, Usage]:
+    c = context(method, path)
+    c.client_wants_usage = wants_usage
+    meter = StreamMeter(c)
+    out = b"".join(meter.feed(e) for e in events) + meter.flush()
+    return out, c.usage
+
+
+@pytest.mark.parametrize(
+    ("path", "build", "limit_field"),
+    [
+        ("/v1/chat/completions", payloads.chat_stream, "max_completion_tokens"),
+        ("/v1/completions", payloads.completion_stream, "max_tokens"),
+        ("/v1/responses", payloads.response_stream, "max_output_tokens"),
+    ],
+)
+def test_streams_count_their_output_events(path: str, build: Any, limit_field: str) -> None:
+    body = {"model": "gpt-4o", "messages": [], "prompt": "p", "input": "i"}
+    events = build(body)
+    out, usage = _meter("POST", path, events)
+    assert out == b"".join(events)  # passed through unchanged
+    assert usage.streamed == payloads.FULL_WORDS  # one per word; empty deltas and roles count 0
+    _, usage = _meter("POST", path, build({**body, limit_field: 2}))
+    assert usage.streamed == 2
+
+
+def test_a_stream_cut_short_has_counted_what_passed() -> None:
+    events = payloads.chat_stream({"model": "gpt-4o", "messages": []})
+    c = context("POST", "/v1/chat/completions")
+    meter = StreamMeter(c)
+    for e in events[:3]:  # the role chunk and two words, then the upstream went away
+        meter.feed(e)
+    assert (c.usage.streamed, c.usage.completion_tokens) == (2, 0)
+
+
+def test_routes_without_an_output_event_count_nothing() -> None:
+    events = payloads.chat_stream({"model": "gpt-4o", "messages": []})
+    _, usage = _meter("POST", "/v1/audio/transcriptions", events)
+    assert usage.streamed == 0
+    c = Context("r", "POST", "/v1/chat/completions", "", {}, "127.0.0.1")  # no route matched
+    meter = StreamMeter(c)
+    assert meter.feed(events[1]) == events[1] and c.usage.streamed == 0
+
+
+def test_the_usage_chunk_of_a_real_stream_is_read_and_hidden_when_not_asked_for() -> None:
+    events = payloads.chat_stream(
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "a b c d"}],
+            "stream_options": {"include_usage": True},
+        }
+    )
+    out, usage = _meter("POST", "/v1/chat/completions", events, wants_usage=False)
+    assert b'"choices":[]' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.streamed) == (4, 3, 3)
+    out, _ = _meter("POST", "/v1/chat/completions", events, wants_usage=True)
+    assert out == b"".join(events)
+
+
+def test_crlf_event_boundaries_and_oversized_events() -> None:
+    c = context()
+    c.client_wants_usage = False
+    meter = StreamMeter(c)
+    crlf = b'data: {"choices":[{"delta":{"content":"w0"}}]}\r\n\r\n'
+    assert meter.feed(crlf[:-3]) == b""
+    assert meter.feed(crlf[-3:]) == crlf  # passed through as it came
+    # An event that mentions usage is re-framed (with LF, which every SSE reader accepts).
+    assert meter.feed(chunk(1).replace(b"\n", b"\r\n")) == chunk(1)
+    assert c.usage.streamed == 2
+    usage = USAGE.replace(b"\n", b"\r\n")
+    assert meter.feed(usage) == b""  # hidden, and read
+    assert c.usage.prompt_tokens == 7
+    # An "event" without a boundary beyond the limit is passed through rather than held forever.
+    huge = b"data: " + b"x" * ((1 << 20) + 10)
+    assert meter.feed(huge) == huge
+    assert meter.flush() == b""
+
+
+def test_events_that_only_mention_usage_pass_through() -> None:
+    c = ctx(False)
+    meter = StreamMeter(c)
+    for event in (
+        b'data: {"note": "usage"}\n\n',  # a dict without a usage object
+        b'data: ["usage"]\n\n',  # not a dict
+        b'data: "usage" is not JSON {\n\n',
+        b'data: {"usage": {"prompt_tokens": 2}, "choices": [{"index": 0}]}\n\n',  # carries output too
+    ):
+        assert meter.feed(event) == event
+    assert c.usage.prompt_tokens == 2
+    # Usage left in the tail when the stream ends is read too (and hidden, if the client did not ask).
+    assert meter.feed(USAGE[:-2]) == b""
+    assert meter.flush() == b""
+    assert c.usage.completion_tokens == 5
+
+
+def test_fill_usage_ignores_what_is_not_a_usage_object() -> None:
+    u = Usage()
+    fill_usage(None, u)
+    fill_usage([1], u)
+    fill_usage({"prompt_tokens": "3", "completion_tokens": None, "prompt_tokens_details": []}, u)
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (0, 0, 0)
+    fill_usage({"input_tokens": 4, "input_tokens_details": {"cached_tokens": 2}}, u)
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.total_tokens) == (4, 0, 2, 4)
+
+
+def test_usage_from_json_without_a_usage_object() -> None:
+    u = Usage()
+    for body in (b"{}", b'{"usage"}', b'{"usage": 5}', b'{"usage" x {"prompt_tokens": 1}}'):
+        usage_from_json(body, u)
+    deep = b'{"usage":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}'
+    usage_from_json(deep, u)
+    assert (u.prompt_tokens, u.completion_tokens) == (0, 0)
+
+
+# --- ask_for_usage ------------------------------------------------------------------------------
+
+
+def test_ask_for_usage_asks_when_the_client_did_not() -> None:
+    c = context(json={"model": "m", "messages": [], "stream": True})
+    ask_for_usage(c)
+    assert c.json is not None and c.json["stream_options"] == {"include_usage": True}
+    assert orjson.loads(c.body)["stream_options"] == {"include_usage": True}
+    assert c.client_wants_usage is False
+
+
+def test_ask_for_usage_keeps_the_clients_other_options() -> None:
+    c = context(
+        "POST",
+        "/v1/completions",
+        json={"model": "m", "stream": True, "stream_options": {"include_usage": False, "x": 1}},
+    )
+    ask_for_usage(c)
+    assert c.json is not None and c.json["stream_options"] == {"include_usage": True, "x": 1}
+    assert c.client_wants_usage is False
+    c = context(json={"model": "m", "messages": [], "stream": True, "stream_options": "odd"})
+    ask_for_usage(c)
+    assert c.json is not None and c.json["stream_options"] == {"include_usage": True}
+
+
+def test_ask_for_usage_leaves_alone_what_needs_no_asking() -> None:
+    asked = {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    for c in (
+        context(json=asked),  # the client asked itself
+        context(json={"model": "m", "messages": []}),  # not a stream
+        context("POST", "/v1/responses", json={"model": "m", "input": "x", "stream": True}),  # reports anyway
+    ):
+        before = c.body
+        ask_for_usage(c)
+        assert c.body == before and c.client_wants_usage is True
+    c = context(json={"model": "m", "messages": [], "stream": True}, parsed=False)
+    c.stream = True  # a stream whose body was never parsed: nothing to change
+    ask_for_usage(c)
+    assert c.json is None and c.client_wants_usage is True

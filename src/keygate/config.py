@@ -61,16 +61,16 @@ def parse_listen(value: object, where: str) -> Address:
     return Address(host, port)
 
 
-def sqlite_path(url: str) -> Path:
+def sqlite_path(url: str, where: str = "database_url") -> Path:
     if not url.startswith("sqlite:///"):
-        raise ConfigError(f"database_url: only sqlite:///PATH is supported, got {url.split(':', 1)[0]!r}")
+        raise ConfigError(f"{where}: only sqlite:///PATH is supported, got {url.split(':', 1)[0]!r}")
     return Path(url[len("sqlite:///") :])
 
 
 def _database_url(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string such as sqlite:///keygate.db")
-    sqlite_path(value)
+    sqlite_path(value, where)
     return value
 
 
@@ -146,8 +146,7 @@ def _upstream(
         ca_bundle = Path(spec.ca_bundle)
         if not ca_bundle.is_absolute() and base is not None:
             ca_bundle = base / ca_bundle
-        if not ca_bundle.is_file():
-            raise ConfigError(f"{where}.ca_bundle: {spec.ca_bundle} is not a readable PEM file")
+        schema.pem_bundle(ca_bundle, f"{where}.ca_bundle")
     return Upstream(
         name,
         schema.url(spec.base_url, f"{where}.base_url", insecure_ok=spec.allow_insecure),

@@ -117,12 +117,12 @@ class Forwarder:
             if lease is None:
                 return self.pool.unavailable(base.name)
             ctx.upstream = upstream = lease.upstream
-            origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
-            target = origin.path + route.upstream_path
-            if ctx.query:
-                target += "?" + ctx.query
-            headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
             try:
+                origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
+                target = origin.path + route.upstream_path
+                if ctx.query:
+                    target += "?" + ctx.query
+                headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
                 response = await self._http.request(origin, ctx.method, target, headers, ctx.body, ctx.stream)
             except http1.TransportError as exc:
                 lease.release()
@@ -131,7 +131,7 @@ class Forwarder:
                     continue
                 return err
             except BaseException:
-                lease.release()  # cancelled: the client went away
+                lease.release()  # cancelled (the client went away), or a bug: never keep the lease
                 raise
             if _retry(lease, response) and self.pool.can_retry(base.name, tried):
                 if ctx.stream:

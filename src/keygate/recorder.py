@@ -78,4 +78,7 @@ class Recorder(WriteBehind):
     async def close(self) -> None:
         await super().close()
         if self._log is not sys.stdout.buffer:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError:  # what a failed write left buffered; every row is in the store
+                log.exception("access log could not be closed cleanly")

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -120,6 +121,15 @@ def read_secret_file(ref: str, where: str) -> Secret | None:
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
     return Secret(found) if found else None
+
+
+def pem_bundle(path: Path, where: str) -> Path:
+    """A file of CA certificates in PEM that TLS can load."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError):
+        raise ConfigError(f"{where}: {path} is not a readable PEM file of CA certificates") from None
+    return path
 
 
 def networks(value: object, where: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

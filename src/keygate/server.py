@@ -93,6 +93,28 @@ def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
             )
 
 
+async def _when_listening(settings: Settings, started: Callable[[], None]) -> None:
+    """Call ``started`` once both listeners accept connections.
+
+    granian's start-up hook runs before its workers bind, so it cannot say "ready"; connecting is
+    the one proof. If a listener cannot bind, this never calls ``started``: the server that failed
+    ends ``serve()`` with its error instead.
+    """
+    for address in (settings.listen, settings.admin_listen):
+        if address.port == 0:
+            continue  # a port picked by the system: nothing to probe
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, address.port)
+            except OSError:
+                await asyncio.sleep(0.005)
+                continue
+            writer.close()
+            break
+    started()
+
+
 async def serve(
     settings: Settings,
     on_ready: Callable[[], None] | None = None,
@@ -169,7 +191,7 @@ async def serve(
         if on_ready is not None:
             on_ready()
 
-    server.on_startup(started)
+    announcer = asyncio.ensure_future(_when_listening(settings, started))
     await parts.recorder.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
@@ -192,6 +214,7 @@ async def serve(
         if errors:
             raise errors[0]
     finally:
+        announcer.cancel()
         await watcher.stop()
         for task in confirmations:
             task.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from keygate.testing import DEFAULT_API_KEY, MockUpstream
+from keygate.testing.mock import _url_host
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 MESSAGES: list[Any] = [
@@ -412,6 +414,12 @@ def test_failure_arguments_are_checked(upstream: MockUpstream) -> None:
         upstream.fail_next("slow")
     with pytest.raises(ValueError, match="count"):
         upstream.fail_next("500", count=0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        upstream.fail_next("429", retry_after=-1)
+    with pytest.raises(ValueError, match="must not be negative"):
+        upstream.fail_always("500", delay=-0.1)
+    with pytest.raises(ValueError, match="unknown failure mode"):
+        upstream.fail_always("418")
 
 
 def test_slow_response_times_out(upstream: MockUpstream, raw_http: httpx.Client) -> None:
@@ -495,6 +503,74 @@ def test_lifecycle_and_stop_cuts_idle_connections() -> None:
         with pytest.raises(httpx.TransportError):
             pooled.get(url + "/models")
     mock.stop()  # idempotent
+    with mock, pytest.raises(RuntimeError, match="already running"):
+        mock.start()
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = mock.port
+
+
+@pytest.mark.parametrize(
+    ("host", "url_host"),
+    [
+        ("0.0.0.0", "127.0.0.1"),  # noqa: S104
+        ("::", "[::1]"),
+        ("::1", "[::1]"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("", "127.0.0.1"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_url_host(host: str, url_host: str) -> None:
+    assert _url_host(host) == url_host
+
+
+def _raw_request(upstream: MockUpstream, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", upstream.port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b'POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"short"',
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX",
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_unreadable_bodies_are_400_and_recorded(upstream: MockUpstream, request_bytes: bytes) -> None:
+    answer = _raw_request(upstream, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400") and b"could not be read" in answer
+    assert answer.lower().count(b"connection: close") == 1
+    (seen,) = upstream.requests
+    assert (seen.path, seen.body) == ("/v1/embeddings", b"")
+
+
+def test_chunked_bodies_with_extensions_and_trailers(upstream: MockUpstream) -> None:
+    auth = f"Authorization: Bearer {DEFAULT_API_KEY}\r\n".encode()
+    body = b'{"model": "m", "input": "a b"}'
+    chunked = (
+        b"4;ext=1\r\n"
+        + body[:4]
+        + b"\r\n"
+        + f"{len(body) - 4:x}\r\n".encode()
+        + body[4:]
+        + b"\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    answer = _raw_request(
+        upstream,
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunked,
+    )
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[0].body == body
 
 
 def test_command_line() -> None:

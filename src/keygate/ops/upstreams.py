@@ -83,8 +83,8 @@ def define(
     known = known_upstreams(settings, store)
     if fallback and (fallback not in known or fallback == name):
         raise InvalidRequest(f"--fallback: {fallback} is not another upstream", param="fallback")
-    if ca_bundle and not Path(ca_bundle).is_file():
-        raise InvalidRequest(f"--ca-bundle: {ca_bundle} is not a readable PEM file", param="ca_bundle")
+    if ca_bundle:
+        schema.pem_bundle(Path(ca_bundle), "--ca-bundle")
     insecure = allow_insecure or (current.allow_insecure if current else False)
     # A config-grade check (exit 2 from the CLI), like the same setting in the config file.
     url = schema.url(base_url or (current.base_url if current else ""), "--base-url", insecure_ok=insecure)

@@ -1,0 +1,191 @@
+"""keygate.recorder in process, with a real SQLite store: batched writes off the request path, a
+failed write kept for the next attempt, everything flushed at close, one access-log line per row."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keygate.recorder import Recorder, access_line
+from keygate.store import SQLiteStore
+from keygate.types import UsageRow
+
+
+def row(i: int, **changes: Any) -> UsageRow:
+    values: dict[str, Any] = {
+        "ts": 1801353600.0 + i + 0.25,
+        "request_id": f"kg-test-{i}",
+        "key_id": "key_1",
+        "route": "chat.completions",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "model": "gpt-4o",
+        "status": 200,
+        "prompt_tokens": 3,
+        "completion_tokens": 5,
+        "cached_tokens": 1,
+        "latency_ms": 12.5,
+        "client_ip": "127.0.0.1",
+        "upstream": "openai",
+        "stream": False,
+    }
+    values.update(changes)
+    return UsageRow(**values)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "kg.db")
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    got: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    log = logging.getLogger("keygate")
+    handler = Keep(logging.DEBUG)
+    log.addHandler(handler)
+    yield got
+    log.removeHandler(handler)
+
+
+def stored(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(tmp_path / "kg.db") as db:
+        return [r[0] for r in db.execute("SELECT request_id FROM usage ORDER BY ts")]
+
+
+def logged(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_access_line() -> None:
+    line = access_line(row(0, error_code="rate_limited", ts=1801353600.0078))
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    entry = json.loads(line)
+    assert list(entry)[:3] == ["time", "ts", "request_id"]
+    assert entry["time"] == "2027-01-31T00:00:00.007Z"
+    assert entry["error_code"] == "rate_limited" and entry["stream"] is False and entry["prompt_tokens"] == 3
+
+
+def test_rows_are_batched_off_the_request_path(tmp_path: Path, store: SQLiteStore) -> None:
+    log = tmp_path / "access.log"
+
+    async def go() -> None:
+        rec = Recorder(store, str(log), flush_interval=0.02)
+        await rec.start()
+        for i in range(3):
+            rec.record(row(i))
+        assert rec.pending and stored(tmp_path) == []  # recording only appends
+        for _ in range(200):
+            if not rec.pending and len(logged(log)) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert stored(tmp_path) == ["kg-test-0", "kg-test-1", "kg-test-2"]  # one background flush
+        rec.record(row(3))
+        await rec.close()
+
+    asyncio.run(go())
+    assert stored(tmp_path)[-1] == "kg-test-3"  # close flushed the last one
+    assert [e["request_id"] for e in logged(log)] == [f"kg-test-{i}" for i in range(4)]
+    assert log.stat().st_mode & 0o777 == 0o600
+    summary = store.usage_summary("key_1")
+    assert summary and summary[0].requests == 4
+
+
+def test_a_failed_write_keeps_its_rows_for_the_next_attempt(
+    tmp_path: Path, store: SQLiteStore, records: list[logging.LogRecord]
+) -> None:
+    log = tmp_path / "access.log"
+    other = sqlite3.connect(tmp_path / "kg.db", isolation_level=None)
+
+    async def go() -> None:
+        rec = Recorder(store, str(log), flush_interval=60)
+        rec.record(row(0))
+        rec.record(row(1))
+        other.execute("ALTER TABLE usage RENAME TO usage_away")  # the next write fails
+        await rec.flush()
+        assert rec.pending
+        assert logged(log) == []  # nothing is logged before it is stored
+        rec.record(row(2))
+        other.execute("ALTER TABLE usage_away RENAME TO usage")
+        await rec.flush()
+        assert not rec.pending
+        await rec.close()
+
+    asyncio.run(go())
+    other.close()
+    assert stored(tmp_path) == ["kg-test-0", "kg-test-1", "kg-test-2"]
+    assert [e["request_id"] for e in logged(log)] == ["kg-test-0", "kg-test-1", "kg-test-2"]  # once each
+    failed = [r for r in records if r.getMessage() == "usage flush failed; will retry"]
+    assert [getattr(r, "rows", None) for r in failed] == [2]
+
+
+def test_close_retries_then_gives_up_loudly(
+    tmp_path: Path, store: SQLiteStore, records: list[logging.LogRecord]
+) -> None:
+    other = sqlite3.connect(tmp_path / "kg.db", isolation_level=None)
+    other.execute("ALTER TABLE usage RENAME TO usage_away")
+
+    async def go() -> Recorder:
+        rec = Recorder(store, str(tmp_path / "access.log"), flush_interval=60)
+        rec.record(row(0))
+        await rec.close()
+        return rec
+
+    rec = asyncio.run(go())
+    other.close()
+    assert rec.pending  # still held: close does not pretend
+    assert len([r for r in records if r.getMessage() == "usage flush failed; will retry"]) == 3
+    assert any(r.getMessage() == "buffered records could not be written at shutdown" for r in records)
+
+
+def test_the_access_log_on_stdout(
+    store: SQLiteStore, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    async def go() -> None:
+        rec = Recorder(store, "-", flush_interval=60)
+        rec.record(row(0))
+        await rec.close()
+
+    asyncio.run(go())
+    out = capsysbinary.readouterr().out
+    assert json.loads(out)["request_id"] == "kg-test-0"
+    assert stored(tmp_path) == ["kg-test-0"]
+
+
+def test_an_access_log_that_cannot_be_written_loses_no_row(
+    tmp_path: Path, store: SQLiteStore, records: list[logging.LogRecord]
+) -> None:
+    """The store is the record of truth: a broken access log is logged, and neither stops the
+    rows from being stored nor makes close() fail (which would stop the server's shutdown short)."""
+    log = tmp_path / "access.log"
+    os.mkfifo(log)
+    reader = os.open(log, os.O_RDONLY | os.O_NONBLOCK)
+
+    async def go() -> None:
+        rec = Recorder(store, str(log), flush_interval=60)
+        os.close(reader)  # the log's reader goes away: every write now fails
+        rec.record(row(0))
+        await rec.flush()
+        assert not rec.pending
+        rec.record(row(1))
+        await rec.close()
+
+    asyncio.run(go())
+    assert stored(tmp_path) == ["kg-test-0", "kg-test-1"]
+    assert any(r.getMessage() == "access log write failed" for r in records)
