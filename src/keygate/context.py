@@ -8,16 +8,14 @@ only a guard's private state between its own phases (see ``chain.Guard.needs``/`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from .config import Upstream
 from .errors import KeygateError
+from .routes import Route
 from .types import IPAddress, KeyRecord, Team, Usage
-
-if TYPE_CHECKING:
-    from .config import Upstream
-    from .routes import Route
 
 Estimate = tuple[int, int, bool, str]
 """``(prompt, output, given, field)``: estimated prompt tokens, max output tokens, whether the

@@ -19,7 +19,7 @@ from granian.server.embed import Server
 from .admin.listener import admin_server, announce_first_token
 from .app import Gateway
 from .chain import Chain
-from .config import Settings
+from .config import Settings, ensure_pepper
 from .counters import MemoryCounters
 from .errors import ConfigError
 from .forward import Forwarder
@@ -49,7 +49,9 @@ class Parts:
 
 
 def build(settings: Settings) -> Parts:
-    """Open the store and make every part of a gateway, each given the parts it needs."""
+    """Open the store and make every part of a gateway, each given the parts it needs (and, on a
+    first run, the pepper file)."""
+    settings = ensure_pepper(settings)
     store = open_store(settings)
     try:
         recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
@@ -129,6 +131,7 @@ async def serve(
     the same server without either.
     """
     parts = build(settings)
+    settings = parts.settings
     announce_first_token(settings, parts.store)
     admin = admin_server(settings, parts.store)
     server = Server(

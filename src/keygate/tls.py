@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -95,8 +96,6 @@ async def confirm_reload(old_workers: list[Any], give_up_after: float = 600.0) -
 
 def check_pair(tls: TLSSettings) -> str | None:
     """Why the certificate files cannot be served (None when they can): never reload a broken pair."""
-    import ssl
-
     assert tls.cert is not None and tls.key is not None
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key)

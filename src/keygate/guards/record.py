@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from ..chain import Guard
 from ..context import Context
+from ..recorder import Recorder
 from ..types import UsageRow
-
-if TYPE_CHECKING:
-    from ..recorder import Recorder
 
 
 class Record(Guard):
