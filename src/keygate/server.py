@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import platform
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
+from . import __version__
 from .admin.listener import admin_server, announce_first_token
 from .app import Gateway
 from .chain import Chain
@@ -189,6 +191,9 @@ async def serve(
                 "database": str(settings.database_path),
                 "keys": len(parts.keys),
                 "upstreams": parts.pool.names(),
+                # What runs: this package's Python, interpreted (no compiled build; docs/HOTPATH.md).
+                "runs": f"keygate {__version__} (pure Python) on {platform.python_implementation()} "
+                f"{platform.python_version()}",
             },
         )
         if on_ready is not None:
