@@ -15,6 +15,7 @@ from ..access_config import Lockout
 from ..chain import Guard
 from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, RateLimited
+from .auth import UNKNOWN
 
 log = logging.getLogger("keygate.access")
 _MAX_TRACKED = 100_000  # bound memory under a spray from many addresses
@@ -44,7 +45,12 @@ class AuthLockout(Guard):
         )
 
     def complete(self, ctx: Context) -> None:
-        if ctx.key is not None or not isinstance(ctx.error, AuthenticationFailed):
+        error = ctx.error
+        if not isinstance(error, AuthenticationFailed):
+            return
+        # A request that did not authenticate; or a honeytoken's, answered exactly as an unknown
+        # key (the same UNKNOWN value), which must count the same, or its holder could tell.
+        if ctx.key is not None and error is not UNKNOWN:
             return
         ip = ctx.client_ip
         now = time.monotonic()
@@ -57,6 +63,8 @@ class AuthLockout(Guard):
         while window and window[0] <= now - self._settings.window:
             window.popleft()
         if len(window) >= self._settings.max_failures and ip not in self._locked:
+            if len(self._locked) >= _MAX_TRACKED:
+                self._prune(now)
             self._locked[ip] = now + self._settings.duration
             del self._failures[ip]
             log.warning(
@@ -70,8 +78,12 @@ class AuthLockout(Guard):
             )
 
     def _prune(self, now: float) -> None:
+        """Forget failures past their window and lockouts that are over (a spray from many
+        addresses must not grow either without bound)."""
         horizon = now - self._settings.window
         for ip in [ip for ip, w in self._failures.items() if not w or w[-1] <= horizon]:
             del self._failures[ip]
         if len(self._failures) >= _MAX_TRACKED:
             self._failures.clear()
+        for ip in [ip for ip, until in self._locked.items() if until <= now]:
+            del self._locked[ip]
