@@ -99,7 +99,7 @@ class BodyReader(Guard):
             return None
         declared = ctx.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 return InvalidRequest("Invalid Content-Length header.")
             if int(declared) > self.max_bytes:
                 return self._too_large

@@ -92,7 +92,7 @@ class AccessPolicy(Guard):
                 )
             cap = policy.get("max_body_bytes")
             declared = ctx.headers.get("content-length", "")
-            if isinstance(cap, int) and declared.isdigit() and int(declared) > cap:
+            if isinstance(cap, int) and declared.isascii() and declared.isdigit() and int(declared) > cap:
                 return PayloadTooLarge(f"Request body is larger than this key's {cap} byte limit.")
         return None
 
