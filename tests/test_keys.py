@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keygate import keys
+from keygate.errors import ConfigError
 from keygate.types import Secret
 
 PEPPER = Secret("pepper-for-tests-0123456789abcdef")
@@ -69,3 +71,19 @@ def test_secret_never_prints_itself() -> None:
     s = Secret("sk-very-secret")
     assert "sk-very-secret" not in f"{s} {s!r} {[s]} { ({'k': s}) }"
     assert s.reveal() == "sk-very-secret"
+
+
+def test_issue_needs_a_pepper_and_returns_what_may_be_stored() -> None:
+    with pytest.raises(ConfigError, match="pepper"):
+        keys.issue(Secret(""))
+    issued = keys.issue(PEPPER)
+    assert keys.is_well_formed(issued.secret)
+    assert issued.key_hash == keys.hash_key(PEPPER, issued.secret) and issued.hint == keys.hint(issued.secret)
+    admin = keys.issue(PEPPER, keys.ADMIN_PREFIX)
+    assert keys.is_well_formed(admin.secret, prefix=keys.ADMIN_PREFIX) and admin.hint.startswith("kga_...")
+
+
+def test_ids_name_their_kind_and_are_distinct() -> None:
+    made = {keys.new_id("team") for _ in range(100)}
+    assert len(made) == 100 and all(i.startswith("team_") and len(i) == 5 + 16 for i in made)
+    assert keys.new_id().startswith("key_")

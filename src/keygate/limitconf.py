@@ -11,7 +11,6 @@ Policy (in a key's or team's ``policy`` JSON, or ``limits.defaults`` in the conf
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -95,7 +94,8 @@ class LimitSettings:
     default_max_output_tokens: int = setting(4096, _count)
     soft_threshold: float = setting(0.8, _fraction)
     webhook_url: str | None = setting(None, schema.url)
-    prices: Mapping[str, Price] = setting(dict, _prices)  # the shipped table, plus these
+    # the shipped table, plus those of `prices:` (a default of its own, also without `limits:`)
+    prices: Mapping[str, Price] = setting(lambda: shipped_prices(), _prices)
     default_price: Price | None = setting(None, lambda v, w: _price(v, w))
 
     def price_for(self, model: str | None) -> Price | None:
@@ -166,7 +166,4 @@ def check_policy(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def parse_limits(raw: object) -> LimitSettings:
     """Parse the ``limits:`` section of the config file."""
-    found = schema.build(LimitSettings, raw, "limits")
-    if not found.prices:  # no `prices:` given: the shipped table alone
-        found = dataclasses.replace(found, prices=shipped_prices())
-    return found
+    return schema.build(LimitSettings, raw, "limits")

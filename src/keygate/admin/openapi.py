@@ -10,11 +10,12 @@ from typing import Any
 from ..ops.validate import NAME_MAX
 
 # Non-blank, without control characters (ops.validate.check_name)
+_TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
 _NAME = {
     "type": "string",
     "minLength": 1,
     "maxLength": NAME_MAX,
-    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\S[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    "pattern": rf"^{_TEXT}*[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]{_TEXT}*$",
 }
 _POLICY = {
     "type": "object",

@@ -84,6 +84,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         args.config = None
     if not hasattr(args, "admin_url"):
         args.admin_url = None
+    if args.admin_url and not getattr(args, "remote", False):
+        # Never silently ignored: a command without an admin-API route would act on a local store.
+        action = getattr(args, args.command.replace("-", "_") + "_command", None)
+        name = f"{args.command} {action}" if action else args.command
+        print(
+            f"keygate: --admin-url: `{name}` works on the gateway host only (no admin API route)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result: int = args.handler(args)
         return result

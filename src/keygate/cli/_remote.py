@@ -63,7 +63,13 @@ class AdminClient:
             raise KeygateError(f"cannot reach the admin API: {type(exc).__name__}") from None
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        if response.status_code != 200 and response.status_code != 201:
+            # a redirect (never followed: it must not carry the token elsewhere) or no content
+            raise KeygateError(f"the admin API answered {response.status_code}; check --admin-url")
+        try:
+            return response.json()
+        except ValueError:
+            raise KeygateError("the admin API answer is not JSON; check --admin-url") from None
 
 
 def _error(response: httpx.Response) -> KeygateError:

@@ -23,11 +23,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     add_policy_arguments(c, update=False)
     key_rotation.add_create_arguments(c)
-    c.set_defaults(handler=create)
+    c.set_defaults(handler=create, remote=True)
 
     ls = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=list_keys)
+    ls.set_defaults(handler=list_keys, remote=True)
 
     u = ks.add_parser("update", parents=[common], help="change a key's name, team or policy")
     u.add_argument("key_id", metavar="ID")
@@ -37,11 +37,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument("--json", action="store_true")
     add_policy_arguments(u, update=True)
     key_rotation.add_update_arguments(u)
-    u.set_defaults(handler=update)
+    u.set_defaults(handler=update, remote=True)
 
     r = ks.add_parser("revoke", parents=[common], help="revoke a key; effective on the next request")
     r.add_argument("key_id", metavar="ID")
-    r.set_defaults(handler=revoke)
+    r.set_defaults(handler=revoke, remote=True)
     key_rotation.register(ks, common)
 
 

@@ -19,17 +19,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("name")
     c.add_argument("--json", action="store_true")
     add_policy_arguments(c, update=False)
-    c.set_defaults(handler=create)
+    c.set_defaults(handler=create, remote=True)
 
     ls = ts.add_parser("list", parents=[common], help="list teams")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=list_teams)
+    ls.set_defaults(handler=list_teams, remote=True)
 
     u = ts.add_parser("update", parents=[common], help="change a team's policy")
     u.add_argument("team", metavar="TEAM", help="team id or name")
     u.add_argument("--json", action="store_true")
     add_policy_arguments(u, update=True)
-    u.set_defaults(handler=update)
+    u.set_defaults(handler=update, remote=True)
 
 
 def create(args: argparse.Namespace) -> int:

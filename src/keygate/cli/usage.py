@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import InvalidRequest
 from ..ops import usage as ops
 from . import _remote
 from ._common import local_store, print_json, print_table
@@ -15,11 +16,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="ID", help="only this key")
     p.add_argument("--json", action="store_true")
     p.add_argument("--budgets", action="store_true", help="show spend against budget per key and team")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, remote=True)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.budgets:
+        if _remote.is_remote(args):
+            raise InvalidRequest("--budgets: not available with --admin-url; run it on the gateway host")
         with local_store(args) as (settings, store):
             budgets = ops.budgets(settings, store)
         _print_budgets(budgets) if not args.json else print_json(budgets)

@@ -1,16 +1,16 @@
-"""Stored upstream keys: encrypted at rest, write-only, master key handling and rotation."""
+"""``keygate master-key`` (``keygate.cli.master_key``): generate a master key file, re-wrap every
+stored data key under a new one (resuming after a crash), and report which key wraps what."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 
 from keygate.testing import MockUpstream
+from keygate.types import Secret
+from keygate.vault import kek_id, parse_master_key
 
 from ..helpers import Gateway, assert_no_secret_written, process_cli
 
@@ -18,7 +18,6 @@ MASTER = "q3T8a0m3yJ2cJ0m8d9r9E2fUu0pQ2uK3h3c1vQqZ0nA="
 STORED = "sk-proj-STORED-upstream-secret-aaaa1111"
 STORED_2 = "sk-proj-STORED-upstream-secret-bbbb2222"
 STORED_3 = "sk-proj-STORED-upstream-secret-cccc3333"
-CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def db_gateway(tmp_path: Path, url: str, **extra: object) -> Gateway:
@@ -40,95 +39,6 @@ def sdk(gw: Gateway, key: str) -> openai.OpenAI:
 
 def bearer_of(mock: MockUpstream) -> list[str]:
     return [r.headers.get("authorization", "")[7:] for r in mock.requests]
-
-
-def test_stored_key_is_sealed_write_only_and_used(tmp_path: Path, mock: MockUpstream) -> None:
-    mock.set_api_keys([STORED])
-    gw = db_gateway(tmp_path, mock.url)
-    added = gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED + "\n")
-    assert "...1111" in added.stdout and STORED not in added.stdout
-    with gw:
-        key = gw.create_key("app")["key"]
-        reply = sdk(gw, key).chat.completions.create(**CHAT)  # type: ignore[call-overload]
-        assert reply.choices[0].message.content
-    assert bearer_of(mock) == [STORED]
-    listed = json.loads(gw.cli("upstreams", "list", "--json").stdout)
-    (row,) = [v for v in listed if v["source"] == "store"]
-    assert row["last4"] == "1111" and row["fingerprint"].startswith("sha256:")
-    assert row["status"] == "active" and row["created_at"] and row["last_used_at"]
-    table = gw.cli("upstreams", "list").stdout
-    assert "1111" in table and STORED not in table
-    # The ciphertext is bound to its row: a secret never appears in the database in any form.
-    db = sqlite3.connect(tmp_path / "keygate.db")
-    (kek, wrapped, ct) = db.execute("SELECT kek_id, wrapped_key, ciphertext FROM upstream_keys").fetchone()
-    assert kek.startswith("mk_") and len(wrapped) == 12 + 32 + 16 and STORED.encode() not in ct
-    assert_no_secret_written(outputs(gw), gw.secrets)
-
-
-def test_key_is_never_taken_from_argv(tmp_path: Path, mock: MockUpstream) -> None:
-    gw = db_gateway(tmp_path, mock.url)
-    result = gw.cli("upstreams", "add", "openai", STORED, check=False)
-    assert result.returncode == 2  # argparse: no positional secret exists
-    result = gw.cli("upstreams", "add", "openai", input="", check=False)
-    assert result.returncode == 1 and "--key-stdin" in result.stderr
-    assert_no_secret_written(outputs(gw), gw.secrets)
-
-
-def test_swapped_rows_fail_to_decrypt(tmp_path: Path, mock: MockUpstream) -> None:
-    gw = db_gateway(tmp_path, mock.url)
-    gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED + "\n")
-    gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED_2 + "\n")
-    db = sqlite3.connect(tmp_path / "keygate.db", isolation_level=None)
-    (a, wa, ca), (b, wb, cb) = db.execute(
-        "SELECT id, wrapped_key, ciphertext FROM upstream_keys ORDER BY created_at"
-    ).fetchall()
-    db.execute("UPDATE upstream_keys SET wrapped_key = ?, ciphertext = ? WHERE id = ?", (wb, cb, a))
-    db.execute("UPDATE upstream_keys SET wrapped_key = ?, ciphertext = ? WHERE id = ?", (wa, ca, b))
-    db.close()
-    proc = subprocess.run(
-        [sys.executable, "-m", "keygate", "--config", str(gw.config_path), "serve"],
-        env=gw.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2 and "does not open" in proc.stderr
-    assert_no_secret_written(outputs(gw), gw.secrets)
-
-
-def test_refuses_to_start_without_master_key(tmp_path: Path, mock: MockUpstream) -> None:
-    gw = db_gateway(tmp_path, mock.url)
-    gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED + "\n")
-    env = {k: v for k, v in gw.env.items() if k != "KEYGATE_MASTER_KEY"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "keygate", "--config", str(gw.config_path), "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2 and "no master key is configured" in proc.stderr
-    # Storing needs the master key too.
-    add = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keygate",
-            "--config",
-            str(gw.config_path),
-            "upstreams",
-            "add",
-            "openai",
-            "--key-stdin",
-        ],
-        env=env,
-        input=STORED_2 + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert add.returncode == 2 and "master key" in add.stderr
-    assert_no_secret_written(outputs(gw), gw.secrets)
 
 
 def test_master_key_file_must_be_private(tmp_path: Path, mock: MockUpstream) -> None:
@@ -208,4 +118,51 @@ def test_serving_gateway_survives_master_key_rotation(tmp_path: Path, mock: Mock
             client.models.list()
     assert bearer_of(mock) == [STORED] * 4
     assert "cannot open" not in gw.stderr_path.read_text()
+    assert_no_secret_written(outputs(gw), gw.secrets)
+
+
+def test_generate_never_overwrites_and_status_in_text(tmp_path: Path, mock: MockUpstream) -> None:
+    gw = db_gateway(tmp_path, mock.url)
+    key_file = tmp_path / "new.key"
+    made = gw.cli("master-key", "generate", "--out", str(key_file))
+    value = key_file.read_text().strip()
+    gw.secrets.append(value)
+    assert kek_id(parse_master_key(Secret(value))) in made.stdout and value not in made.stdout
+    again = gw.cli("master-key", "generate", "--out", str(key_file), check=False)
+    assert again.returncode == 1 and "never overwrites" in again.stderr
+    assert key_file.read_text().strip() == value
+    gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED + "\n")
+    current = kek_id(parse_master_key(Secret(MASTER)))
+    assert gw.cli("master-key", "status").stdout.splitlines() == [
+        f"current master key: {current}",
+        f"  {current}: 1 key(s)  (current)",
+    ]
+    # After a rotation, with the old key as previous: both are listed, the new one is current.
+    gw.cli("master-key", "rotate", "--new-key-file", str(key_file))
+    gw.env.update(KEYGATE_MASTER_KEY=value, KEYGATE_PREVIOUS_MASTER_KEY=MASTER)
+    assert (
+        f"{kek_id(parse_master_key(Secret(value)))}: 1 key(s)  (current)"
+        in gw.cli("master-key", "status").stdout
+    )
+    del gw.env["KEYGATE_MASTER_KEY"], gw.env["KEYGATE_PREVIOUS_MASTER_KEY"]
+    assert "current master key: (none configured)" in gw.cli("master-key", "status").stdout
+    assert_no_secret_written(outputs(gw), gw.secrets)
+
+
+def test_rotate_refuses_a_new_key_file_others_can_read(tmp_path: Path, mock: MockUpstream) -> None:
+    gw = db_gateway(tmp_path, mock.url)
+    gw.cli("upstreams", "add", "openai", "--key-stdin", input=STORED + "\n")
+    key_file = tmp_path / "shared.key"
+    gw.cli("master-key", "generate", "--out", str(key_file))
+    gw.secrets.append(key_file.read_text().strip())
+    key_file.chmod(0o644)
+    refused = gw.cli("master-key", "rotate", "--new-key-file", str(key_file), check=False)
+    assert refused.returncode == 2 and "--new-key-file" in refused.stderr and "chmod 600" in refused.stderr
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    garbage.chmod(0o600)
+    bad = gw.cli("master-key", "rotate", "--new-key-file", str(garbage), check=False)
+    assert bad.returncode == 2 and "--new-key-file: expected 32 random bytes" in bad.stderr
+    current = kek_id(parse_master_key(Secret(MASTER)))
+    assert json.loads(gw.cli("master-key", "status", "--json").stdout)["wrapped_by"] == {current: 1}
     assert_no_secret_written(outputs(gw), gw.secrets)

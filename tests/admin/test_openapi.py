@@ -1,9 +1,12 @@
-"""Schemathesis against the admin API's own OpenAPI document, authenticated as an admin."""
+"""The admin API's OpenAPI document (``keygate.admin.openapi``): schemathesis against the running
+API, authenticated as an admin; and the document against the routes and checks it describes."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +15,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
+from keygate.admin.api import AdminAPI
+from keygate.admin.openapi import openapi_document
+from keygate.config import load_settings
+from keygate.errors import InvalidRequest
+from keygate.ops.validate import NAME_MAX, check_name
+from keygate.store import SQLiteStore
 from keygate.testing import MockUpstream
 
 from ..helpers import Gateway
@@ -22,7 +31,6 @@ _TOKEN: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def admin_gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with Gateway(tmp_path_factory.mktemp("openapi"), upstream.url) as gw:
-        pass
         _TOKEN["token"] = json.loads(gw.cli("init", "--json").stdout)["token"]
         gw.cli("teams", "create", "research")
         yield gw
@@ -66,3 +74,37 @@ def test_the_fuzzer_really_reached_the_api(admin_gateway: Gateway) -> None:
     actions = {e["action"] for e in entries}
     assert {"keys.create", "teams.create"} <= actions
     assert all(e["origin"] == "127.0.0.1" for e in entries if e["actor"].startswith("adm_"))
+
+
+def test_the_document_describes_every_route_and_only_those(tmp_path: Path) -> None:
+    settings = load_settings(None, {"KEYGATE_DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
+    served = {
+        (route.path, method.lower())
+        for route in AdminAPI(settings, SQLiteStore(tmp_path / "k.db")).routes()
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    document = openapi_document()
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    assert served - documented == {("/openapi.json", "get")}  # the document itself
+    assert documented <= served
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    refs = set(re.findall(r'"#/components/schemas/([A-Za-z]+)"', json.dumps(document)))
+    assert refs == set(document["components"]["schemas"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ok", " padded ", "naïve café", "x" * NAME_MAX, "", "   ", "x" * (NAME_MAX + 1), "tab\there",
+     "new\nline", "del\x7f", "c1\x85", "sep\u2028", "par\u2029", "nul\x00"],
+)  # fmt: skip
+def test_the_name_schema_agrees_with_check_name(name: str) -> None:
+    schema = openapi_document()["components"]["schemas"]["KeyCreate"]["properties"]["name"]
+    fits = schema["minLength"] <= len(name) <= schema["maxLength"] and bool(re.match(schema["pattern"], name))
+    try:
+        check_name(name)
+        accepted = True
+    except InvalidRequest:
+        accepted = False
+    assert fits == accepted

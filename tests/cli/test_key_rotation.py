@@ -1,4 +1,5 @@
-"""Client keys: rotation with a grace period, rotation schedules, honeytokens."""
+"""``keygate keys rotate`` / ``keys due`` and the ``--rotate-every`` / ``--honeytoken`` flags
+(``keygate.cli.key_rotation``): rotation with a grace period, schedules, honeytokens."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_rotate_keeps_record_and_old_secret_works_during_grace(tmp_path: Path, m
 def test_old_secret_stops_when_grace_ends(tmp_path: Path, mock: MockUpstream) -> None:
     with Gateway(tmp_path, mock.url) as gw:
         created = gw.create_key("app")
-        new = rotate(gw, created["id"], "1s")
+        new = rotate(gw, created["id"], "0.3s")
         headers = {"Authorization": f"Bearer {created['key']}"}
         deadline = time.monotonic() + 15
         while httpx.get(f"{gw.url}/models", headers=headers).status_code == 200:
@@ -127,3 +128,43 @@ def test_honeytoken_is_refused_like_an_unknown_key_and_alerts(tmp_path: Path, mo
     assert "authorization" not in alert["headers"] and "cookie" not in alert["headers"]
     assert "abc123" not in gw.stderr_path.read_text()
     assert_no_secret_written(gw.written_files(), gw.secrets)
+
+
+def test_rotate_in_text_mode_and_what_it_refuses(tmp_path: Path, mock: MockUpstream) -> None:
+    gw = Gateway(tmp_path, mock.url)
+    created = gw.create_key("app")
+    shown = gw.cli("keys", "rotate", created["id"])
+    (secret,) = [w for w in shown.stdout.split() if w.startswith("kg_")]
+    gw.secrets.append(secret)
+    assert keyfmt.is_well_formed(secret) and "keeps working until" in shown.stderr
+    (listed,) = json.loads(gw.cli("keys", "list", "--json").stdout)
+    assert listed["hint"] == keyfmt.hint(secret)
+    bad_grace = gw.cli("keys", "rotate", created["id"], "--grace", "a while", check=False)
+    assert bad_grace.returncode == 1 and "--grace: expected a duration" in bad_grace.stderr
+    missing = gw.cli("keys", "rotate", "key_missing", check=False)
+    assert missing.returncode == 1 and "no key with id 'key_missing'" in missing.stderr
+    gw.cli("keys", "revoke", created["id"])
+    revoked = gw.cli("keys", "rotate", created["id"], check=False)
+    assert revoked.returncode == 1 and "is revoked; create a new key instead" in revoked.stderr
+    assert "kg_" not in revoked.stdout + revoked.stderr
+    bad_every = gw.cli("keys", "create", "--name", "x", "--rotate-every", "monthly", check=False)
+    assert bad_every.returncode == 1 and "--rotate-every: expected a duration" in bad_every.stderr
+    bad_within = gw.cli("keys", "due", "--within", "soon", check=False)
+    assert bad_within.returncode == 1 and "--within" in bad_within.stderr
+    assert_no_secret_written(gw.written_files(), gw.secrets)
+
+
+def test_due_lists_expiry_and_overdue_keys(tmp_path: Path, mock: MockUpstream) -> None:
+    gw = Gateway(tmp_path, mock.url)
+    past = gw.create_key("past", "--expires-at", "2001-01-01T00:00:00Z")
+    soon = gw.create_key("soon", "--expires-in", "1h")
+    gw.create_key("trap", "--honeytoken", "--rotate-every", "1s")  # a honeytoken is never due
+    due = json.loads(gw.cli("keys", "due", "--json").stdout)
+    assert [(d["id"], d["reason"], d["overdue"]) for d in due] == [
+        (past["id"], "expiry", True),
+        (soon["id"], "expiry", False),
+    ]
+    assert due[0]["due_at"] == "2001-01-01T00:00:00Z"
+    table = gw.cli("keys", "due").stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "REASON", "DUE", "OVERDUE"]
+    assert table[1].split()[-1] == "yes" and table[2].split()[-1] == "no"
