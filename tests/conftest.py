@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 
 from keygate.testing import MockUpstream
 
-from .helpers import UPSTREAM_SECRET, Gateway
+from .helpers import UPSTREAM_SECRET, Gateway, logged
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,10 @@ def client_key(gateway: Gateway) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Everything logged under ``keygate`` during the test."""
+    with logged("keygate") as got:
+        yield got

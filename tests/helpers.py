@@ -4,18 +4,16 @@ reload by SIGHUP, what reaches argv."""
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+import logging
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from keygate.testing import CliResult, LocalGateway, free_ports
 
@@ -98,8 +96,9 @@ def process_cli(gw: LocalGateway, *args: str, input: str | None = None) -> subpr
     return result
 
 
-class ProcessGateway:
-    """A keygate process with its own config, database and log files under ``workdir``."""
+class ProcessGateway(Gateway):
+    """The same gateway as :class:`Gateway` (config, database and logs under ``workdir``), served
+    and commanded by ``python -m keygate`` processes: for what needs a process of its own."""
 
     def __init__(
         self,
@@ -110,47 +109,19 @@ class ProcessGateway:
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
-        self.workdir = workdir
-        self.host = host
-        self.port, self.admin_port = free_ports(host, 2)
-        self.config_path = workdir / "keygate.yaml"
-        self.access_log = workdir / "access.log"
+        super().__init__(workdir, upstream_url, extra=extra, env=env, host=host)
+        self.env["PYTHONPATH"] = SRC  # the processes import keygate from this checkout
         self.stdout_path = workdir / "stdout.log"
-        self.stderr_path = workdir / "stderr.log"
-        config: dict[str, Any] = {
-            "listen": f"{host}:{self.port}",
-            "admin_listen": f"{host}:{self.admin_port}",
-            "database_url": "sqlite:///keygate.db",
-            "access_log": str(self.access_log),
-            "usage_flush_interval": 0.05,
-            "upstreams": {"openai": {"base_url": upstream_url, "api_key": "${OPENAI_API_KEY}"}},
-        }
-        config.update(extra or {})
-        self.config_path.write_text(yaml.safe_dump(config))
-        # Subprocesses import keygate from this checkout, whatever is installed.
-        self.env = {**os.environ, "PYTHONPATH": SRC, "OPENAI_API_KEY": UPSTREAM_SECRET, **(env or {})}
-        self.env.pop("KEYGATE_CONFIG", None)
-        self.env.pop("KEYGATE_PEPPER", None) if "KEYGATE_PEPPER" not in (env or {}) else None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.secrets: list[str] = [UPSTREAM_SECRET]
+        self.serve_args: list[str] = []  # more `keygate serve` arguments (TLS flags, say)
 
     @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
-
-    @property
-    def admin_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.admin_port}"
-
-    @property
-    def base(self) -> str:
-        return self.url[: -len("/v1")]
+    def running(self) -> bool:
+        return self.proc is not None
 
     def start(self) -> ProcessGateway:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keygate", "--config", str(self.config_path), "serve"],
+            [sys.executable, "-m", "keygate", "--config", str(self.config_path), "serve", *self.serve_args],
             cwd=self.workdir,
             env=self.env,
             stdout=self.stdout_path.open("ab"),
@@ -171,55 +142,38 @@ class ProcessGateway:
         self.proc = None
         return code
 
-    def cli(
-        self, *args: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "keygate", "--config", str(self.config_path), *args],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=30,
-        )
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> CliResult:
+        result = process_cli(self, *args, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"keygate {' '.join(args)} failed: {result.stderr}")
-        _keep_output(self.workdir, args, result.stdout, result.stderr)
-        return result
-
-    def create_key(self, name: str = "test", *extra: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.cli("keys", "create", "--name", name, "--json", *extra).stdout)
-        self.secrets.append(data["key"])
-        return data
-
-    def access_entries(self, timeout: float = 3.0, at_least: int = 1) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-            if len(lines) >= at_least or time.monotonic() > deadline:
-                return [json.loads(line) for line in lines]
-            time.sleep(0.02)
-
-    def wait_entry(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
-        """The newest access-log entry matching ``predicate``, waiting for the batch flush."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for entry in reversed(self.access_entries(timeout=0)):
-                if predicate(entry):
-                    return entry
-            if time.monotonic() > deadline:
-                raise AssertionError("no matching access-log entry")
-            time.sleep(0.02)
-
-    def written_files(self) -> Iterable[Path]:
-        return [p for p in self.workdir.rglob("*") if p.is_file()]
+        return CliResult(tuple(args), result.returncode, result.stdout, result.stderr)
 
     def __enter__(self) -> ProcessGateway:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def logged(name: str = "keygate") -> Iterator[list[logging.LogRecord]]:
+    """The records logged to ``name`` (a keygate logger) inside the block. A handler of its own:
+    keygate's CLI turns off propagation to the root logger, so pytest's caplog may see nothing."""
+    logger = logging.getLogger(name)
+    keep, level = _Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield keep.records
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
 
 
 def assert_no_secret_written(files: Iterable[Path], secrets: Iterable[str]) -> None:

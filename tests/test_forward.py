@@ -54,24 +54,6 @@ ENV = {"K1": K1, "K2": K2, "K3": K3, "KEYGATE_PEPPER": "p" * 40}
 CHAT: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Everything logged under ``keygate`` during the test."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    logger = logging.getLogger("keygate")
-    handler, level = Keep(logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 class Setup:
     """A Forwarder and its pool, built from a config file as the server builds them."""
 

@@ -49,21 +49,6 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    log = logging.getLogger("keygate")
-    handler = Keep(logging.DEBUG)
-    log.addHandler(handler)
-    yield got
-    log.removeHandler(handler)
-
-
 def stored(tmp_path: Path) -> list[str]:
     with sqlite3.connect(tmp_path / "kg.db") as db:
         return [r[0] for r in db.execute("SELECT request_id FROM usage ORDER BY ts")]

@@ -96,24 +96,6 @@ def test_a_fallback_naming_nothing_is_refused(tmp_path: Path, store: SQLiteStore
     assert info.value.message == "upstreams.openai.fallback: 'ghost' is not another upstream"
 
 
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Everything logged under ``keygate`` (whether or not it propagates to the root logger)."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    log = logging.getLogger("keygate")
-    handler, level = Keep(logging.DEBUG), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    yield got
-    log.removeHandler(handler)
-    log.setLevel(level)
-
-
 def test_a_keyless_upstream_beside_a_keyed_one_is_a_warning(
     tmp_path: Path, store: SQLiteStore, records: list[logging.LogRecord]
 ) -> None:

@@ -9,8 +9,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from keygate.testing import MockUpstream
 from keygate.tls import CertWatcher, check_pair, confirm_reload, hsts_headers, server_options, tls_from_flags
 
 from .certs import CA
-from .helpers import ProcessGateway, wait_port
+from .helpers import ProcessGateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -45,17 +43,6 @@ class TLSGateway(ProcessGateway):
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> TLSGateway:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keygate", "--config", str(self.config_path), "serve", *self.serve_args],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=self.stdout_path.open("ab"),
-            stderr=self.stderr_path.open("ab"),
-        )
-        wait_port(self.host, self.port, proc=self.proc)
-        return self
 
 
 def client_ctx(ca: CA, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:

@@ -7,8 +7,10 @@ of usage records are ordinary awaits here rather than hooks in another process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import platform
 import signal
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from . import __version__
 from .admin.listener import admin_server, announce_first_token
 from .app import Gateway
 from .chain import Chain
-from .config import Settings, ensure_pepper
+from .config import Address, Settings, ensure_pepper
 from .counters import MemoryCounters
 from .errors import ConfigError
 from .forward import Forwarder
@@ -97,13 +99,54 @@ def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
             )
 
 
-async def _when_listening(settings: Settings, started: Callable[[], None]) -> None:
-    """Call ``started`` once both listeners accept connections.
+def _socket_inodes() -> set[str]:
+    """The inodes of this process's open sockets (Linux; empty where /proc is not there)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/self/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    return inodes
 
-    granian's start-up hook runs before its workers bind, so it cannot say "ready"; connecting is
-    the one proof. If a listener cannot bind, this never calls ``started``: the server that failed
-    ends ``serve()`` with its error instead.
+
+def _our_listening_ports(before: set[str]) -> set[int] | None:
+    """The TCP ports this process listens on with sockets opened since ``before`` was taken
+    (Linux: its socket inodes in LISTEN state), or None where that cannot be read."""
+    try:
+        inodes = _socket_inodes() - before
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as fh:
+                next(fh)
+                for line in fh:
+                    fields = line.split()
+                    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return ports
+    except OSError:
+        return None
+
+
+async def _when_listening(settings: Settings, started: Callable[[], None], before: set[str]) -> None:
+    """Call ``started`` once both listeners are up.
+
+    granian's start-up hook runs before its workers bind, so it cannot say "ready". A socket of
+    this process listening on each port, opened since ``before``, is the proof (a connection alone
+    is not: another process, or another socket of this one, may hold the port). Where the socket
+    table cannot be read, a connection that succeeds is taken instead. If a listener cannot bind,
+    this never calls ``started``.
     """
+    wanted = {a.port for a in (settings.listen, settings.admin_listen) if a.port}
+    while True:
+        ours = _our_listening_ports(before)
+        if ours is None:
+            break
+        if wanted <= ours:
+            started()
+            return
+        await asyncio.sleep(0.005)
     for address in (settings.listen, settings.admin_listen):
         if address.port == 0:
             continue  # a port picked by the system: nothing to probe
@@ -149,10 +192,16 @@ async def serve(
     # Old workers get this long to finish in-flight requests after a TLS reload's new worker is up.
     server.respawn_interval = 1.0
 
+    asked_to_stop: list[bool] = []  # by a signal or the stop event, not by a server that ended
+
     def stop_serving() -> None:
         for s in (server, admin):
             s.interrupt_signal = True
             s.main_loop_interrupt.set()
+
+    def request_stop() -> None:
+        asked_to_stop.append(True)
+        stop_serving()
 
     confirmations: set[asyncio.Task[None]] = set()
 
@@ -174,11 +223,11 @@ async def serve(
 
     if own_process:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop_serving)
+            loop.add_signal_handler(sig, request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if stop is not None:
         stopper = asyncio.ensure_future(stop.wait())
-        stopper.add_done_callback(lambda _: stop_serving())
+        stopper.add_done_callback(lambda _: request_stop())
     if settings.access.tls.enabled:
         watcher.start()
 
@@ -199,7 +248,8 @@ async def serve(
         if on_ready is not None:
             on_ready()
 
-    announcer = asyncio.ensure_future(_when_listening(settings, started))
+    # The sockets open before the servers bind: what they open next is what counts as listening.
+    announcer = asyncio.ensure_future(_when_listening(settings, started, _socket_inodes()))
     await parts.recorder.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
@@ -211,16 +261,32 @@ async def serve(
         gc.freeze()
     try:
         # Both listeners share this loop; when either ends (or fails to bind), stop both.
-        async def run(s: Server) -> None:
+        async def run(s: Server, field: str, address: Address) -> None:
             try:
                 await s.serve()
+            except (OSError, RuntimeError) as exc:  # granian's bind failure is a RuntimeError
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ConfigError(
+                    f"{field}: could not listen on {address.host}:{address.port}: {reason}"
+                ) from None
             finally:
                 stop_serving()
 
-        results = await asyncio.gather(run(server), run(admin), return_exceptions=True)
+        results = await asyncio.gather(
+            run(server, "listen", settings.listen),
+            run(admin, "admin_listen", settings.admin_listen),
+            return_exceptions=True,
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+        if not announcer.done() and not asked_to_stop:
+            # The servers ended before both listened (granian logs a worker's bind failure and
+            # returns): say so, instead of exiting as if asked to.
+            raise ConfigError(
+                f"listen: could not listen on {settings.listen.host}:{settings.listen.port} and "
+                f"{settings.admin_listen.host}:{settings.admin_listen.port} (is an address in use?)"
+            )
     finally:
         announcer.cancel()
         await watcher.stop()

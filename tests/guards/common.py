@@ -4,11 +4,9 @@ networked store would), and a capture of one keygate logger."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +17,10 @@ from keygate.context import Context
 from keygate.counters import MemoryCounters, Rate, Refused, Taken
 from keygate.errors import KeygateError
 from keygate.testing import run_request
+
+from ..helpers import logged
+
+__all__ = ["logged"]  # used by the guard tests from here
 
 
 class Hook:
@@ -111,31 +113,6 @@ class AwaitingCounters:
 
     def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
         return self.inner.snapshot(names)
-
-
-class _Keep(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def logged(name: str) -> Iterator[list[logging.LogRecord]]:
-    """The records logged to ``name`` (a keygate logger) inside the block. A handler of its own:
-    keygate's CLI turns off propagation to the root logger, so pytest's caplog may see nothing."""
-    logger = logging.getLogger(name)
-    keep = _Keep()
-    level = logger.level
-    logger.addHandler(keep)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield keep.records
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(level)
 
 
 def decide(guard: Guard, ctx: Context) -> KeygateError | None:

@@ -125,7 +125,7 @@ def test_a_start_up_failure_in_the_server_is_raised_in_the_caller(
 
 def test_a_public_port_in_use_is_raised_by_start(tmp_path: Path, upstream: MockUpstream) -> None:
     gw = local(tmp_path, upstream)
-    with occupied(gw.port), pytest.raises(RuntimeError, match="Address already in use"):
+    with occupied(gw.port), pytest.raises(ConfigError, match="could not listen"):
         gw.start()
     assert not gw.running
     with gw:  # and once the port is free, it starts
@@ -136,7 +136,7 @@ def test_an_admin_port_in_use_is_raised_by_start(tmp_path: Path, upstream: MockU
     """start() "returns once both listeners are up (or raises why not)"."""
     gw = local(tmp_path, upstream)
     try:
-        with occupied(gw.admin_port), pytest.raises(RuntimeError, match="Address already in use"):
+        with occupied(gw.admin_port), pytest.raises(ConfigError, match="could not listen"):
             gw.start()
         assert not gw.running
     finally:
@@ -278,7 +278,7 @@ async def test_serving_raises_a_start_up_failure(tmp_path: Path, upstream: MockU
         async with serving(gw.settings()):
             raise AssertionError("never ready")
     gw.env["OPENAI_API_KEY"] = UPSTREAM_SECRET
-    with occupied(gw.port), pytest.raises(RuntimeError, match="Address already in use"):
+    with occupied(gw.port), pytest.raises(ConfigError, match="could not listen"):
         async with serving(gw.settings()):
             raise AssertionError("never ready")
     async with serving(gw.settings()) as running, httpx.AsyncClient() as http:  # the port is free again
@@ -290,7 +290,7 @@ async def test_serving_raises_an_admin_port_in_use_on_entry(tmp_path: Path, upst
     """The block must not run against a gateway that could not start both listeners."""
     gw = local(tmp_path, upstream)
     entered = False
-    with occupied(gw.admin_port), pytest.raises(RuntimeError, match="Address already in use"):
+    with occupied(gw.admin_port), pytest.raises(ConfigError, match="could not listen"):
         async with serving(gw.settings()):
             entered = True
     assert not entered, "serving() yielded although the admin listener could not bind"
