@@ -111,9 +111,7 @@ def existing_file(value: object, where: str, base: Path | None) -> Path:
     """A path to a readable file (relative to ``base``)."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a file path")
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = base / path
+    path = schema.beside(Path(value), base)
     if not path.is_file():
         raise ConfigError(f"{where}: {path} is not a readable file")
     return path

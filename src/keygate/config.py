@@ -143,9 +143,7 @@ def _upstream(
     keys = tuple(schema.secret_ref(r, f"{where}.api_keys", env) for r in refs)
     ca_bundle = None
     if spec.ca_bundle is not None:
-        ca_bundle = Path(spec.ca_bundle)
-        if not ca_bundle.is_absolute() and base is not None:
-            ca_bundle = base / ca_bundle
+        ca_bundle = schema.beside(Path(spec.ca_bundle), base)
         schema.pem_bundle(ca_bundle, f"{where}.ca_bundle")
     return Upstream(
         name,
@@ -244,11 +242,16 @@ class Settings:
         return self.database_path.parent / PEPPER_FILE
 
 
+def process_env() -> Mapping[str, str]:
+    """This process's environment: the one place keygate reads it (other modules are given it)."""
+    return os.environ
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Build the settings from defaults, the YAML file and the environment."""
-    env = os.environ if env is None else env
+    env = process_env() if env is None else env
     cfg_path = Path(path) if path else (Path(env["KEYGATE_CONFIG"]) if env.get("KEYGATE_CONFIG") else None)
     raw = _read_yaml(cfg_path) if cfg_path is not None else {}
     base = cfg_path.parent if cfg_path is not None else None
@@ -302,10 +305,7 @@ def _master_key(
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a file path")
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    return read_master_key_file(path, name)
+    return read_master_key_file(schema.beside(Path(value), base), name)
 
 
 def read_master_key_file(path: Path, where: str) -> Secret:
@@ -361,5 +361,5 @@ def ensure_pepper(settings: Settings) -> Settings:
 
 def admin_token_from_env(env: Mapping[str, str] | None = None) -> Secret | None:
     """The admin token the CLI sends to a remote admin API (``KEYGATE_ADMIN_TOKEN``)."""
-    value = (os.environ if env is None else env).get("KEYGATE_ADMIN_TOKEN", "").strip()
+    value = (process_env() if env is None else env).get("KEYGATE_ADMIN_TOKEN", "").strip()
     return Secret(value) if value else None

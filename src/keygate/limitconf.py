@@ -117,18 +117,14 @@ def shipped_prices() -> dict[str, Price]:
     return {k: _price(v, f"prices.{k}") for k, v in raw.items() if not k.startswith("_")}
 
 
-def _number(value: object, where: str, *, integer: bool = False, allow_zero: bool = False) -> Any:
-    return schema.number(value, where, integer=integer, zero=allow_zero)
-
-
 def _price(raw: object, where: str) -> Price:
     if not isinstance(raw, dict) or set(raw) - {"input", "cached_input", "output"} or "input" not in raw:
         raise ConfigError(f"{where}: expected {{input, cached_input, output}} in US$ per million tokens")
-    inp = float(_number(raw["input"], f"{where}.input", allow_zero=True))
+    inp = float(schema.number(raw["input"], f"{where}.input", zero=True))
     return Price(
         inp,
-        float(_number(raw.get("cached_input", inp), f"{where}.cached_input", allow_zero=True)),
-        float(_number(raw.get("output", 0), f"{where}.output", allow_zero=True)),
+        float(schema.number(raw.get("cached_input", inp), f"{where}.cached_input", zero=True)),
+        float(schema.number(raw.get("output", 0), f"{where}.output", zero=True)),
     )
 
 
@@ -143,7 +139,7 @@ def parse_budget(value: object, where: str, kind: str) -> dict[str, Any]:
         amount, period = float(m.group(1)), m.group(2) or "lifetime"
     else:
         amount, period = value, "lifetime"
-    amount = _number(amount, f"{where}.amount")
+    amount = schema.number(amount, f"{where}.amount")
     if period not in BUDGET_PERIODS:
         raise ConfigError(f"{where}.period: expected one of {', '.join(BUDGET_PERIODS)}, got {period!r}")
     if kind == "budget_tokens":
@@ -158,7 +154,7 @@ def check_policy(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in raw.items():
         if name in RATE_PERIODS or name == "max_concurrent":
-            out[name] = _number(value, f"{where}.{name}", integer=True)
+            out[name] = schema.number(value, f"{where}.{name}", integer=True)
         elif name in BUDGET_KINDS:
             out[name] = parse_budget(value, f"{where}.{name}", name)
     return out

@@ -123,6 +123,11 @@ def read_secret_file(ref: str, where: str) -> Secret | None:
     return Secret(found) if found else None
 
 
+def beside(path: Path, base: Path | None) -> Path:
+    """``path`` as the config file means it: a relative path is relative to the file's folder."""
+    return base / path if base is not None and not path.is_absolute() else path
+
+
 def pem_bundle(path: Path, where: str) -> Path:
     """A file of CA certificates in PEM that TLS can load."""
     try:

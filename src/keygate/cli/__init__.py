@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
+from ..config import process_env
 from ..errors import ConfigError, KeygateError
 from ..logs import redact
 from . import (
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Run one ``keygate`` command; ``env`` stands in for the process environment (tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.env = os.environ if env is None else env
+    args.env = process_env() if env is None else env
     if not hasattr(args, "config"):
         args.config = None
     if not hasattr(args, "admin_url"):

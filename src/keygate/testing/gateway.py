@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import socket
 import sys
 import threading
@@ -39,7 +38,7 @@ from typing import Any
 import yaml
 
 from ..cli import main as cli_main
-from ..config import Settings, ensure_pepper, load_settings
+from ..config import Settings, ensure_pepper, load_settings, process_env
 from ..logs import JSONFormatter
 from ..server import serve
 
@@ -146,7 +145,7 @@ class LocalGateway:
         }
         config.update(extra or {})
         self.write_config(config)
-        base = {k: v for k, v in os.environ.items() if k not in ("KEYGATE_CONFIG", "KEYGATE_PEPPER")}
+        base = {k: v for k, v in process_env().items() if k not in ("KEYGATE_CONFIG", "KEYGATE_PEPPER")}
         self.env: dict[str, str] = {**base, "OPENAI_API_KEY": upstream_key, **(env or {})}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
