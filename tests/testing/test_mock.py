@@ -590,3 +590,23 @@ def test_command_line() -> None:
     finally:
         process.kill()
         process.wait(timeout=5)
+
+
+def test_reply_next_scripts_exact_replies(upstream: MockUpstream, raw_http: httpx.Client) -> None:
+    upstream.reset()
+    upstream.reply_next(403, {"error": {"code": "model_not_found"}}, headers={"x-extra": "1"})
+    upstream.reply_next(events=[{"n": 1}, "data: [DONE]"])
+    first = raw_http.post(upstream.url + "/chat/completions", json={})
+    assert (first.status_code, first.json(), first.headers["x-extra"]) == (
+        403,
+        {"error": {"code": "model_not_found"}},
+        "1",
+    )
+    second = raw_http.post(upstream.url + "/chat/completions", json={})
+    assert second.headers["content-type"].startswith("text/event-stream")
+    assert second.text == 'data: {"n":1}\n\ndata: [DONE]\n\n'
+    # Scripted replies are used up; the next request is answered normally (no model: 400).
+    assert raw_http.post(upstream.url + "/chat/completions", json={}).status_code == 400
+    assert len(upstream.requests) == 3
+    with pytest.raises(ValueError):
+        upstream.reply_next(count=0)

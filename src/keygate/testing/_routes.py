@@ -48,6 +48,7 @@ class StreamReply:
     """A streamed answer: encoded server-sent events, sent one chunk each."""
 
     events: list[bytes]
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 # A route gets the body, the content-type and the path argument (the model id in /v1/models/{id}).

@@ -75,14 +75,17 @@ class _State:
         self.api_keys = frozenset(api_keys)
         self.requests: list[RecordedRequest] = []
         self.queued: deque[_Failure] = deque()
+        self.scripted: deque[Reply | StreamReply] = deque()
         self.persistent: _Failure | None = None
         self.stream_aborts = 0
         self.connections: set[socket.socket] = set()
 
-    def record(self, request: RecordedRequest) -> _Failure | None:
-        """Record a request and take the failure (if any) it should be answered with."""
+    def record(self, request: RecordedRequest) -> _Failure | Reply | StreamReply | None:
+        """Record a request and take the scripted reply or failure (if any) it gets."""
         with self.lock:
             self.requests.append(request)
+            if self.scripted:
+                return self.scripted.popleft()
             return self.queued.popleft() if self.queued else self.persistent
 
     def count_abort(self) -> None:
@@ -131,7 +134,11 @@ class _Handler(BaseHTTPRequestHandler):
         request = RecordedRequest(self.command, path, query, headers, raw_headers, body or b"")
         failure = self.server.state.record(request)
         try:
-            if body is None:
+            if isinstance(failure, StreamReply):
+                self._send_stream(failure.events, 0.0, None, failure.headers)
+            elif isinstance(failure, Reply):
+                self._send(failure)
+            elif body is None:
                 self._send(invalid("The request body could not be read."))
             else:
                 self._respond(path, body, headers, failure)
@@ -148,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._normal_reply(path, body, headers, key)
         if isinstance(reply, StreamReply):  # only with no failure, "slow" or "disconnect_mid_stream"
             cut = _MIDSTREAM_EVENTS if mode == "disconnect_mid_stream" else None
-            self._send_stream(reply.events, delay, cut)
+            self._send_stream(reply.events, delay, cut, reply.headers)
             return
         gone = delay > 0 and self._client_gone_within(delay)
         if reply is None or gone or mode == "disconnect_mid_stream":
@@ -228,8 +235,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_response(reply.status, headers)
         self.wfile.write(reply.body)
 
-    def _send_stream(self, events: list[bytes], pause: float, cut_after: int | None) -> None:
-        headers = {**self._standard_headers(), "content-type": "text/event-stream; charset=utf-8"}
+    def _send_stream(
+        self,
+        events: list[bytes],
+        pause: float,
+        cut_after: int | None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        headers = {
+            **self._standard_headers(),
+            **dict(extra),
+            "content-type": "text/event-stream; charset=utf-8",
+        }
         headers.update({"transfer-encoding": "chunked", "cache-control": "no-cache"})
         self._start_response(200, headers)
         try:
@@ -374,6 +391,7 @@ class MockUpstream:
         with self._state.lock:
             self._state.requests.clear()
             self._state.queued.clear()
+            self._state.scripted.clear()
             self._state.persistent = None
             self._state.stream_aborts = 0
 
@@ -394,6 +412,39 @@ class MockUpstream:
             raise ValueError("count must be at least 1")
         with self._state.lock:
             self._state.queued.extend([failure] * count)
+
+    def reply_next(
+        self,
+        status: int = 200,
+        body: Any = None,
+        *,
+        events: Iterable[Any] | None = None,
+        headers: dict[str, str] | None = None,
+        count: int = 1,
+    ) -> None:
+        """Answer the next `count` requests with exactly this reply, whatever they ask (scripted
+        replies are served before failures, and need no valid key).
+
+        `body` is JSON (a dict or list, encoded) or raw bytes; `events` instead makes the reply a
+        200 server-sent event stream, one event per item (a dict is sent as ``data: <json>``, a
+        ``str`` or ``bytes`` as the event's raw text). `headers` are added to (or replace) the
+        standard upstream headers.
+        """
+        extra = tuple((headers or {}).items())
+        reply: Reply | StreamReply
+        if events is not None:
+            encoded = [
+                e if isinstance(e, bytes) else e.encode() if isinstance(e, str) else payloads.sse_data(e)
+                for e in events
+            ]
+            reply = StreamReply([e if e.endswith(b"\n\n") else e + b"\n\n" for e in encoded], extra)
+        else:
+            raw = body if isinstance(body, bytes) else orjson.dumps(body if body is not None else {})
+            reply = Reply(status, raw, headers=extra)
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._state.lock:
+            self._state.scripted.extend([reply] * count)
 
     def fail_always(self, mode: str | None, *, retry_after: int = 1, delay: float = 0.0) -> None:
         """Answer every request with failure `mode` until `reset()` or ``fail_always(None)``.
