@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, types, the import layering, then every test with line coverage
-# (unit and integration tests against real servers on loopback; subprocesses are measured too).
+# The whole test suite: lint, types, the import layering, a vulnerability check of the locked
+# dependencies (skipped when its advisory source is out of reach), bounded fuzzing of the parsers,
+# then every test with line coverage (unit and integration tests against real servers on
+# loopback; subprocesses are measured too).
 # Arguments go to pytest (a subset of tests: then coverage is reported but not enforced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +11,10 @@ echo "== ruff"; python3 -m ruff check src tests benchmarks scripts
 echo "== ruff format"; python3 -m ruff format --check src tests benchmarks scripts
 echo "== mypy (strict, src/)"; python3 -m mypy
 echo "== import layers (pyproject.toml [tool.importlinter])"; lint-imports --no-cache | tail -n 4
+if [ $# -eq 0 ]; then  # the whole suite (a subset of tests skips these two)
+    echo "== known vulnerabilities in the locked dependencies (scripts/audit.sh)"; ./scripts/audit.sh
+    echo "== fuzzing, ${FUZZ_SECONDS:-3} s a target (scripts/fuzz.sh)"; ./scripts/fuzz.sh
+fi
 echo "== pytest, with coverage"
 export COVERAGE_FILE="$PWD/.coverage"
 rm -f .coverage .coverage.*

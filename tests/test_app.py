@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from keygate import server
@@ -239,16 +240,67 @@ def test_request_ids_are_unique_and_on_errors_too(gateway: Gateway, client_key: 
     assert len(ids) == 3
 
 
-def test_query_string_is_forwarded(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
-    r = httpx.get(f"{gateway.url}/models?limit=2&order=asc", headers=bearer(client_key))
-    assert r.status_code == 200
-    r = httpx.get(f"{gateway.url}/responses/resp_abc/input_items?limit=2", headers=bearer(client_key))
+def test_a_routes_own_query_parameters_are_forwarded_as_keygate_writes_them(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    client = sdk(gateway, client_key)
     # The mock has no such route: its own 404 (any 4xx but 401/403/429) is relayed, not retried.
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(
+            "resp_abc",
+            limit=2,
+            order="asc",
+            include=["file_search_call.results", "message.input_image.image_url"],
+        )
+    r = httpx.get(
+        f"{gateway.url}/responses/resp_abc?stream=false&include=reasoning.encrypted_content&starting_after=%33",
+        headers=bearer(client_key),
+    )
     assert r.status_code == 404 and "Invalid URL" in r.json()["error"]["message"]
     assert [(seen.path, seen.query) for seen in mock.requests] == [
-        ("/v1/models", "limit=2&order=asc"),
-        ("/v1/responses/resp_abc/input_items", "limit=2"),
+        (
+            "/v1/responses/resp_abc/input_items",
+            # in the order the SDK wrote them, include[] as the array it is
+            "include%5B%5D=file_search_call.results&include%5B%5D=message.input_image.image_url"
+            "&limit=2&order=asc",
+        ),
+        ("/v1/responses/resp_abc", "stream=false&include=reasoning.encrypted_content&starting_after=3"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "param"),
+    [
+        ("/models?api_key={key}", "unknown_parameter", "api_key"),  # the client's key, never forwarded
+        ("/models?limit=2", "unknown_parameter", "limit"),  # /v1/models takes no parameters at all
+        ("/models/gpt-4o?x=1", "unknown_parameter", "x"),
+        ("/responses/resp_1/input_items?limit=1&limit=100", "duplicate_parameter", "limit"),
+        ("/responses/resp_1/input_items?after=a%26api_key%3D{key}", "invalid_value", "after"),
+        ("/responses/resp_1/input_items?order=random", "invalid_value", "order"),
+        ("/responses/resp_1/input_items?limit", "invalid_value", "limit"),
+        ("/responses/resp_1?stream=1", "invalid_value", "stream"),
+        ("/responses/resp_1?{key}=1", "unknown_parameter", None),  # a name that may be a secret: not named
+    ],
+)
+def test_a_query_parameter_the_route_does_not_define_is_a_400(
+    gateway: Gateway, client_key: str, mock: MockUpstream, target: str, code: str, param: str | None
+) -> None:
+    r = httpx.get(gateway.url + target.format(key=client_key), headers=bearer(client_key))
+    assert r.status_code == 400
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (code, param)
+    assert client_key not in r.text
+    assert mock.requests == []
+
+
+def test_a_post_route_takes_no_query(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+    r = httpx.post(
+        f"{gateway.url}/chat/completions?api-version=2024-10-21", json=CHAT, headers=bearer(client_key)
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_parameter"
+    assert mock.requests == []
+    # An empty query (a bare "?", or only separators) is no query.
+    r = httpx.post(f"{gateway.url}/chat/completions?&", json=CHAT, headers=bearer(client_key))
+    assert r.status_code == 200 and mock.requests[0].query == ""
 
 
 # --- failing upstreams ----------------------------------------------------------------------------
@@ -261,11 +313,29 @@ def test_upstream_401_never_passes_through(gateway: Gateway, client_key: str, mo
     assert info.value.status_code == 502
     assert UPSTREAM_SECRET not in info.value.response.text
     assert info.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
-    mock.fail_next("403")
-    r = httpx.get(f"{gateway.url}/models", headers=bearer(client_key))
-    assert r.status_code == 502 and UPSTREAM_SECRET not in r.text
     stderr = gateway.stderr_path.read_text()
     assert "upstream rejected the gateway's API key" in stderr
+    # A 403 that refuses the key itself is the same.
+    mock.reply_next(403, {"error": {"message": f"key {UPSTREAM_SECRET} is dead", "code": "invalid_api_key"}})
+    r = httpx.get(f"{gateway.url}/models", headers=bearer(client_key))
+    assert r.status_code == 502 and UPSTREAM_SECRET not in r.text
+
+
+def test_upstream_403_for_the_request_is_a_403_without_the_upstreams_text(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    mock.fail_next("403")  # the mock's 403: a restricted key without a scope, echoing the key
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        sdk(gateway, client_key).models.list()
+    assert info.value.status_code == 403 and UPSTREAM_SECRET not in info.value.response.text
+    assert info.value.body == {  # OpenAI's shape; keygate's message, the upstream's code
+        "message": "The gateway's upstream key is not permitted this operation. "
+        "(upstream error code: insufficient_permissions)",
+        "type": "permission_denied",
+        "param": None,
+        "code": "insufficient_permissions",
+    }
+    assert info.value.response.headers["x-request-id"].startswith("req_")  # the upstream's, for support
 
 
 def test_upstream_401_on_stream(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
@@ -497,6 +567,208 @@ def test_a_stream_to_an_upstream_without_keys_is_503(
         assert mock.requests == []
 
 
+# --- upstream 403s: the request refused, or the key ---------------------------------------------
+
+POOL_KEYS = {f"POOL_K{i}": f"sk-proj-POOL-key-{i}-{str(i) * 24}" for i in range(1, 5)}
+
+
+@pytest.fixture
+def pooled(tmp_path: Path, upstream: MockUpstream, mock: MockUpstream) -> Iterator[Gateway]:
+    """A gateway whose upstream has three keys and a fallback upstream with a fourth."""
+    mock.set_api_keys(POOL_KEYS.values())
+    extra = {
+        "upstreams": {
+            "openai": {
+                "base_url": upstream.url,
+                "api_keys": ["${POOL_K1}", "${POOL_K2}", "${POOL_K3}"],
+                "fallback": "spare",
+            },
+            "spare": {"base_url": upstream.url, "api_key": "${POOL_K4}"},
+        }
+    }
+    with Gateway(tmp_path, upstream.url, extra=extra, env=POOL_KEYS) as gw:
+        gw.secrets += POOL_KEYS.values()
+        yield gw
+
+
+def _bearers(mock: MockUpstream) -> list[str]:
+    keys = {v: k for k, v in POOL_KEYS.items()}
+    return [keys[r.headers["authorization"].removeprefix("Bearer ")] for r in mock.requests]
+
+
+REQUEST_403S = [
+    pytest.param(
+        {
+            "error": {
+                "message": "Project `proj_Upstream42` does not have access to model `o1-pro`",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        },
+        "model_not_found",
+        id="model_not_found",
+    ),
+    pytest.param(
+        {
+            "error": {
+                "code": "unsupported_country_region_territory",
+                "message": "Country, region, or territory not supported",
+                "param": None,
+                "type": "request_forbidden",
+            }
+        },
+        "unsupported_country_region_territory",
+        id="region",
+    ),
+    pytest.param(
+        b"<html><body>403 Forbidden: blocked by policy</body></html>", "upstream_forbidden", id="html"
+    ),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("body", "code"), REQUEST_403S)
+def test_an_upstream_403_for_the_request_is_answered_and_every_key_stays(
+    pooled: Gateway, mock: MockUpstream, records: list[Any], body: Any, code: str, stream: bool
+) -> None:
+    key = pooled.create_key()["key"]
+    mock.reply_next(403, body, count=10)  # as many as the old code would have spent keys on
+    r = httpx.post(f"{pooled.url}/chat/completions", json={**CHAT, "stream": stream}, headers=bearer(key))
+    assert r.status_code == 403
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_denied", code)
+    assert "proj_Upstream42" not in r.text and "<html>" not in r.text
+    assert len(mock.requests) == 1  # not retried: not on another key, not on the fallback
+    refused = [x for x in records if x.getMessage().startswith("upstream refused a request")]
+    assert [(x.upstream, x.upstream_code) for x in refused] == [("openai", code)]
+    assert not [x for x in records if x.name == "keygate.alert"]  # no key left the rotation
+    mock.reset()
+    for _ in range(6):
+        assert httpx.post(f"{pooled.url}/chat/completions", json=CHAT, headers=bearer(key)).status_code == 200
+    assert sorted(set(_bearers(mock))) == ["POOL_K1", "POOL_K2", "POOL_K3"]  # all three, no fallback
+
+
+def test_an_upstream_403_refusing_the_key_takes_it_out_and_retries(
+    pooled: Gateway, mock: MockUpstream
+) -> None:
+    key = pooled.create_key()["key"]
+    dead = {
+        "error": {
+            "message": "This key is associated with a deactivated account.",
+            "code": "account_deactivated",
+        }
+    }
+    mock.reply_next(403, dead)
+    r = httpx.post(f"{pooled.url}/chat/completions", json=CHAT, headers=bearer(key))
+    assert r.status_code == 200  # answered on the next key
+    out, retried = _bearers(mock)
+    assert out != retried
+    mock.reset()
+    for _ in range(4):
+        httpx.post(f"{pooled.url}/chat/completions", json=CHAT, headers=bearer(key))
+    assert out not in _bearers(mock) and len(set(_bearers(mock))) == 2
+
+
+# --- request headers that can be read two ways ----------------------------------------------------
+
+
+def _get_models(gateway: Gateway, *header_lines: str) -> tuple[int, dict[str, Any]]:
+    lines = "".join(f"{h}\r\n" for h in header_lines)
+    answer = raw(gateway, f"GET /v1/models HTTP/1.1\r\nHost: x\r\n{lines}Connection: close\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("lines", "code", "param"),
+    [
+        # the valid key last: the one a dict of the headers kept, so this once authenticated
+        (
+            ["Authorization: Bearer kg_other", "Authorization: Bearer {key}"],
+            "duplicate_header",
+            "authorization",
+        ),
+        (
+            ["Authorization: Bearer {key}", "Authorization: Bearer kg_other"],
+            "duplicate_header",
+            "authorization",
+        ),
+        (["Authorization: Bearer {key}", "X-Api-Key: kg_other"], "conflicting_credentials", "x-api-key"),
+        (["Authorization: Bearer {key}", "Api-Key: kg_other"], "conflicting_credentials", "api-key"),
+        (
+            ["Authorization: Bearer {key}", "Content-Type: a/b", "Content-Type: c/d"],
+            "duplicate_header",
+            "content-type",
+        ),
+        (["Authorization: Bearer {key}", "Host: y"], "duplicate_header", "host"),
+    ],
+)
+def test_a_request_whose_headers_can_be_read_two_ways_is_a_400(
+    gateway: Gateway, client_key: str, mock: MockUpstream, lines: list[str], code: str, param: str
+) -> None:
+    status, body = _get_models(gateway, *(line.format(key=client_key) for line in lines))
+    assert status == 400
+    assert (body["error"]["code"], body["error"]["param"]) == (code, param)
+    assert client_key not in orjson.dumps(body).decode()
+    assert mock.requests == []
+
+
+def test_headers_that_agree_are_fine(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+    # The same key in X-Api-Key too, and a repeated header keygate does not decide by.
+    status, _ = _get_models(gateway, f"Authorization: Bearer {client_key}", f"X-Api-Key: {client_key}")
+    assert status == 200
+    status, _ = _get_models(gateway, f"Authorization: Bearer {client_key}", "Accept: a/b", "Accept: c/d")
+    assert status == 200
+    assert len(mock.requests) == 2
+    # Two API-key headers and no Authorization: nothing to disagree with, and no key: a 401.
+    assert _get_models(gateway, "X-Api-Key: kg_a", "Api-Key: kg_b")[0] == 401
+
+
+# --- response headers ----------------------------------------------------------------------------
+
+
+def test_response_header_values_are_scrubbed_and_unknown_rate_limit_names_dropped(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    mock.reply_next(
+        200,
+        {"object": "list", "data": []},
+        headers={
+            "x-ratelimit-debug": f"key={UPSTREAM_SECRET}",
+            "x-ratelimit-limit-project-secret": UPSTREAM_SECRET,
+            "openai-version": UPSTREAM_SECRET,
+            "x-request-id": f"req_{UPSTREAM_SECRET}",
+            "x-ratelimit-remaining-tokens": "77",
+        },
+    )
+    answer = raw(
+        gateway, f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {client_key}\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200") and UPSTREAM_SECRET.encode() not in answer
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower()
+    names = {line.split(":", 1)[0] for line in head.split("\r\n")[1:]}
+    assert not names & {"x-ratelimit-debug", "x-ratelimit-limit-project-secret", "openai-version"}
+    assert "x-request-id: req_[redacted]" in head and "x-ratelimit-remaining-tokens: 77" in head
+
+
+def test_no_server_banner_on_any_answer(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+    answers = [
+        httpx.get(f"{gateway.url}/models", headers=bearer(client_key)),  # relayed
+        httpx.get(f"{gateway.url}/models"),  # 401
+        httpx.get(f"{gateway.base}/v1/files", headers=bearer(client_key)),  # 404
+        httpx.post(
+            f"{gateway.url}/chat/completions", json={**CHAT, "stream": True}, headers=bearer(client_key)
+        ),
+        httpx.get(f"{gateway.admin_url}/healthz"),  # the admin listener
+        httpx.get(f"{gateway.admin_url}/admin/keys"),  # its 401
+        httpx.get(f"{gateway.admin_url}/nowhere"),  # its 404
+    ]
+    assert [r.status_code for r in answers] == [200, 401, 404, 200, 200, 401, 404]
+    for r in answers:
+        assert r.headers.get_list("server") in ([], [""]), r.url  # granian's would say "granian"
+
+
 # --- clients that misbehave -----------------------------------------------------------------------
 
 
@@ -641,9 +913,10 @@ def test_only_allowlisted_routes(gateway: Gateway, client_key: str, mock: MockUp
     answer = raw(
         gateway, f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {client_key}\r\n\r\n".encode()
     )
-    if path.startswith("/v1/models?"):
-        assert answer.startswith(b"HTTP/1.1 200")
-        assert mock.requests[0].path == "/v1/models"
+    if path.startswith("/v1/models?"):  # a query /v1/models does not take: a 400, not forwarded
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert b'"unknown_parameter"' in answer
+        assert mock.requests == []
     else:
         assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
         assert b'"not_found"' in answer

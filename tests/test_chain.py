@@ -128,6 +128,7 @@ def test_default_guards_order(tmp_path: Path) -> None:
         "policy",
         "body",
         "request_policy",
+        "prompt_scan",
         "ratelimit",
         "budget",
         "global",

@@ -1,7 +1,8 @@
 """keygate.forward in process: a real Forwarder over a real UpstreamPool and SQLite store, against
-the mock upstream: which answers are retried on another key (401/403 take the key out, 429 cools it
-down, 5xx and connection errors retry) and how often, where the request goes, the one mapping of
-transport failures to client errors, and scrubbing. Then egress TLS through a real gateway: the
+the mock upstream: which answers are retried on another key (401 and a key-refusing 403 take the key
+out, 429 cools it down, 5xx and connection errors retry; any other 403 refuses the request alone)
+and how often, where the request goes, the one mapping of transport failures to client errors, and
+scrubbing. Then egress TLS through a real gateway: the
 upstream certificate is verified, and a per-upstream CA bundle can be trusted."""
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from cryptography.x509.oid import NameOID
 from keygate import http1
 from keygate.config import Upstream, load_settings
 from keygate.context import Context
-from keygate.errors import InvalidRequest, KeygateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from keygate.errors import (
+    InvalidRequest,
+    KeygateError,
+    PermissionDenied,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from keygate.forward import (
     NO_UPSTREAM,
     REJECTED_KEY,
     Answer,
     Forwarder,
+    refused_request,
     scrub,
     transport_error,
     upstream_key_rejected,
@@ -128,7 +137,10 @@ def test_a_rejected_key_leaves_the_rotation_and_the_request_is_retried(
     make: Any, mock: MockUpstream, records: list[logging.LogRecord], status: str
 ) -> None:
     s = make()
-    mock.fail_next(status)
+    if status == "401":
+        mock.fail_next(status)
+    else:
+        mock.reply_next(403, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
     assert s.forward(models())[0] == 200  # type: ignore[index]
     first, second = bearers(mock)
     assert first != second and {first, second} <= {K1, K2}
@@ -139,6 +151,83 @@ def test_a_rejected_key_leaves_the_rotation_and_the_request_is_retried(
         assert s.forward(models())[0] == 200  # type: ignore[index]
     assert bearers(mock) == [second] * 4  # the rejected key is out
     assert s.in_flight() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_403_for_the_request_is_not_retried_and_keeps_the_key(
+    make: Any, mock: MockUpstream, records: list[logging.LogRecord], stream: bool
+) -> None:
+    s = make(3, 2, fallback="spare", spare={"base_url": mock.url, "api_key": "${K3}"})
+    refused = {
+        "error": {"message": f"Project proj_x may not use o1-pro ({K1} {K2})", "code": "model_not_found"}
+    }
+    mock.reply_next(403, refused, count=5)
+    body = {**CHAT, "stream": True} if stream else CHAT
+    ctx = context("POST", "/v1/chat/completions", json=body, key=key_record())
+    assert ctx.stream is stream
+
+    async def go() -> Answer | KeygateError:
+        try:
+            return await s.forwarder.open(ctx)
+        finally:
+            s.forwarder.close()
+
+    found = asyncio.run(go())
+    assert isinstance(found, Answer) and found.response.status == 403
+    assert isinstance(found.refusal, PermissionDenied) and found.refusal.code == "model_not_found"
+    assert K1 not in found.refusal.message and "proj_x" not in found.refusal.message
+    found.close()
+    assert len(mock.requests) == 1 and s.in_flight() == 0
+    assert not [r for r in records if r.name == "keygate.alert"]
+    assert not any(k.disabled for e in s.pool._entries.values() for k in e.keys)
+
+
+@pytest.mark.parametrize(
+    ("body", "refused", "code"),
+    [
+        (b'{"error":{"code":"invalid_api_key","message":"Incorrect API key provided"}}', False, None),
+        (b'{"error":{"code":"account_deactivated"}}', False, None),
+        (b'{"error":{"code":"no_organization"}}', False, None),
+        (
+            b'{"error":{"code":null,"type":"access_terminated","message":"Your access was terminated"}}',
+            False,
+            None,
+        ),
+        (b'{"error":{"code":"model_not_found","type":"invalid_request_error"}}', True, "model_not_found"),
+        (
+            b'{"error":{"code":"unsupported_country_region_territory"}}',
+            True,
+            "unsupported_country_region_territory",
+        ),
+        (b'{"error":{"code":"insufficient_permissions"}}', True, "insufficient_permissions"),
+        (b'{"error":{"code":"Some Code!"}}', True, "upstream_forbidden"),  # not a plain code: not repeated
+        (
+            b'{"error":{"code":"403","message":"Access denied due to Virtual Network/Firewall rules."}}',
+            True,
+            "403",
+        ),
+        (b"<html>403 Forbidden</html>", True, "upstream_forbidden"),
+        (b"", True, "upstream_forbidden"),
+        (b'{"error":"forbidden"}', True, "upstream_forbidden"),
+        (b"[1]", True, "upstream_forbidden"),
+    ],
+)
+def test_refused_request_tells_a_refused_request_from_a_refused_key(
+    body: bytes, refused: bool, code: str | None
+) -> None:
+    response = http1.Response(None, 403, [("x-request-id", "req_1"), ("content-type", "text/html")])  # type: ignore[arg-type]
+    response.body = body
+    err = refused_request(response)
+    if not refused:
+        assert err is None
+        return
+    assert isinstance(err, PermissionDenied) and (err.status, err.type, err.code) == (
+        403,
+        "permission_denied",
+        code,
+    )
+    assert ("x-request-id", "req_1") in err.headers
+    assert "Forbidden" not in err.message and "Firewall" not in err.message  # keygate's words, not theirs
 
 
 def test_a_429_cools_the_key_down_and_the_request_is_retried(make: Any, mock: MockUpstream) -> None:
@@ -242,7 +331,7 @@ def test_the_target_is_the_base_url_plus_the_route(make: Any, mock: MockUpstream
     s = make()
     ctx = context("GET", "/v1/models", key=key_record(), headers={"Cookie": "a=b", "OpenAI-Beta": "x"})
     ctx.path = "http://evil.example/steal"  # only the matched route counts
-    ctx.query = "limit=2"
+    ctx.query = "limit=2"  # as the app leaves it: written by routes.canonical_query
     assert s.forward(ctx)[0] == 200  # type: ignore[index]
     (seen,) = mock.requests
     assert (seen.method, seen.path, seen.query) == ("GET", "/v1/models", "limit=2")

@@ -118,13 +118,56 @@ def test_configured_prices_extend_and_override_the_shipped_table() -> None:
     assert limits.price_for("gpt-4o-2024-11-20") == Price(1.0, 1.0, 0.0)
 
 
-def test_price_lookup_takes_the_longest_dated_prefix_only() -> None:
+def test_price_lookup_takes_exact_names_and_dated_snapshots_only() -> None:
     limits = parse_limits({})
     assert limits.price_for("gpt-4-turbo-2024-04-09") == limits.prices["gpt-4-turbo"]
-    assert limits.price_for("gpt-4-0613") == limits.prices["gpt-4"]
+    assert limits.price_for("gpt-4-0613") == limits.prices["gpt-4"]  # -MMDD
+    assert limits.price_for("gpt-4o-mini-2024-07-18") == limits.prices["gpt-4o-mini"]
     assert limits.price_for("gpt-4o") == limits.prices["gpt-4o"]
-    assert limits.price_for("gpt-4oz") is None  # a prefix only counts up to a "-"
-    assert limits.price_for("my-gpt-4o") is None
+    # a variant is never priced as its base: o1-pro costs ten times o1
+    assert limits.price_for("o1-pro") == limits.prices["o1-pro"] != limits.prices["o1"]
+    for variant in (
+        "o1-pro-2025-03-19x",
+        "gpt-4o-mini-search-preview",
+        "gpt-4o-realtime-preview",
+        "o3-deep-research",
+        "gpt-4-0125-preview",
+        "gpt-4o-2024",  # not a date
+        "gpt-4o-20240806",
+        "gpt-4oz",
+        "my-gpt-4o",
+        "ft:gpt-4o-mini:org::abc",
+    ):
+        assert limits.price_for(variant) is None, variant
+    fallback = parse_limits({"default_price": {"input": 9}})
+    assert fallback.price_for("o3-deep-research") == Price(9.0, 9.0, 0.0)
+
+
+def test_service_tiers_and_media_worst_cases_are_configurable() -> None:
+    limits = parse_limits({})
+    assert limits.service_tiers == {"auto": 1.0, "default": 1.0, "flex": 0.5, "priority": 2.0}
+    assert (limits.image_input_tokens, limits.file_input_tokens) == (3800, None)
+    assert limits.image_tokens("gpt-4o") == 3800 and limits.image_tokens("gpt-4o-mini-2024-07-18") == 48169
+    mine = parse_limits(
+        {
+            "service_tiers": {"scale": 1.0, "priority": 1.75},
+            "image_input_tokens": 2000,
+            "file_input_tokens": 50000,
+            "prices": {"house": {"input": 1, "output": 1, "image_tokens": 99}},
+        }
+    )
+    assert mine.service_tiers["scale"] == 1.0 and mine.service_tiers["priority"] == 1.75
+    assert mine.service_tiers["flex"] == 0.5
+    assert (mine.image_tokens("gpt-4o"), mine.image_tokens("house"), mine.file_input_tokens) == (
+        2000,
+        99,
+        50000,
+    )
+    assert Price(1.0, 0.5, 2.0, 7).scaled(0.5) == Price(0.5, 0.25, 1.0, 7)
+    with pytest.raises(ConfigError, match=r"service_tiers\.flex"):
+        parse_limits({"service_tiers": {"flex": -1}})
+    with pytest.raises(ConfigError, match="image_tokens"):
+        parse_limits({"prices": {"x": {"input": 1, "image_tokens": 1.5}}})
 
 
 def test_shipped_prices_skip_comment_entries_and_are_well_formed() -> None:

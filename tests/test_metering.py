@@ -8,11 +8,12 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from openai import OpenAI
 
 from keygate.context import Context
 from keygate.metering import StreamMeter, ask_for_usage, fill_usage, usage_from_json
+from keygate.testing import MockUpstream, context
 from keygate.testing import _payloads as payloads
-from keygate.testing import context
 from keygate.types import Usage
 
 
@@ -27,6 +28,7 @@ STREAM = b"".join(chunk(i) for i in range(5)) + USAGE + b"data: [DONE]\n\n"
 def ctx(wants_usage: bool) -> Context:
     c = Context("r", "POST", "/v1/chat/completions", "", {}, "127.0.0.1")
     c.client_wants_usage = wants_usage
+    c.usage.counted = True  # (as the budget guard sets it for a stream it watches)
     return c
 
 
@@ -73,12 +75,89 @@ def test_usage_from_json_body() -> None:
     assert (u.prompt_tokens, u.completion_tokens) == (0, 0)
 
 
+def test_usage_is_the_top_level_usage_of_the_answer_only() -> None:
+    # The Responses API echoes the client's metadata after the real usage.
+    answer = {
+        "object": "response",
+        "usage": {"input_tokens": 9, "output_tokens": 4},
+        "metadata": {"usage": "x"},
+        "output": [{"content": [{"text": '"usage":{"input_tokens":0}'}]}],
+    }
+    u = Usage()
+    usage_from_json(orjson.dumps(answer), u)
+    assert (u.prompt_tokens, u.completion_tokens, u.reported) == (9, 4, True)
+    # a usage object anywhere but the top is not the answer's
+    for body in (
+        {"metadata": {"usage": {"input_tokens": 1, "output_tokens": 1}}},
+        {"choices": [{"usage": {"prompt_tokens": 1}}]},
+        {"usage": {"a": 1}},
+        {"usage": {"prompt_tokens": True}},
+    ):
+        u = Usage()
+        usage_from_json(orjson.dumps(body), u)
+        assert (u.prompt_tokens, u.completion_tokens, u.reported) == (0, 0, False), body
+    u = Usage()
+    usage_from_json(orjson.dumps([{"usage": {"prompt_tokens": 3}}]), u)  # not an object
+    assert not u.reported
+
+
+def test_a_client_set_metadata_usage_does_not_zero_a_response(
+    gateway: Any, mock: MockUpstream, client_key: str
+) -> None:
+    client = OpenAI(base_url=gateway.url, api_key=client_key, max_retries=0)
+    answer = client.responses.create(model="gpt-4o", input="one two three", metadata={"usage": "x"})
+    assert answer.usage is not None and answer.usage.input_tokens == 3
+    entry = gateway.wait_entry(lambda e: e["route"] == "responses" and e["prompt_tokens"] > 0)
+    assert (entry["prompt_tokens"], entry["completion_tokens"]) == (3, payloads.FULL_WORDS)
+
+
 # --- output events per route (Usage.streamed) ------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def test_tool_call_arguments_and_refusals_count_as_chat_output() -> None:
+    def delta(d: dict[str, Any]) -> bytes:
+        return _sse({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d}]})
+
+    first = {
+        "tool_calls": [
+            {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}
+        ]
+    }
+    events = [delta({"role": "assistant", "content": None, "refusal": None}), delta(first)]
+    events += [delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"x": "1"}'}}]})] * 7
+    events += [delta({"refusal": "I can't"})] * 3 + [delta({"refusal": ""})]
+    events += [delta({"function_call": {"arguments": "{}"}})]  # the legacy form
+    _, usage = _meter("POST", "/v1/chat/completions", events)
+    assert usage.streamed == 7 + 3 + 1
+
+
+def test_every_responses_delta_counts_as_output() -> None:
+    kinds = (
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+        "response.refusal.delta",
+    )
+    events = [
+        b"event: "
+        + kind.encode()
+        + b"\n"
+        + _sse({"type": kind, "item_id": "i", "delta": "a b", "sequence_number": n})
+        for n, kind in enumerate(kinds)
+    ]
+    _, usage = _meter("POST", "/v1/responses", events)
+    assert usage.streamed == len(kinds)
 
 
 def _meter(method: str, path: str, events: list[bytes], wants_usage: bool = True) -> tuple[bytes, Usage]:
     c = context(method, path)
     c.client_wants_usage = wants_usage
+    c.usage.counted = True  # (as the budget guard sets it for a stream it watches)
     meter = StreamMeter(c)
     out = b"".join(meter.feed(e) for e in events) + meter.flush()
     return out, c.usage
@@ -105,10 +184,19 @@ def test_streams_count_their_output_events(path: str, build: Any, limit_field: s
 def test_a_stream_cut_short_has_counted_what_passed() -> None:
     events = payloads.chat_stream({"model": "gpt-4o", "messages": []})
     c = context("POST", "/v1/chat/completions")
+    c.usage.counted = True
     meter = StreamMeter(c)
     for e in events[:3]:  # the role chunk and two words, then the upstream went away
         meter.feed(e)
     assert (c.usage.streamed, c.usage.completion_tokens) == (2, 0)
+
+
+def test_a_stream_nobody_watches_is_not_counted() -> None:
+    events = payloads.chat_stream({"model": "gpt-4o", "messages": []})
+    c = context("POST", "/v1/chat/completions")  # no budget set Usage.counted
+    meter = StreamMeter(c)
+    assert b"".join(meter.feed(e) for e in events) == b"".join(events)
+    assert c.usage.streamed == 0
 
 
 def test_routes_without_an_output_event_count_nothing() -> None:
@@ -138,6 +226,7 @@ def test_the_usage_chunk_of_a_real_stream_is_read_and_hidden_when_not_asked_for(
 def test_crlf_event_boundaries_and_oversized_events() -> None:
     c = context()
     c.client_wants_usage = False
+    c.usage.counted = True
     meter = StreamMeter(c)
     crlf = b'data: {"choices":[{"delta":{"content":"w0"}}]}\r\n\r\n'
     assert meter.feed(crlf[:-3]) == b""

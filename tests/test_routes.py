@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keygate import routes
+from keygate.errors import InvalidRequest
 
 
 def test_allowlisted_routes() -> None:
@@ -91,7 +94,7 @@ def test_route_facts(
     assert (route.name, route.method, route.body) == (name, method, body)
     assert route.upstream_path == path.removeprefix("/v1")
     assert (route.streams, route.metered, route.usage_option) == (streams, metered, usage_option)
-    assert (route.output_fields, route.output_event) == (output_fields, event)
+    assert (route.output_fields, route.output_events[:1]) == (output_fields, event[:1] and (event,))
     assert set(route.output_fields) <= set(routes.OUTPUT_TOKEN_FIELDS)
     assert route.name in routes.ROUTE_NAMES
     # A route that reports usage only when asked must be one that streams and is metered.
@@ -128,3 +131,92 @@ def test_route_names() -> None:
 )
 def test_near_misses_are_not_forwarded(method: str, path: str) -> None:
     assert routes.match(method, path) is None
+
+
+# --- query parameters: each route's own, re-encoded by keygate -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("GET", "/v1/models", set()),
+        ("GET", "/v1/models/gpt-4o", set()),
+        ("POST", "/v1/chat/completions", set()),
+        ("POST", "/v1/responses", set()),
+        (
+            "GET",
+            "/v1/responses/resp_1",
+            {"include", "include[]", "include_obfuscation", "starting_after", "stream"},
+        ),
+        ("DELETE", "/v1/responses/resp_1", set()),
+        ("POST", "/v1/responses/resp_1/cancel", set()),
+        (
+            "GET",
+            "/v1/responses/resp_1/input_items",
+            {"after", "before", "limit", "order", "include", "include[]"},
+        ),
+    ],
+)
+def test_route_query_parameters(method: str, path: str, query: set[str]) -> None:
+    route = routes.match(method, path)
+    assert route is not None and route.query == query
+    assert route.query <= set(routes.QUERY_PARAMS)
+
+
+ITEMS = routes.match("GET", "/v1/responses/resp_1/input_items")
+
+
+@pytest.mark.parametrize(
+    ("raw", "forwarded"),
+    [
+        ("", ""),
+        ("&&", ""),
+        ("limit=20&order=desc&after=msg_abc.1:2-3", "limit=20&order=desc&after=msg_abc.1:2-3"),
+        ("%6Cimit=%32", "limit=2"),  # decoded, then written plainly
+        ("include[]=a.b&include%5B%5D=c_d", "include%5B%5D=a.b&include%5B%5D=c_d"),  # an array: repeats
+        ("include=a&include=b", "include=a&include=b"),
+    ],
+)
+def test_canonical_query_rewrites_what_passes(raw: str, forwarded: str) -> None:
+    assert ITEMS is not None
+    assert routes.canonical_query(ITEMS, raw) == forwarded
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "param"),
+    [
+        ("api_key=kg_abc", "unknown_parameter", "api_key"),
+        ("LIMIT=2", "unknown_parameter", None),  # not a plain lower-case name: not repeated back
+        ("sk-proj-" + "A" * 30 + "=1", "unknown_parameter", None),
+        ("limit=2&limit=2", "duplicate_parameter", "limit"),
+        ("limit=-1", "invalid_value", "limit"),
+        ("limit=12345", "invalid_value", "limit"),
+        ("order=ASC", "invalid_value", "order"),
+        ("after=a b", "invalid_value", "after"),
+        ("after=a%0d%0aHost:%20evil", "invalid_value", "after"),
+        ("include[]=Message.X", "invalid_value", "include[]"),
+        ("limit=1;order=asc", "invalid_value", "limit"),
+        ("&".join(["include=a"] * 65), "invalid_query", None),
+    ],
+)
+def test_canonical_query_refuses(raw: str, code: str, param: str | None) -> None:
+    assert ITEMS is not None
+    err = routes.canonical_query(ITEMS, raw)
+    assert isinstance(err, InvalidRequest) and err.status == 400
+    assert (err.code, err.param) == (code, param)
+    assert "kg_abc" not in err.message and "AAAA" not in err.message
+
+
+@given(st.text(max_size=60))
+def test_canonical_query_forwards_only_safe_characters(raw: str) -> None:
+    assert ITEMS is not None
+    out = routes.canonical_query(ITEMS, raw)
+    if isinstance(out, str):
+        assert all(c.isascii() and (c.isalnum() or c in "._:-=&%") for c in out)
+        for field in filter(None, out.split("&")):
+            assert field.split("=", 1)[0] in {"after", "before", "limit", "order", "include", "include%5B%5D"}
+
+
+@given(st.text(alphabet="ab=&;%+2 .[]é", max_size=30))
+def test_query_pairs_read_as_parse_qsl_does(raw: str) -> None:
+    assert routes.query_pairs(raw) == parse_qsl(raw, keep_blank_values=True)

@@ -1,5 +1,6 @@
-"""keygate.server: what it refuses to start with (check_ready_to_serve), and a shutdown that loses
-no record, in process and as a real ``keygate serve`` process stopped with SIGTERM."""
+"""keygate.server: what it refuses to start with (check_ready_to_serve, an address another gateway
+serves), and a shutdown that loses no record, in process and as a real ``keygate serve`` process
+stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -167,6 +168,89 @@ def test_requests_to_a_keyless_upstream_get_503(
         assert mock.requests == []
         warned = [e for e in gw.log_entries() if "has no key yet" in e["event"]]
         assert [e["upstream"] for e in warned] == ["spare"]
+
+
+# --- one gateway per address ----------------------------------------------------------------------
+
+IN_USE = "the address is in use (is another keygate, or another program, serving it?)"
+
+
+def test_a_second_gateway_on_a_served_address_is_refused(
+    tmp_path: Path, upstream: MockUpstream, mock: MockUpstream
+) -> None:
+    """Two gateways on one address would split its connections, each enforcing the full limits."""
+    with Gateway(tmp_path / "first", upstream.url) as first:
+        key = first.create_key("limited", "--rpm", "3")["key"]
+        second = Gateway(tmp_path / "second", upstream.url)
+        second.write_config({**second.config, "listen": first.config["listen"]})
+        with pytest.raises(ConfigError) as info:
+            second.start()
+        assert info.value.message == f"listen: could not listen on 127.0.0.1:{first.port}: {IN_USE}"
+        assert not second.running
+        second.write_config(
+            {
+                **second.config,
+                "listen": f"127.0.0.1:{second.port}",
+                "admin_listen": first.config["admin_listen"],
+            }
+        )
+        with pytest.raises(ConfigError) as info:
+            second.start()
+        assert (
+            info.value.message == f"admin_listen: could not listen on 127.0.0.1:{first.admin_port}: {IN_USE}"
+        )
+        assert not second.running
+        # Every connection still reaches the one gateway, and its limit holds for all of them.
+        codes = [
+            httpx.get(f"{first.url}/models", headers={"Authorization": f"Bearer {key}"}).status_code
+            for _ in range(6)
+        ]
+        assert codes == [200] * 3 + [429] * 3
+        assert httpx.get(f"{first.admin_url}/healthz").status_code == 200
+
+
+def test_two_gateways_starting_at_once_on_one_address_one_wins(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    first = Gateway(tmp_path / "a", upstream.url)
+    second = Gateway(tmp_path / "b", upstream.url)
+    second.write_config(
+        {**second.config, "listen": first.config["listen"], "admin_listen": first.config["admin_listen"]}
+    )
+    outcomes: dict[str, BaseException | None] = {}
+
+    def start(name: str, gw: Gateway) -> None:
+        try:
+            gw.start()
+            outcomes[name] = None
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=start, args=item) for item in (("a", first), ("b", second))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        started = [name for name, failure in outcomes.items() if failure is None]
+        refused = [failure for failure in outcomes.values() if failure is not None]
+        assert len(started) == 1 and len(refused) == 1, outcomes
+        assert isinstance(refused[0], ConfigError) and IN_USE in refused[0].message
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_keygate_serve_on_a_served_address_exits_and_says_why(tmp_path: Path, upstream: MockUpstream) -> None:
+    with Gateway(tmp_path, upstream.url) as gw:
+        started = time.monotonic()
+        result = process_cli(gw, "serve")
+        assert result.returncode == 2
+        assert (
+            f"configuration error: listen: could not listen on 127.0.0.1:{gw.port}: {IN_USE}" in result.stderr
+        )
+        assert "keygate listening" not in result.stderr
+        assert time.monotonic() - started < 30
 
 
 # --- shutdown -------------------------------------------------------------------------------------

@@ -546,6 +546,23 @@ def test_a_rejected_key_leaves_the_rotation_until_it_works_or_is_enabled(
     assert not again.key.disabled
 
 
+def test_a_forbidden_request_leaves_the_key_as_it_was(
+    tmp_path: Path, store: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(
+        tmp_path, {"openai": {"base_url": "https://api.example/v1", "api_keys": ["${K1}", "${K2}"]}}
+    )
+    pool = pool_of(settings, store)
+    lease = take(pool)
+    with caplog.at_level(logging.WARNING):
+        lease.forbidden("model_not_found")
+    (line,) = caplog.records
+    assert (line.upstream_key, line.upstream_code) == (lease.key.id, "model_not_found")  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if getattr(r, "alert", None)]
+    assert not lease.key.disabled and lease.key.cool_until == 0.0
+    assert sorted(secrets_of(pool, 4)) == [K1, K1, K2, K2]
+
+
 def test_429_cools_a_key_down_and_makes_the_error_a_429(tmp_path: Path, store: SQLiteStore) -> None:
     settings = settings_for(
         tmp_path, {"openai": {"base_url": "https://api.example/v1", "api_keys": ["${K1}", "${K2}"]}}

@@ -1,4 +1,5 @@
-"""Access-control settings: the ``network``, ``auth`` and ``tls`` sections of the config file.
+"""Access-control settings: the ``network``, ``auth``, ``tls`` and ``prompt_scan`` sections of the
+config file.
 
 Each setting is declared once, as a field with its default and check (``schema.setting``).
 :mod:`keygate.config` builds the sections, giving :func:`parse_auth` the environment it read (this
@@ -63,6 +64,9 @@ class JWTSettings:
     leeway: float = setting(30.0, positive(zero=True))
     subject_claim: str = setting("sub", schema.text)
     team_claim: str | None = setting(None, schema.optional_text)
+    # The team (id or name) of a token whose team_claim is absent or empty; unset: such a token is
+    # refused (guards/jwt_auth.py). A claim that names an unknown team is refused either way.
+    default_team: str | None = setting(None, schema.optional_text)
     jwks_refresh_interval: float = setting(
         30.0, positive(zero=True)
     )  # one refetch on an unknown kid per interval
@@ -98,6 +102,19 @@ class TLSSettings:
     @property
     def enabled(self) -> bool:
         return self.cert is not None
+
+
+SCAN_MODES = ("block", "mask", "log", "off")
+"""What the prompt scan does with a finding, strictest first (see guards/prompt_scan.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptScanSettings:
+    """The gateway's default for request bodies holding secrets or personal data; a key's or
+    team's ``prompt_scan`` policy replaces it (``keygate keys update --prompt-secrets ...``)."""
+
+    secrets: str = setting("block", schema.choice(*SCAN_MODES))
+    pii: str = setting("off", schema.choice(*SCAN_MODES))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,15 @@ from typing import Any, NamedTuple
 import yaml
 
 from . import schema
-from .access_config import AccessSettings, AuthSettings, NetworkSettings, TLSSettings, parse_auth, parse_tls
+from .access_config import (
+    AccessSettings,
+    AuthSettings,
+    NetworkSettings,
+    PromptScanSettings,
+    TLSSettings,
+    parse_auth,
+    parse_tls,
+)
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
 from .schema import caller, positive, setting
@@ -208,6 +216,9 @@ class Settings:
     network: NetworkSettings = setting(NetworkSettings, lambda v, w: schema.build(NetworkSettings, v, w))
     auth: AuthSettings = setting(AuthSettings, caller)
     tls: TLSSettings = setting(TLSSettings, caller)
+    prompt_scan: PromptScanSettings = setting(
+        PromptScanSettings, lambda v, w: schema.build(PromptScanSettings, v, w)
+    )
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     config_path: Path | None = None

@@ -17,10 +17,12 @@ from .errors import KeygateError
 from .routes import Route
 from .types import IPAddress, KeyRecord, Team, Usage
 
-Estimate = tuple[int, int, bool, str]
-"""``(prompt, output, given, field)``: estimated prompt tokens, max output tokens, whether the
-request set a valid max itself, and the body field that caps the output. A plain tuple: it is made
-for every limited request."""
+Estimate = tuple[int, int, bool, str, int]
+"""``(prompt, output, given, field, choices)``: estimated prompt tokens (images and files at their
+worst case included), max output tokens in all (the cap times ``choices``), whether the body already
+caps the output at that itself, the body field that caps it, and how many outputs the request asks
+for (``n``, ``best_of``). A plain tuple: it is made for every limited request (see
+guards/_estimate.py)."""
 
 LimitHeaders = tuple[frozenset[str], list[tuple[str, str]]]
 """Headers keygate adds to the answer (its own ``x-ratelimit-*`` counts), and the upstream header
@@ -50,6 +52,7 @@ class Context:
         "query",
         "request_id",
         "route",
+        "scope",
         "started",
         "status",
         "stream",
@@ -79,6 +82,7 @@ class Context:
         self.headers = headers  # lower-cased names
         self.peer_ip = peer_ip
         self.proto = proto
+        self.scope: Any = None  # the app: granian's RSGI scope (the connection's addresses)
         self.route: Route | None = None
         # client_ip guard: the resolved client (the socket peer unless a trusted proxy said otherwise)
         self.client_ip = peer_ip

@@ -4,28 +4,41 @@
 classifies the answer:
 
 - below 400, or a 4xx other than 401/403/429: the answer goes to the client;
-- 401/403: the key was rejected; it leaves the rotation and the request is tried on another key;
+- 401, or a 403 whose error says the key itself is no good (:data:`KEY_REFUSED_CODES`,
+  :data:`KEY_REFUSED_TYPES`): the key leaves the rotation and the request is tried on another key;
+- any other 403 (a model the upstream project may not use, a region the upstream does not serve, a
+  key scope the operation needs, or a body keygate cannot read: a firewall in front of the upstream,
+  say): the upstream refused *this request*. It is not retried, on another key or on a fallback, and
+  the key stays in rotation; the client gets a 403 in OpenAI's shape with keygate's own message and
+  the upstream's error code (:func:`refused_request`), never the upstream's text;
 - 429: the key cools down for its Retry-After, and the request is tried on another key;
 - 5xx, or a failed or timed-out connection: tried on another key;
 
 at most ``upstream_retries`` more times, and only while another key is available; the last answer
-goes to the client as it is. Nothing is retried once any byte of an answer reached the client (the
-caller relays only what ``open`` returned).
+goes to the client as it is, except that a 401 or key-refusing 403 becomes keygate's 502
+(:func:`upstream_key_rejected`: its body may echo the key). Nothing is retried once any byte of an
+answer reached the client (the caller relays only what ``open`` returned).
 
-The URL of every upstream request is the configured base URL plus the allowlisted route's path;
-nothing the client sends (body, header, query) can change the host. Transport failures become
-client-facing errors at one boundary, :func:`transport_error`: refused or failed connections are
-502, timeouts 504, a request that cannot be written 400; the detail goes to the operator log.
+The URL of every upstream request is the configured base URL plus the allowlisted route's path and
+the query keygate wrote from the route's own parameters (``routes.canonical_query``, which the app
+applies before the chain runs); nothing the client sends (body, header, query) can change the host.
+Transport failures become client-facing errors at one boundary, :func:`transport_error`: refused or
+failed connections are 502, timeouts 504, a request that cannot be written 400; the detail goes to
+the operator log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Final
+
+import orjson
 
 from . import http1
 from .config import Settings, Upstream
 from .context import Context
-from .errors import InvalidRequest, KeygateError, UpstreamError, UpstreamTimeout
+from .errors import InvalidRequest, KeygateError, PermissionDenied, UpstreamError, UpstreamTimeout
 from .headers import filter_request, request_allowlist
 from .types import Secret
 from .upstream_pool import Lease, UpstreamPool
@@ -59,12 +72,61 @@ def transport_error(exc: http1.TransportError, upstream: Upstream) -> KeygateErr
 
 
 def upstream_key_rejected(upstream: Upstream, status: int) -> KeygateError:
-    """An upstream 401/403: its body may echo our key, so it is never passed through."""
+    """An upstream 401, or a 403 refusing the key, on the last attempt: its body may echo our key,
+    so it is never passed through."""
     log.error(
         "upstream rejected the gateway's API key; check or rotate it",
         extra={"upstream": upstream.name, "upstream_status": status},
     )
     return REJECTED_KEY
+
+
+# An upstream 403 whose error carries one of these codes (or types) refuses the key itself: it
+# leaves the rotation like a 401. OpenAI sends them with 401 as a rule ("Incorrect API key
+# provided", a deactivated account, a user no longer in an organisation, access terminated for a
+# policy violation); a 403 that says the same is treated the same. Every other 403 refuses only
+# the request that got it.
+KEY_REFUSED_CODES: Final = frozenset({"invalid_api_key", "account_deactivated", "no_organization"})
+KEY_REFUSED_TYPES: Final = frozenset({"access_terminated"})
+
+# What the client is told for the upstream 403s that are common and known; the upstream's own text
+# is never relayed (it can name the upstream project or echo the key in part).
+_REFUSED_MESSAGES: Final = {
+    "model_not_found": "The gateway's upstream project may not use this model.",
+    "unsupported_country_region_territory": "The upstream API does not serve the region the gateway runs in.",
+    "insufficient_permissions": "The gateway's upstream key is not permitted this operation.",
+}
+_CODE = re.compile(r"[a-z0-9_]{1,64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+UNREADABLE = "upstream_forbidden"
+
+
+def refused_request(response: http1.Response) -> KeygateError | None:
+    """For an upstream 403 (body read): None when its error refuses the key itself, else the 403
+    the client gets for the request.
+
+    A body that is not OpenAI's error JSON (an HTML page from a firewall or CDN in front of the
+    upstream, say) refuses the request, not the key: such a page is not about the key, a client can
+    provoke one with what it sends, and taking keys out on it would let one client empty the pool.
+    """
+    code = kind = None
+    try:
+        data = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        code, kind = error.get("code"), error.get("type")
+        if code in KEY_REFUSED_CODES or kind in KEY_REFUSED_TYPES:
+            return None
+    if isinstance(code, str) and _CODE.fullmatch(code):
+        message = _REFUSED_MESSAGES.get(code, "The upstream API refused this request.")
+        message = f"{message} (upstream error code: {code})"
+    else:
+        code, message = UNREADABLE, "The upstream API refused this request."
+    request_id = response.header("x-request-id")
+    headers = [("x-request-id", request_id)] if request_id and _REQUEST_ID.fullmatch(request_id) else []
+    return PermissionDenied(message, code=code, headers=headers)
 
 
 def scrub(body: bytes, key: Secret) -> bytes:
@@ -78,16 +140,21 @@ def scrub(body: bytes, key: Secret) -> bytes:
 class Answer:
     """The upstream's answer to the last attempt, with the key lease it was made on.
 
-    A streamed answer's body is still to be read; :meth:`close` releases the lease (and the
-    connection, back to its pool if the body was read to the end).
+    ``refusal`` is set when the client must get that error instead of the upstream's answer (an
+    upstream 401 or 403). A streamed answer's body is still to be read (a 403's is read already);
+    :meth:`close` releases the lease (and the connection, back to its pool if the body was read to
+    the end).
     """
 
-    __slots__ = ("lease", "response", "streamed")
+    __slots__ = ("lease", "refusal", "response", "streamed")
 
-    def __init__(self, response: http1.Response, lease: Lease, streamed: bool) -> None:
+    def __init__(
+        self, response: http1.Response, lease: Lease, streamed: bool, refusal: KeygateError | None = None
+    ) -> None:
         self.response = response
         self.lease = lease
         self.streamed = streamed
+        self.refusal = refusal
 
     def close(self) -> None:
         if self.streamed:
@@ -117,27 +184,45 @@ class Forwarder:
             if lease is None:
                 return self.pool.unavailable(base.name)
             ctx.upstream = upstream = lease.upstream
+            response: http1.Response | None = None
             try:
                 origin = self._http.origin(upstream.base_url, upstream.ca_bundle)
                 target = origin.path + route.upstream_path
                 if ctx.query:
-                    target += "?" + ctx.query
+                    target += "?" + ctx.query  # written by keygate: routes.canonical_query
                 headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
                 response = await self._http.request(origin, ctx.method, target, headers, ctx.body, ctx.stream)
+                if response.status == 403 and ctx.stream:
+                    response.body = await response.read_all()  # what it says decides what happens
             except http1.TransportError as exc:
+                if response is not None and ctx.stream:  # reading a streamed 403's body failed
+                    response.close()
                 lease.release()
                 err = transport_error(exc, upstream)
                 if err.status >= 500 and self.pool.can_retry(base.name, tried):
                     continue
                 return err
             except BaseException:
+                if response is not None and ctx.stream:
+                    response.close()
                 lease.release()  # cancelled (the client went away), or a bug: never keep the lease
                 raise
+            status = response.status
+            if status < 400:
+                lease.ok()
+                return Answer(response, lease, ctx.stream)
+            if status == 403:
+                refusal = refused_request(response)
+                if refusal is not None:  # the request was refused, not the key: no other attempt
+                    lease.forbidden(refusal.code or UNREADABLE)
+                    return Answer(response, lease, ctx.stream, refusal)
             if _retry(lease, response) and self.pool.can_retry(base.name, tried):
                 if ctx.stream:
                     response.close()
                 lease.release()
                 continue
+            if status in (401, 403):
+                return Answer(response, lease, ctx.stream, upstream_key_rejected(upstream, status))
             return Answer(response, lease, ctx.stream)
 
     def close(self) -> None:
@@ -145,11 +230,9 @@ class Forwarder:
 
 
 def _retry(lease: Lease, response: http1.Response) -> bool:
-    """Report the answer's status to the key's lease; True when another key should be tried."""
+    """Report an error answer's status to the key's lease; True when another key should be tried.
+    (A 403 gets here only when it refused the key itself.)"""
     status = response.status
-    if status < 400:
-        lease.ok()
-        return False
     if status in (401, 403):
         lease.rejected(status)
         return True

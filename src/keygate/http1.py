@@ -178,6 +178,8 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if status < 100:  # not a status: llhttp would read a body to the end of the connection
+            raise TransportError(f"the upstream answered with status {status}")
         if status < 200:  # 1xx interim response: wait for the real one
             self._headers = []
             return

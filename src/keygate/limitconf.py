@@ -37,11 +37,17 @@ _BUDGET_TEXT = re.compile(r"^\s*\$?([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*([a-z]+))?\s*$
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens; ``image_tokens``: the most input tokens one image can cost on
+    this model (0: ``limits.image_input_tokens``)."""
 
     input: float
     cached_input: float
     output: float
+    image_tokens: int = 0
+
+    def scaled(self, factor: float) -> Price:
+        """This price times ``factor`` (a service tier's multiplier)."""
+        return Price(self.input * factor, self.cached_input * factor, self.output * factor, self.image_tokens)
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
         if cached > prompt:  # (not min(): this runs for every metered request)
@@ -87,6 +93,27 @@ def _prices(value: object, where: str) -> dict[str, Price]:
     return prices
 
 
+# OpenAI's service tiers and their price relative to the standard ("default") tier: flex is half
+# price; priority costs 1.7x to 2x depending on the model (2 is the most). A request without
+# service_tier is "auto", which runs on the project's configured tier (standard unless changed).
+SERVICE_TIERS: dict[str, float] = {"auto": 1.0, "default": 1.0, "flex": 0.5, "priority": 2.0}
+
+# A dated snapshot of a priced model: -YYYY-MM-DD (gpt-4o-2024-08-06) or -MMDD (gpt-4-0613).
+_MONTH, _DAY = r"(?:0[1-9]|1[0-2])", r"(?:0[1-9]|[12][0-9]|3[01])"
+_DATED = re.compile(rf"^(.+)-(?:20[0-9][0-9]-{_MONTH}-{_DAY}|{_MONTH}{_DAY})$")
+
+
+def _tiers(value: object, where: str) -> dict[str, float]:
+    raw = schema.mapping(value, where)
+    tiers = dict(SERVICE_TIERS)
+    tiers.update({str(k): float(schema.number(v, f"{where}.{k}")) for k, v in raw.items()})
+    return tiers
+
+
+def _tokens_or_none(value: object, where: str) -> int | None:
+    return None if value is None else _count(value, where)
+
+
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
     defaults: Mapping[str, Any] = setting(dict, _defaults)
@@ -97,19 +124,36 @@ class LimitSettings:
     # the shipped table, plus those of `prices:` (a default of its own, also without `limits:`)
     prices: Mapping[str, Price] = setting(lambda: shipped_prices(), _prices)
     default_price: Price | None = setting(None, lambda v, w: _price(v, w))
+    # Service tier -> price multiplier under a dollar budget; a tier not listed is refused there.
+    service_tiers: Mapping[str, float] = setting(lambda: dict(SERVICE_TIERS), _tiers)
+    # The worst case of one image input (image_url / input_image part), in input tokens, for models
+    # whose price gives none: OpenAI's high-detail maximum is 1,445 on gpt-4o (85 + 8 tiles x 170)
+    # and up to 3,779 on the patch-priced models (1,536 patches x 2.46 on the nano models).
+    image_input_tokens: int = setting(3800, _count)
+    # The worst case of one file input (input_file / file part: a PDF is billed as its text plus
+    # an image per page, so it has no bound keygate can see); None: refused under a budget or tpm.
+    file_input_tokens: int | None = setting(None, _tokens_or_none)
 
     def price_for(self, model: str | None) -> Price | None:
-        """Exact name, else the longest priced name the model starts with (dated snapshots)."""
+        """The model's own price, or that of the model a dated snapshot name is a snapshot of
+        (``gpt-4o-2024-08-06``: ``gpt-4o``); never that of a base name for a variant (``o1-pro``,
+        ``gpt-4o-mini`` are not ``o1``, ``gpt-4o``). Else ``default_price``."""
         if model is None:
             return self.default_price
         found = self.prices.get(model)
         if found is not None:
             return found
-        best = ""
-        for name in self.prices:
-            if len(name) > len(best) and model.startswith(name + "-"):
-                best = name
-        return self.prices[best] if best else self.default_price
+        dated = _DATED.match(model)
+        if dated is not None:
+            found = self.prices.get(dated.group(1))
+            if found is not None:
+                return found
+        return self.default_price
+
+    def image_tokens(self, model: str | None) -> int:
+        """The most input tokens one image can cost on ``model``."""
+        price = self.price_for(model)
+        return price.image_tokens if price is not None and price.image_tokens else self.image_input_tokens
 
 
 def shipped_prices() -> dict[str, Price]:
@@ -118,13 +162,18 @@ def shipped_prices() -> dict[str, Price]:
 
 
 def _price(raw: object, where: str) -> Price:
-    if not isinstance(raw, dict) or set(raw) - {"input", "cached_input", "output"} or "input" not in raw:
-        raise ConfigError(f"{where}: expected {{input, cached_input, output}} in US$ per million tokens")
+    fields = {"input", "cached_input", "output", "image_tokens"}
+    if not isinstance(raw, dict) or set(raw) - fields or "input" not in raw:
+        raise ConfigError(
+            f"{where}: expected {{input, cached_input, output}} in US$ per million tokens"
+            " (and optionally image_tokens)"
+        )
     inp = float(schema.number(raw["input"], f"{where}.input", zero=True))
     return Price(
         inp,
         float(schema.number(raw.get("cached_input", inp), f"{where}.cached_input", zero=True)),
         float(schema.number(raw.get("output", 0), f"{where}.output", zero=True)),
+        int(schema.number(raw.get("image_tokens", 0), f"{where}.image_tokens", integer=True, zero=True)),
     )
 
 

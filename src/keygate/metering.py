@@ -3,18 +3,25 @@
 - :func:`ask_for_usage` makes sure a stream reports its usage: on routes whose streams report it
   only when asked (``Route.usage_option``), it sets ``stream_options.include_usage`` and remembers
   that the client did not ask for it itself.
-- :func:`usage_from_json` reads the ``usage`` of a whole JSON answer.
+- :func:`usage_from_json` reads the top-level ``usage`` of a whole JSON answer (parsed in full:
+  a ``usage`` key elsewhere in the answer, such as client-set ``metadata`` that the Responses API
+  echoes after the real one, is never taken for it).
 - :class:`StreamMeter` passes a server-sent event stream through as whole events, reads the usage
-  event, hides the usage-only chunk from a client that did not ask for it, and counts the events
-  that carried output (``Usage.streamed``: each carries at least one token, so the count is a lower
-  bound of the output a stream produced, for streams that end before reporting usage).
+  of the events that carry it (the event's own top-level ``usage``, or ``response.usage`` on the
+  Responses API), hides the usage-only chunk from a client that did not ask for it, and counts the
+  events that carried output (``Usage.streamed``: text, refusal, tool-call argument and reasoning
+  deltas, see ``Route.output_events``; each carries at least one token, so the count is a lower
+  bound of the output a stream produced, which a budget holds a stream to as it passes). Only
+  streams a budget watches are counted (``Usage.counted``).
+
+``Usage.reported`` says whether any usage was read; a request without it is charged its
+reservation by the limit guards (``guards/_estimate.py``).
 
 Guards read the result in ``ctx.usage``; none of them parses an answer itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import orjson
@@ -38,25 +45,15 @@ def ask_for_usage(ctx: Context) -> None:
 
 
 def usage_from_json(body: bytes, usage: Usage) -> None:
-    """Fill ``usage`` from the last ``"usage"`` object of a JSON answer, without parsing it all."""
-    idx = body.rfind(b'"usage"')
-    if idx < 0:
+    """Fill ``usage`` from the top-level ``usage`` object of a JSON answer (nothing if the answer
+    is not a JSON object, or has none). The whole answer is parsed: about 2-4 µs for a 1-2 KB
+    chat answer with orjson."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return
-    start = body.find(b"{", idx)
-    if start < 0 or body[idx + 7 : start].strip(b" \t\r\n:"):
-        return
-    # The usage object nests at most a couple of detail objects: try each closing brace in turn
-    # until the braces balance (C-level searches, no per-byte Python loop).
-    end = start
-    for _ in range(8):
-        end = body.find(b"}", end + 1)
-        if end < 0:
-            return
-        candidate = body[start : end + 1]
-        if candidate.count(b"{") == candidate.count(b"}"):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                fill_usage(orjson.loads(candidate), usage)
-            return
+    if type(data) is dict:
+        fill_usage(data.get("usage"), usage)
 
 
 def fill_usage(data: Any, usage: Usage) -> None:
@@ -64,13 +61,16 @@ def fill_usage(data: Any, usage: Usage) -> None:
     if not isinstance(data, dict):
         return
     prompt = data.get("prompt_tokens", data.get("input_tokens"))
-    completion = data.get("completion_tokens", data.get("output_tokens", 0))
-    if isinstance(prompt, int):
+    completion = data.get("completion_tokens", data.get("output_tokens"))
+    # type() is int: a bool is not a token count
+    if type(prompt) is int:
         usage.prompt_tokens = prompt
-    if isinstance(completion, int):
+        usage.reported = True
+    if type(completion) is int:
         usage.completion_tokens = completion
+        usage.reported = True
     details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
-    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+    if isinstance(details, dict) and type(details.get("cached_tokens")) is int:
         usage.cached_tokens = details["cached_tokens"]
 
 
@@ -81,14 +81,15 @@ class StreamMeter:
     held only until its terminating blank line arrives).
     """
 
-    __slots__ = ("_event", "_hide_usage_chunk", "_pending", "_usage")
+    __slots__ = ("_events", "_hide_usage_chunk", "_pending", "_usage")
 
     def __init__(self, ctx: Context) -> None:
         self._usage = ctx.usage
         self._pending = b""
         self._hide_usage_chunk = not ctx.client_wants_usage
         route = ctx.route
-        self._event = route.output_event if route is not None else ()
+        # (only a stream whose output someone watches is counted: see Usage.counted)
+        self._events = route.output_events if route is not None and ctx.usage.counted else ()
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now for this upstream chunk (possibly empty)."""
@@ -115,9 +116,12 @@ class StreamMeter:
         return self._count(self._process(rest) if b'"usage"' in rest else rest)
 
     def _count(self, data: bytes) -> bytes:
-        event = self._event
-        if event and data:
-            self._usage.streamed += data.count(event[0]) - data.count(event[1])
+        if data:
+            counted = 0
+            for full, empty in self._events:  # (C-level counts; one to three kinds per route)
+                counted += data.count(full) - data.count(empty)
+            if counted:
+                self._usage.streamed += counted
         return data
 
     def _process(self, ready: bytes) -> bytes:

@@ -1,26 +1,28 @@
 """Run the gateway: build every part from settings, serve, and shut down without losing records.
 
 ``granian`` is embedded in our own event loop (uvloop), so start-up, shutdown and the final flush
-of usage records are ordinary awaits here rather than hooks in another process.
+of usage records are ordinary awaits here rather than hooks in another process. Both listening
+sockets are bound here, before anything is served or issued, and without ``SO_REUSEPORT``
+(``keygate.sockets``): a second gateway on an address that one already serves is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import os
 import platform
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
 from . import __version__
-from .admin.listener import admin_server, announce_first_token
+from .admin.listener import ADMIN_BACKLOG, admin_server, announce_first_token
 from .app import Gateway
 from .chain import Chain
 from .config import Address, Settings, ensure_pepper
@@ -31,6 +33,7 @@ from .guards import Parts as GuardParts
 from .guards import default_guards
 from .keycache import KeyCache
 from .recorder import Recorder
+from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
 from .store import Store, open_store
 from .tls import CertWatcher, confirm_reload, server_options
@@ -38,6 +41,8 @@ from .upstream_pool import UpstreamPool
 from .vault import Keyring
 
 log = logging.getLogger("keygate")
+
+BACKLOG = 2048  # the data plane's listen backlog
 
 
 @dataclass
@@ -62,7 +67,7 @@ def build(settings: Settings) -> Parts:
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
-        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend)))
+        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store)))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring)
         check_ready_to_serve(settings, pool)
@@ -99,67 +104,20 @@ def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
             )
 
 
-def _socket_inodes() -> set[str]:
-    """The inodes of this process's open sockets (Linux; empty where /proc is not there)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/self/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-    return inodes
+async def _when_serving(servers: tuple[OwnSocketServer, ...], started: Callable[[], None]) -> None:
+    """Call ``started`` once every server's workers run.
 
-
-def _our_listening_ports(before: set[str]) -> set[int] | None:
-    """The TCP ports this process listens on with sockets opened since ``before`` was taken
-    (Linux: its socket inodes in LISTEN state), or None where that cannot be read."""
-    try:
-        inodes = _socket_inodes() - before
-        ports = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(FileNotFoundError), open(table) as fh:
-                next(fh)
-                for line in fh:
-                    fields = line.split()
-                    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-        return ports
-    except OSError:
-        return None
-
-
-async def _when_listening(settings: Settings, started: Callable[[], None], before: set[str]) -> None:
-    """Call ``started`` once both listeners are up.
-
-    granian's start-up hook runs before its workers bind, so it cannot say "ready". A socket of
-    this process listening on each port, opened since ``before``, is the proof (a connection alone
-    is not: another process, or another socket of this one, may hold the port). Where the socket
-    table cannot be read, a connection that succeeds is taken instead. If a listener cannot bind,
-    this never calls ``started``.
+    The listening sockets are keygate's own and listen before granian starts (connections wait in
+    the backlog until a worker accepts them), so what is left to prove is that granian's workers
+    came up: each is a task of this loop that, once started, waits until it is told to stop. If
+    one ends at once (granian could not serve), this never calls ``started``.
     """
-    wanted = {a.port for a in (settings.listen, settings.admin_listen) if a.port}
-    while True:
-        ours = _our_listening_ports(before)
-        if ours is None:
-            break
-        if wanted <= ours:
-            started()
-            return
-        await asyncio.sleep(0.005)
-    for address in (settings.listen, settings.admin_listen):
-        if address.port == 0:
-            continue  # a port picked by the system: nothing to probe
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
-        while True:
-            try:
-                _, writer = await asyncio.open_connection(host, address.port)
-            except OSError:
-                await asyncio.sleep(0.005)
-                continue
-            writer.close()
-            break
-    started()
+    for s in servers:
+        await s.spawned.wait()
+    await asyncio.sleep(0)  # the workers' first steps (scheduled before this): they serve, or fail
+    workers: list[Any] = [w for s in servers for w in s.wrks]
+    if all(w.is_alive() for w in workers):
+        started()
 
 
 async def serve(
@@ -177,15 +135,28 @@ async def serve(
     """
     parts = build(settings)
     settings = parts.settings
+    sockets: list[socket.socket] = []
+    try:
+        # Bound before anything is served or issued: a second keygate on an address is refused.
+        for field, address, backlog in (
+            ("listen", settings.listen, BACKLOG),
+            ("admin_listen", settings.admin_listen, ADMIN_BACKLOG),
+        ):
+            sockets.append(listening_socket(field, address.host, address.port, backlog))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        parts.store.close()
+        raise
+    listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    admin = admin_server(settings, parts.store)
-    server = Server(
+    admin = admin_server(settings, parts.store, admin_listener)
+    server = OwnSocketServer(
         parts.gateway,
-        address=settings.listen_host,
-        port=settings.listen_port,
+        listener,
         interface=Interfaces.RSGI,
         http=HTTPModes.http1,
-        backlog=2048,
+        backlog=BACKLOG,
         log_enabled=False,
         **server_options(settings.access.tls),
     )
@@ -248,8 +219,7 @@ async def serve(
         if on_ready is not None:
             on_ready()
 
-    # The sockets open before the servers bind: what they open next is what counts as listening.
-    announcer = asyncio.ensure_future(_when_listening(settings, started, _socket_inodes()))
+    announcer = asyncio.ensure_future(_when_serving((server, admin), started))
     await parts.recorder.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
@@ -260,14 +230,14 @@ async def serve(
         gc.collect()
         gc.freeze()
     try:
-        # Both listeners share this loop; when either ends (or fails to bind), stop both.
+        # Both servers share this loop; when either ends (or fails to start), stop both.
         async def run(s: Server, field: str, address: Address) -> None:
             try:
                 await s.serve()
-            except (OSError, RuntimeError) as exc:  # granian's bind failure is a RuntimeError
+            except (OSError, RuntimeError) as exc:  # granian's start-up failures
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ConfigError(
-                    f"{field}: could not listen on {address.host}:{address.port}: {reason}"
+                    f"{field}: could not serve on {address.host}:{address.port}: {reason}"
                 ) from None
             finally:
                 stop_serving()
@@ -281,11 +251,12 @@ async def serve(
         if errors:
             raise errors[0]
         if not announcer.done() and not asked_to_stop:
-            # The servers ended before both listened (granian logs a worker's bind failure and
-            # returns): say so, instead of exiting as if asked to.
+            # The servers ended before both served (granian logs a worker's failure and returns):
+            # say so, instead of exiting as if asked to.
             raise ConfigError(
-                f"listen: could not listen on {settings.listen.host}:{settings.listen.port} and "
-                f"{settings.admin_listen.host}:{settings.admin_listen.port} (is an address in use?)"
+                f"listen: could not serve on {settings.listen.host}:{settings.listen.port} and "
+                f"{settings.admin_listen.host}:{settings.admin_listen.port} (granian's workers did "
+                "not start)"
             )
     finally:
         announcer.cancel()
@@ -298,5 +269,7 @@ async def serve(
         await parts.gateway.chain.stop()
         await parts.recorder.close()
         parts.gateway.forwarder.close()
+        for sock in sockets:
+            sock.close()
         parts.store.close()
         log.info("keygate stopped")

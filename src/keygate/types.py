@@ -77,14 +77,22 @@ class Team:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of one request, as reported by the upstream (see metering.py)."""
+    """Token counts of one request, as reported by the upstream (see metering.py), or its
+    reservation when nothing was reported (``estimated``)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     # Streamed events that carried output, counted as the stream passed (a lower bound of the
-    # output tokens, for a stream that ends without reporting usage).
+    # output tokens; a budget cuts off a stream that goes past its reservation). Counted only when
+    # ``counted`` is set (by the budget guard, for a stream it watches): other streams pay nothing.
     streamed: int = 0
+    counted: bool = False
+    # The upstream reported these counts (a top-level ``usage`` object was read).
+    reported: bool = False
+    # No usage arrived for a request that may have been billed: the counts are the request's
+    # reservation (its worst case), set by the limit guards (see guards/_estimate.py).
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -111,6 +119,7 @@ class UsageRow:
     upstream: str | None
     stream: bool
     error_code: str | None = None
+    estimated: bool = False  # the token counts are the reservation: no usage was reported
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,12 @@ asks for a :class:`Lease` per attempt:
 
 - keys are spread round robin (or by least in flight); ``retiring`` keys (after a rotation) are
   used only when no active key is available, and never after their grace period;
-- a key answered with 401/403 leaves the rotation with an alert log line (``keygate upstreams
-  enable`` puts it back); a 429 cools it down for its Retry-After; 5xx and connection errors
-  retry on another key, at most ``upstream_retries`` times, and never once a stream has started
-  (the caller decides that);
+- a key answered with 401, or with a 403 saying the key itself is invalid or its account gone
+  (``forward.py`` reads the answer), leaves the rotation with an alert log line (``keygate
+  upstreams enable`` puts it back); any other 403 refuses that request only and leaves the key as
+  it was; a 429 cools it down for its Retry-After; 5xx and connection errors retry on another
+  key, at most ``upstream_retries`` times, and never once a stream has started (the caller
+  decides that);
 - when every key of an upstream is out, its ``fallback`` upstream (and its fallback...) is used.
 
 A background task reloads the pool when the store changes (``meta.upstreams_rev``) or a
@@ -123,6 +125,14 @@ class Lease:
                 "upstream_key": self.key.id,
                 "upstream_status": status,
             },
+        )
+
+    def forbidden(self, code: str) -> None:
+        """The upstream refused this request (a model the project may not use, a region...), not
+        the key: the key stays as it was, and the operator log says why."""
+        log.warning(
+            "upstream refused a request; the key stays in rotation",
+            extra={"upstream": self.key.view.name, "upstream_key": self.key.id, "upstream_code": code},
         )
 
     def cooldown(self, retry_after: str | None) -> None:

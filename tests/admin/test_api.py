@@ -278,3 +278,131 @@ def test_no_admin_secret_is_written(admin: Admin) -> None:
     files = list(admin.gw.written_files())
     assert any(p.name == "keygate.db" for p in files) and any(p.name == "stderr.log" for p in files)
     assert_no_secret_written(files, admin.gw.secrets)
+
+
+# Numbers no policy field may hold, as raw JSON text: 1e999 and -1e999 parse to infinities,
+# NaN/Infinity are JavaScript, the rest are negative, zero-or-less or absurdly large.
+BAD_NUMBERS = ["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "-1", "0", "1e300", "18446744073709551616"]
+NUMBER_FIELDS = [
+    "rps",
+    "rpm",
+    "rph",
+    "rpd",
+    "tpm",
+    "max_concurrent",
+    "max_body_bytes",
+    "max_output_tokens",
+    "rotate_every",
+    "budget_usd",
+    "budget_tokens",
+    "expires_at",
+]
+# Characters that would act on a terminal rather than show in `keys list`: newline, carriage
+# return, ESC (an ANSI sequence), NUL, DEL, a C1 control (CSI), a line separator.
+CONTROL = ["\n", "\r", "\x1b[31m", "\x00", "\x7f", "\x9b", "\u2028"]
+
+
+def _stored(admin: Admin) -> tuple[str, str, str, int]:
+    """What the admin API would show of every key, team and token, and how long the audit is."""
+    api = admin.client("admin")
+    listed = [api.get(p) for p in ("/admin/keys", "/admin/teams", "/admin/tokens")]
+    assert all(r.status_code == 200 for r in listed), [r.text for r in listed]
+    audit = api.get("/admin/audit", params={"limit": 1000})
+    assert audit.status_code == 200, audit.text
+    return listed[0].text, listed[1].text, listed[2].text, len(audit.json())
+
+
+def test_non_finite_and_out_of_range_numbers_are_refused_before_anything_is_stored(admin: Admin) -> None:
+    api = admin.client("admin")
+    key = api.post("/admin/keys", json={"name": "numbers"}).json()
+    admin.gw.secrets.append(key["key"])
+    team = api.post("/admin/teams", json={"name": "numbers"}).json()
+    before = _stored(admin)
+    raw = {"content-type": "application/json"}
+    writes = [
+        ("POST", "/admin/keys", '{{"name": "n", "policy": {}}}'),
+        ("PATCH", f"/admin/keys/{key['id']}", '{{"policy": {}}}'),
+        ("POST", "/admin/teams", '{{"name": "n", "policy": {}}}'),
+        ("PATCH", f"/admin/teams/{team['id']}", '{{"policy": {}}}'),
+    ]
+    cases = [(f, n, n) for f in NUMBER_FIELDS for n in BAD_NUMBERS if (f, n) != ("expires_at", "0")]
+    # (the epoch itself is a time: a key born expired)
+    cases += [
+        (f, n, f'{{"amount": {n}, "period": "day"}}')
+        for f in ("budget_usd", "budget_tokens")
+        for n in BAD_NUMBERS
+    ]
+    for i, (field, number, value) in enumerate(cases):
+        method, path, template = writes[i % len(writes)]  # each write in turn, to keep this quick
+        r = api.request(
+            method, path, content=template.format(f'{{"{field}": {value}}}').encode(), headers=raw
+        )
+        err = assert_openai_error(r, 400)
+        assert err["type"] == "invalid_request_error", err
+        if number in ("NaN", "Infinity", "-Infinity"):  # not JSON: the body is refused as a whole
+            assert err["message"] == "the request body is not valid JSON"
+        else:
+            assert err["param"] == "policy" and f"policy.{field}" in err["message"], (field, number, err)
+    # Nothing was written (no key, no team, no change, no audit row), and every list still reads.
+    assert _stored(admin) == before
+    assert "numbers" in admin.gw.cli("keys", "list").stdout
+
+
+def test_control_characters_in_names_and_policy_text_are_refused_before_anything_is_stored(
+    admin: Admin,
+) -> None:
+    api = admin.client("admin")
+    key = api.post("/admin/keys", json={"name": "plain"}).json()
+    admin.gw.secrets.append(key["key"])
+    team = api.post("/admin/teams", json={"name": "plain"}).json()
+    before = _stored(admin)
+    for char in CONTROL:
+        text = f"ok{char}id  forged-row"
+        for method, path, body, param in (
+            ("POST", "/admin/keys", {"name": text}, "name"),
+            ("PATCH", f"/admin/keys/{key['id']}", {"name": text}, "name"),
+            ("POST", "/admin/teams", {"name": text}, "name"),
+            ("POST", "/admin/tokens", {"role": "auditor", "name": text}, "name"),
+            ("POST", "/admin/keys", {"name": "n", "team": text}, "team"),
+            ("POST", "/admin/keys", {"name": "n", "upstream": text}, "upstream"),
+            # Policy text is shown in `keys list` too (the POLICY column).
+            ("POST", "/admin/keys", {"name": "n", "policy": {"models": ["gpt-4o", text]}}, "policy"),
+            ("PATCH", f"/admin/keys/{key['id']}", {"policy": {"models": [text]}}, "policy"),
+            ("POST", "/admin/teams", {"name": "n", "policy": {"models": [text]}}, "policy"),
+            ("PATCH", f"/admin/teams/{team['id']}", {"policy": {"models": [text]}}, "policy"),
+        ):
+            err = assert_openai_error(api.request(method, path, json=body), 400)
+            assert err["param"] == param and "control characters" in err["message"], (path, body, err)
+    assert _stored(admin) == before
+    table = admin.gw.cli("keys", "list").stdout
+    assert "forged-row" not in table and "\x1b" not in table
+
+
+def test_rows_with_non_finite_numbers_from_an_older_version_still_list(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    with Gateway(tmp_path, upstream.url) as gw:
+        admin = Admin(gw)
+        api = admin.client("admin")
+        key = api.post("/admin/keys", json={"name": "legacy", "policy": {"rpm": 5}}).json()
+        gw.secrets.append(key["key"])
+        # What an older version stored for `1e999` in a budget: infinity, as JSON text.
+        db = sqlite3.connect(tmp_path / "keygate.db")
+        with db:
+            db.execute(
+                "UPDATE keys SET policy = ? WHERE id = ?",
+                ('{"rpm": 5, "budget_usd": {"amount": 1e999, "period": "day"}}', key["id"]),
+            )
+            db.execute(
+                "UPDATE audit SET details = ? WHERE target = ?", ('{"policy": {"rpm": NaN}}', key["id"])
+            )
+        db.close()
+        listed = api.get("/admin/keys")
+        assert listed.status_code == 200, listed.text
+        [row] = [k for k in listed.json() if k["id"] == key["id"]]
+        assert row["policy"] == {"rpm": 5, "budget_usd": {"amount": None, "period": "day"}}
+        assert api.get(f"/admin/keys/{key['id']}").json()["policy"]["budget_usd"]["amount"] is None
+        audit = api.get("/admin/audit")
+        assert audit.status_code == 200, audit.text
+        assert {"policy": {"rpm": None}} in [e["details"] for e in audit.json()]
+        assert "legacy" in gw.cli("keys", "list").stdout

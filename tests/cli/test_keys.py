@@ -205,3 +205,30 @@ def test_expires_in_and_expires_at_are_exclusive(tmp_path: Path, upstream: MockU
         "keys", "create", "--name", "k", "--expires-in", "1d", "--expires-at", "2030-01-01", check=False
     )
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_control_characters_are_refused_and_older_rows_listed_one_per_line(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    gw = Gateway(tmp_path, upstream.url)
+    for flags in (["--name", "a\nkey_forged  fake"], ["--name", "n", "--allow-model", "gpt-4o\x1b[2K"]):
+        refused = gw.cli("keys", "create", *flags, check=False)
+        assert refused.returncode == 1 and "control characters" in refused.stderr
+    assert json.loads(gw.cli("keys", "list", "--json").stdout) == []
+    # Rows stored by an older version, which took such names: each is shown on one line, its
+    # control characters escaped, so it can neither forge a row nor drive the terminal.
+    ids = [gw.create_key(name)["id"] for name in ("first", "second")]
+    db = sqlite3.connect(gw.workdir / "keygate.db")
+    with db:
+        db.execute(
+            "UPDATE keys SET name = ? WHERE id = ?", ("ok\nkey_forged  evil\x1b[31m\x9b\u2028", ids[0])
+        )
+        db.execute("UPDATE keys SET policy = ? WHERE id = ?", ('{"models": ["m\\r\\u202e"]}', ids[1]))
+    db.close()
+    lines = gw.cli("keys", "list").stdout.splitlines()
+    assert len(lines) == 3 and [line.split()[0] for line in lines[1:]] == ids
+    assert "ok\\x0akey_forged  evil\\x1b[31m\\x9b\\u2028" in lines[1]
+    assert "models=m\\x0d\\u202e" in lines[2]
+    assert not any(c in "\n".join(lines) for c in "\x1b\x9b\r\u2028\u202e")
+    # --json keeps the stored text exactly (JSON escapes it).
+    assert json.loads(gw.cli("keys", "list", "--json").stdout)[0]["name"].startswith("ok\nkey_forged")

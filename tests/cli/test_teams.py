@@ -59,3 +59,19 @@ def test_team_policy_flags_list_and_update(tmp_path: Path, upstream: MockUpstrea
         bad = gw.cli("teams", "create", name, check=False)
         assert bad.returncode == 1 and "name must be non-blank text" in bad.stderr, repr(name)
     assert len(json.loads(gw.cli("teams", "list", "--json").stdout)) == 1
+
+
+def test_teams_list_shows_an_older_row_with_control_characters_on_one_line(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    gw = Gateway(tmp_path, upstream.url)
+    refused = gw.cli("teams", "create", "a\x1b]0;title\x07", check=False)
+    assert refused.returncode == 1 and "control characters" in refused.stderr
+    team = json.loads(gw.cli("teams", "create", "research", "--json").stdout)
+    db = sqlite3.connect(tmp_path / "keygate.db")
+    with db:  # as an older version, which took such names, could have stored it
+        db.execute("UPDATE teams SET name = ? WHERE id = ?", ("r\nteam_forged  x\x1b[8m", team["id"]))
+    db.close()
+    lines = gw.cli("teams", "list").stdout.splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == team["id"]
+    assert "r\\x0ateam_forged  x\\x1b[8m" in lines[1] and "\x1b" not in lines[1]

@@ -79,9 +79,62 @@ def test_usage_table_and_budgets(tmp_path: Path, upstream: MockUpstream, mock: M
     assert any("$5" in row and "month" in row for row in table[1:])
     assert any("1000 tokens" in row and "0.5%" in row for row in table[1:])
     rows = gw.cli("usage").stdout.splitlines()
-    assert rows[0].split() == ["KEY", "NAME", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "LAST"]
+    assert rows[0].split() == [
+        "KEY",
+        "NAME",
+        "REQUESTS",
+        "ERRORS",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "ESTIMATED",
+        "LAST",
+    ]
     (mine,) = [r for r in rows if key["id"] in r]
-    assert mine.split()[1:7] == ["metered", "1", "0", "2", "3", "5"]
+    assert mine.split()[1:8] == ["metered", "1", "0", "2", "3", "5", "0"]
+
+
+def test_estimated_rows_are_marked_and_old_databases_upgraded(
+    tmp_path: Path, upstream: MockUpstream, mock: MockUpstream
+) -> None:
+    gw = Gateway(tmp_path, upstream.url)
+    key = gw.create_key("est", "--budget-tokens", "100000/day")
+    db = tmp_path / "keygate.db"
+    # A database from before the estimated column: the column and its migration record gone.
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE usage DROP COLUMN estimated")
+        conn.execute("DELETE FROM schema_migrations WHERE name = '0004_usage_estimated'")
+        conn.execute(
+            "INSERT INTO usage (ts, request_id, key_id, route, method, path, model, status, prompt_tokens,"
+            " completion_tokens, cached_tokens, latency_ms, client_ip, upstream, stream)"
+            " VALUES (1, 'old', ?, 'chat.completions', 'POST', '/v1/chat/completions', 'gpt-4o', 200,"
+            " 1, 1, 0, 1.0, '127.0.0.1', 'openai', 0)",
+            (key["id"],),
+        )
+    with gw:
+        mock.reply_next(200, b"not json")  # no usage: charged its reservation
+        client = openai.OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
+        client.chat.completions.with_raw_response.create(**CHAT, max_completion_tokens=40)  # type: ignore[call-overload]
+        client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    rows = (
+        sqlite3.connect(db)
+        .execute("SELECT request_id, completion_tokens, estimated FROM usage ORDER BY id")
+        .fetchall()
+    )
+    assert rows[0] == ("old", 1, 0)  # kept, as reported
+    assert [r[1:] for r in rows[1:]] == [(40, 1), (3, 0)]
+    (view,) = json.loads(gw.cli("usage", "--json").stdout)
+    assert view["estimated"] == 1 and view["requests"] == 3 and view["completion_tokens"] == 44
+    (line,) = [r for r in gw.cli("usage").stdout.splitlines() if key["id"] in r]
+    assert line.split()[1:8] == [
+        "est",
+        "3",
+        "0",
+        str(view["prompt_tokens"]),
+        "44",
+        str(view["total_tokens"]),
+        "1",
+    ]
 
 
 def test_unauthenticated_requests_have_a_row_of_their_own(tmp_path: Path, upstream: MockUpstream) -> None:

@@ -185,7 +185,11 @@ def test_the_token_shape_picks_the_method(
     secret, record = _add_key(guard_store, "app")
     auth = _methods(tmp_path, key_cache, signer, endpoint)
     (key, k), (token, t), (opaque, o), (missing, _) = _run(
-        auth, f"Bearer {secret}", f"Bearer {signer.sign(sub='alice')}", "Bearer opaque-1", None
+        auth,
+        f"Bearer {secret}",
+        f"Bearer {signer.sign({'team': 'research'}, sub='alice')}",
+        "Bearer opaque-1",
+        None,
     )
     assert key is None and k.key is not None and k.key.id == record.id
     assert (
@@ -193,7 +197,7 @@ def test_the_token_shape_picks_the_method(
         and t.key is not None
         and (t.key.id, t.key.name, t.key.hint) == ("jwt:alice", "alice", "jwt")
     )
-    assert t.key.key_hash == "" and t.key.policy == {} and t.team is None
+    assert t.key.key_hash == "" and t.key.policy == {} and t.team is not None and t.team.name == "research"
     assert opaque is None and o.key is not None and o.key.id == "oauth:svc-a" and o.key.hint == "oauth"
     assert missing is MISSING
     assert len(endpoint.bodies) == 1  # only the opaque token was introspected
@@ -208,7 +212,7 @@ def test_a_token_principal_gets_its_team(
         auth,
         f"Bearer {signer.sign({'team': 'research'})}",
         f"Bearer {signer.sign({'team': 'no-such-team'})}",
-        f"Bearer {signer.sign(sub=long_subject)}",
+        f"Bearer {signer.sign({'team': 'research'}, sub=long_subject)}",
     )
     assert ok is None and ctx.team is not None and ctx.team.id == "team_research"
     assert ctx.key is not None and ctx.key.team_id == "team_research"
@@ -236,7 +240,7 @@ def test_methods_that_are_off_are_not_tried(
     tmp_path: Path, guard_store: SQLiteStore, key_cache: KeyCache, signer: SigningKey, endpoint: Hook
 ) -> None:
     secret, _ = _add_key(guard_store, "app")
-    jwt_token = signer.sign()
+    jwt_token = signer.sign({"team": "research"})  # (team_claim is set: a token must name one)
     too_long = "x" * 4097
     no_keys = _methods(tmp_path, key_cache, signer, endpoint, keys=False, introspection=False)
     found = [err for err, _ in _run(no_keys, f"Bearer {secret}", "Bearer opaque", f"Bearer {jwt_token}")]

@@ -1,6 +1,7 @@
 """The body guard in process: size limits (declared and counted), content types, chunked bodies,
-JSON checks, the model and stream flags, asking for the usage chunk of a stream, stalled and
-vanished clients."""
+JSON checks (types of the policy fields, duplicate and case-variant keys, the canonical body
+forwarded), the model and stream flags, asking for the usage chunk of a stream, multipart uploads,
+stalled and vanished clients; then through a real gateway."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import openai
 import orjson
 import pytest
 
 from keygate.context import Context
 from keygate.errors import ClientGone, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from keygate.guards.body import BodyReader, Deadlines
-from keygate.testing import context, run_request
+from keygate.testing import MockUpstream, context, run_request
 
+from ..helpers import Gateway
 from .common import decide
 
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -192,11 +196,114 @@ def test_a_body_that_is_not_a_json_object_is_refused(body: bytes, message: str) 
 @pytest.mark.parametrize("model", [5, ["gpt-4o"], {"name": "gpt-4o"}, True])
 def test_a_model_that_is_not_a_string_is_refused(model: object) -> None:
     err = _read(BodyReader(1000), _ctx(json={**CHAT, "model": model}))
-    assert (
-        isinstance(err, InvalidRequest)
-        and err.param == "model"
-        and err.message == "'model' must be a string."
-    )
+    assert isinstance(err, InvalidRequest) and err.param == "model" and err.code == "invalid_type"
+    assert err.message == "Invalid type for 'model': expected a string."
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("stream", "true", "a boolean"),
+        ("stream", 1, "a boolean"),
+        ("stream", None, "a boolean"),  # the one field where null is not "not given"
+        ("stream", [], "a boolean"),
+        ("max_tokens", True, "a positive integer"),  # a bool is no count
+        ("max_tokens", "9", "a positive integer"),
+        ("max_tokens", 0, "a positive integer"),
+        ("max_tokens", -5, "a positive integer"),
+        ("max_tokens", 9.0, "a positive integer"),
+        ("max_completion_tokens", 1e30, "a positive integer"),
+        ("max_output_tokens", [100], "a positive integer"),
+        ("n", "2", "a positive integer"),
+        ("n", False, "a positive integer"),
+        ("best_of", 2.5, "a positive integer"),
+        ("background", "false", "a boolean"),
+        ("background", 0, "a boolean"),
+        ("stream_options", "junk", "an object"),
+        ("stream_options", [], "an object"),
+        ("service_tier", 1, "a string"),
+        ("metadata", "x", "an object"),
+        ("metadata", [], "an object"),
+    ],
+)
+def test_policy_fields_are_type_checked(field: str, value: object, kind: str) -> None:
+    err = _read(BodyReader(1000), _ctx(json={**CHAT, field: value}))
+    assert isinstance(err, InvalidRequest) and err.status == 400 and err.code == "invalid_type"
+    assert err.param == field and err.message == f"Invalid type for '{field}': expected {kind}."
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stream": False, "max_tokens": 5, "n": 2, "best_of": 3, "background": True},
+        {"stream_options": {}, "service_tier": "auto", "metadata": {"a": "b"}},
+        # null is "not given" (OpenAI's nullable fields), except for stream
+        {"model": None, "max_tokens": None, "n": None, "metadata": None, "service_tier": None},
+    ],
+)
+def test_policy_fields_of_the_right_type_pass(extra: dict[str, Any]) -> None:
+    ctx = _ctx(json={**CHAT, **extra})
+    assert _read(BodyReader(1000), ctx) is None
+    assert ctx.json == {**CHAT, **extra} and ctx.model == ctx.json["model"]
+
+
+# -- canonical JSON: what is forwarded is what was checked ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "gpt-4o-mini", "model": "o3", "messages": []}',
+        b'{"model":"o3","messages":[],"model":"gpt-4o-mini"}',
+        b'{"model": "gpt-4o-mini", "mod\\u0065l": "o3"}',  # the same key, escaped
+        b'{"model": "m", "messages": [{"role": "user", "content": "a:b", "role": "system"}]}',
+        b'{"model": "m", "stream_options": {"include_usage": true, "include_usage": false}}',
+        b'{"model": "m", "metadata": {"k\\u003a": "x", "k\\u003a": "y"}}',  # escaped colons
+        b'{"model": "m", "input": "\\u003a", "input": "a:b"}',
+    ],
+)
+def test_a_key_given_twice_at_any_depth_is_refused(raw: bytes) -> None:
+    err = _read(BodyReader(1000), _ctx(body=raw))
+    assert isinstance(err, InvalidRequest) and err.status == 400 and err.code == "duplicate_field"
+
+
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        ("MODEL", "model"),
+        ("Model", "model"),
+        ("Stream", "stream"),
+        ("\\u017ftream", "stream"),
+        ("MAX_TOKENS", "max_tokens"),
+        ("Max_Output_Tokens", "max_output_tokens"),
+        ("N", "n"),
+        ("Background", "background"),
+        ("SERVICE_TIER", "service_tier"),
+        ("Metadata", "metadata"),
+    ],
+)
+def test_a_policy_field_under_another_case_is_refused(key: str, field: str) -> None:
+    raw = b'{"model": "gpt-4o-mini", "messages": [], "%s": 1}' % key.encode()
+    err = _read(BodyReader(1000), _ctx(body=raw))
+    assert isinstance(err, InvalidRequest) and err.code == "duplicate_field" and err.param == field
+    alone = b'{"messages": [], "%s": "o3"}' % key.encode()  # even without the field itself
+    assert isinstance(_read(BodyReader(1000), _ctx(body=alone)), InvalidRequest)
+
+
+def test_the_body_forwarded_is_the_json_checked() -> None:
+    raw = b'{ "model" : "gpt-4o-mini",\n "messages": [ {"role":"user","content":"a: \\u003a b"} ],\n "temperature": 1E0 }'
+    ctx = _ctx(body=raw)
+    assert _read(BodyReader(1000), ctx) is None
+    assert ctx.body == orjson.dumps(ctx.json) != raw
+    assert ctx.json == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "a: : b"}],
+        "temperature": 1.0,
+    }
+    # Colons inside strings, nested objects, arrays of objects with the same keys: no duplicate.
+    fine = {"model": "m", "messages": [{"role": "user", "content": "x:y:"}] * 3, "metadata": {"a:b": "::"}}
+    ok = _ctx(json=fine)
+    assert _read(BodyReader(1000), ok) is None and ok.body == orjson.dumps(fine)
 
 
 def test_the_model_json_and_body_are_set() -> None:
@@ -212,8 +319,6 @@ def test_the_model_json_and_body_are_set() -> None:
     ("path", "flag", "streams"),
     [
         ("/v1/chat/completions", True, True),
-        ("/v1/chat/completions", "true", False),  # only the JSON true
-        ("/v1/chat/completions", 1, False),
         ("/v1/chat/completions", False, False),
         ("/v1/responses", True, True),
         ("/v1/embeddings", True, False),  # a route that never streams
@@ -235,13 +340,11 @@ def test_the_stream_flag(path: str, flag: object, streams: bool) -> None:
         ({"include_usage": True}, {"include_usage": True}, True),
         ({"include_usage": False}, {"include_usage": True}, False),
         ({"include_obfuscation": False}, {"include_obfuscation": False, "include_usage": True}, False),
-        ("junk", {"include_usage": True}, False),
+        (None, {"include_usage": True}, False),  # "stream_options": null, as not given
     ],
 )
 def test_a_stream_is_asked_for_its_usage_chunk(options: object, sent: dict[str, Any], wants: bool) -> None:
-    body = {**CHAT, "stream": True}
-    if options is not None:
-        body["stream_options"] = options
+    body = {**CHAT, "stream": True, "stream_options": options}
     ctx = _ctx(json=body)
     assert _read(BodyReader(1000), ctx) is None
     forwarded = orjson.loads(ctx.body)
@@ -326,3 +429,192 @@ def test_deadlines_outside_a_task_and_before_start() -> None:
         await deadlines.stop()  # never started: nothing to stop
 
     asyncio.run(run())
+
+
+# -- multipart uploads ---------------------------------------------------------------------------
+
+
+def _form(*parts: tuple[str, bytes], boundary: str = "b") -> bytes:
+    out = b"".join(
+        f"--{boundary}\r\nContent-Disposition: {d}\r\n\r\n".encode() + v + b"\r\n" for d, v in parts
+    )
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def _upload(body: bytes, ctype: str = "multipart/form-data; boundary=b") -> Context:
+    return _ctx("/v1/audio/transcriptions", body=body, **{"content-type": ctype})
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        ("multipart/form-data", _form(("form-data; name=model", b"whisper-1"))),  # no boundary
+        ("multipart/form-data; boundary=", _form(("form-data; name=model", b"whisper-1"))),
+        ("multipart/form-data; boundary=c", _form(("form-data; name=model", b"whisper-1"))),  # not it
+        (
+            "multipart/form-data; boundary=b",
+            _form(("form-data; name=model", b"whisper-1"), ("form-data; name=model", b"gpt-4o")),
+        ),
+        ("multipart/form-data; boundary=b", _form(("form-data; name=model", b"whisper-1"))[:-9]),
+    ],
+)
+def test_a_multipart_body_keygate_cannot_read_unambiguously_is_refused(ctype: str, body: bytes) -> None:
+    err = _read(BodyReader(100_000), _upload(body, ctype))
+    assert isinstance(err, InvalidRequest) and err.status == 400 and err.code == "invalid_multipart"
+
+
+def test_a_large_upload_is_parsed_in_steps_that_let_other_tasks_run() -> None:
+    """A 25 MiB upload takes the parser about 0.1 s: parsed in 64 KiB steps with a yield to the
+    event loop after each, other tasks run about once per step, not once after the whole body."""
+    unit = b'\r\n--name="model"\r\n'
+    body = _form(
+        ("form-data; name=model", b"whisper-1"), ('form-data; name="file"; filename="a"', unit * (25 << 16))
+    )
+    ctx = _upload(body)
+
+    async def run() -> int:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        ticks = 0
+        assert await run_request(BodyReader(len(body)), ctx) is None
+        done = True
+        await task
+        return ticks
+
+    ticks = asyncio.run(run())
+    assert ctx.model == "whisper-1" and ctx.body == body
+    steps = len(body) // (1 << 16)
+    assert ticks >= steps // 2, f"other tasks ran {ticks} times during {steps} steps"
+
+
+# -- through a real gateway ----------------------------------------------------------------------
+
+
+def _post(
+    url: str, key: str, content: bytes, path: str = "/chat/completions", **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        url + path,
+        content=content,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def test_json_a_parser_could_read_two_ways_is_refused(gateway: Gateway, mock: MockUpstream) -> None:
+    """Today keygate checked the last "model" (orjson keeps the last) and forwarded the bytes as
+    sent, so an upstream that reads the first one, or matches names without regard to case, got
+    a model the allowlist never saw."""
+    key = gateway.create_key("allowlisted", "--allow-model", "gpt-4o*")["key"]
+    messages = b'"messages": [{"role": "user", "content": "hi"}]'
+    for raw, code, param in [
+        (b'{"model": "o3", ' + messages + b', "model": "gpt-4o-mini"}', "duplicate_field", None),
+        (b'{"model": "gpt-4o-mini", "MODEL": "o3", ' + messages + b"}", "duplicate_field", "model"),
+        (b'{"model": "gpt-4o-mini", "Stream": true, ' + messages + b"}", "duplicate_field", "stream"),
+        (b'{"model": "gpt-4o-mini", "stream": "true", ' + messages + b"}", "invalid_type", "stream"),
+        (b'{"model": "gpt-4o-mini", "max_tokens": true, ' + messages + b"}", "invalid_type", "max_tokens"),
+        (b'{"model": "gpt-4o-mini", "n": "9", ' + messages + b"}", "invalid_type", "n"),
+    ]:
+        r = _post(gateway.url, key, raw)
+        assert r.status_code == 400, (raw, r.text)
+        error = r.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+    assert mock.requests == []
+
+
+def test_the_json_forwarded_is_the_json_checked(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    raw = b'{ "model" : "gpt-4o-mini", "messages" : [ {"role": "user", "content": "a: \\u003a"} ], "temperature": 1E0 }'
+    assert _post(gateway.url, client_key, raw).status_code == 200
+    client = openai.OpenAI(base_url=gateway.url, api_key=client_key, max_retries=0)
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], temperature=0.5
+    )
+    first, second = mock.requests
+    assert (
+        first.body
+        == orjson.dumps(orjson.loads(raw))
+        == (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a: :"}],"temperature":1.0}')
+    )
+    assert second.body == orjson.dumps(second.json())  # the SDK's spaced JSON, re-serialised
+
+
+def test_a_malformed_upload_is_a_400_and_the_gateway_keeps_serving(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    body = _form(
+        ("form-data; name=model", b"whisper-1"), ('form-data; name="file"; filename="a.mp3"', b"ID3")
+    )
+    for ctype, content in [
+        ("multipart/form-data", body),  # no boundary
+        ("multipart/form-data; boundary=zz", body),  # another boundary
+        ("multipart/form-data; boundary=b", body[:-12]),  # cut short
+        ("multipart/form-data; boundary=b", body + b"--b\r\n"),  # more after the end
+    ]:
+        r = _post(gateway.url, client_key, content, "/audio/transcriptions", **{"content-type": ctype})
+        assert r.status_code == 400, (ctype, r.text)
+        assert (
+            r.json()["error"]["code"] == "invalid_multipart"
+            and r.json()["error"]["type"] == "invalid_request_error"
+        )
+    assert mock.requests == []
+    r = _post(
+        gateway.url,
+        client_key,
+        body,
+        "/audio/transcriptions",
+        **{"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 200 and mock.requests[-1].body == body  # a multipart body goes as sent
+
+
+def test_checking_an_upload_never_holds_up_other_requests(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    """Today's regex scan of an upload took quadratic time in the event loop: 68 KiB of repeated
+    ``name="model"`` lines stalled every request for 1.5 s. Here two adversarial uploads are in
+    flight (56 KiB of such lines, which stalled the old scan for 2 s, and an 8 MiB one of
+    near-boundaries that takes the parser tens of milliseconds) while other requests must each be
+    answered within half a second."""
+    # No CRLF after the closing boundary: the old regex then never matched and backtracked.
+    lines = _form(
+        ("form-data; name=model", b"whisper-1"),
+        ('form-data; name="file"; filename="a"', b'name="model"\r\n' * 4000),
+    )[:-2]
+    near = _form(
+        ("form-data; name=model", b"whisper-1"),
+        ('form-data; name="file"; filename="a"', b"\r\n--" * (2 << 20)),
+    )
+    ctype = {"content-type": "multipart/form-data; boundary=b", "authorization": f"Bearer {client_key}"}
+    auth = {"authorization": f"Bearer {client_key}"}
+
+    async def run() -> tuple[list[float], list[int]]:
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=30) as big,
+            httpx.AsyncClient(base_url=gateway.url, timeout=2) as small,
+        ):
+            uploads = [
+                asyncio.ensure_future(big.post("/audio/transcriptions", content=body, headers=ctype))
+                for body in (lines, near)
+            ]
+            latencies = []
+            while not all(u.done() for u in uploads) or len(latencies) < 5:
+                started = time.monotonic()
+                r = await small.get("/models", headers=auth)
+                assert r.status_code == 200
+                latencies.append(time.monotonic() - started)
+            return latencies, [(await u).status_code for u in uploads]
+
+    latencies, statuses = asyncio.run(run())
+    assert statuses == [200, 200]
+    assert max(latencies) < 0.5, f"a request waited {max(latencies):.2f} s"

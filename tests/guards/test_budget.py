@@ -25,11 +25,13 @@ import pytest
 from openai import OpenAI
 
 from keygate.cli import main as cli_main
+from keygate.config import Upstream
 from keygate.context import Context
 from keygate.counters import MemoryCounters
-from keygate.errors import BudgetExceeded, PermissionDenied
+from keygate.errors import BudgetExceeded, InvalidRequest, PermissionDenied
 from keygate.guards.budget import AsyncBudgetGuard, BudgetGuard, BudgetGuardBase, Reservation, budget_guard
 from keygate.limitconf import parse_limits
+from keygate.metering import fill_usage
 from keygate.spend import SpendBook, counter_name, period_end
 from keygate.testing import MockUpstream, context, key_record, run_complete, run_request
 from keygate.types import KeyRecord, Team
@@ -43,6 +45,7 @@ WORDY = [{"role": "user", "content": "a " * 200}]  # the mock counts 200 prompt 
 PRICES = {"gpt-4o-mini": {"input": 1_000_000, "cached_input": 500_000, "output": 2_000_000}}
 SOFT_FIELDS = {"event", "scope", "id", "name", "kind", "period", "counter", "spent", "budget", "threshold"}
 NOON = float(calendar.timegm((2025, 8, 20, 12, 0, 0)))  # a Wednesday
+UPSTREAM = Upstream("openai", "https://api.openai.com/v1", "", None)  # where a request went
 
 
 # -- in process ----------------------------------------------------------------------------------
@@ -129,16 +132,37 @@ def test_the_worst_case_is_held_until_the_request_completes() -> None:
     assert b.state(name) == (30.0, 0.0)
 
 
-def test_a_non_streamed_request_without_max_tokens_is_capped_at_its_hold() -> None:
+def test_a_request_without_max_tokens_is_capped_at_its_hold_streams_included() -> None:
     b = Budgets()
     ctx = b.chat(_tokens("10000"))
     assert decide(b.guard, ctx) is None
     assert _sent(ctx)["max_completion_tokens"] == 100  # default_max_output_tokens
     assert ctx.json is not None and ctx.json["max_completion_tokens"] == 100
-    # A stream may go without one: it can be cut off where its hold ends.
+    # A stream too: the upstream stops there itself (hidden reasoning tokens included), and the
+    # stream is watched as well.
     stream = b.chat(_tokens("10000"), stream=True)
     assert decide(b.guard, stream) is None
-    assert "max_completion_tokens" not in _sent(stream) and stream.extras["budget"].watch
+    assert _sent(stream)["max_completion_tokens"] == 100 and stream.extras["budget"].watch
+    # A body with two caps has both set to the one held (the larger one was reserved)
+    both = b.chat(_tokens("10000"), max_tokens=50, max_completion_tokens=70)
+    assert decide(b.guard, both) is None
+    assert (_sent(both)["max_tokens"], _sent(both)["max_completion_tokens"]) == (70, 70)
+
+
+def test_n_outputs_are_held_and_clamped_per_output() -> None:
+    b = Budgets()
+    ctx = b.chat(_tokens("10000"), n=4, max_tokens=1000)
+    assert decide(b.guard, ctx) is None
+    assert b.held(ctx) == [(0.0, float(_prompt(ctx) + 4000))]
+    # 1,000 tokens left: each of 4 outputs gets what a quarter of the room allows
+    b = Budgets()
+    small = b.chat(_tokens("1000"), n=4, max_tokens=1000)
+    assert decide(b.guard, small) is None
+    room = 1000 - (len(small.body) + 3) // 4
+    sent = _sent(small)["max_tokens"]
+    assert sent <= room // 4 and sent >= room // 4 - 1
+    # fewer tokens left than outputs asked for: refused
+    assert isinstance(decide(Budgets().guard, b.chat(_tokens("30"), n=50, max_tokens=1)), BudgetExceeded)
 
 
 def test_the_output_is_clamped_to_what_is_left() -> None:
@@ -240,15 +264,24 @@ def test_endpoints_that_cannot_be_metered() -> None:
     # No model, nothing to meter: passes.
     models = context("GET", "/v1/models", key=usd)
     assert decide(b.guard, models) is None and "budget" not in models.extras
-    # A model on an endpoint that reports no tokens: refused under a dollar budget, even with a
-    # default price, and passed under a token budget.
+    # An endpoint billed per image, character or minute: refused under any budget, even with a
+    # default price, with or without a model (OpenAI then picks a billed default).
     images = context("POST", "/v1/images/generations", json={"model": "dall-e-3", "prompt": "a cat"}, key=usd)
     err = decide(b.guard, images)
-    assert isinstance(err, PermissionDenied) and err.code == "model_not_priced"
-    tokens_only = context(
-        "POST", "/v1/images/generations", json={"model": "dall-e-3", "prompt": "x"}, key=_tokens("10")
+    assert isinstance(err, PermissionDenied) and err.code == "endpoint_not_priced"
+    for body in ({"model": "dall-e-3", "prompt": "x"}, {"prompt": "x"}):
+        tokens_only = context("POST", "/v1/images/generations", json=body, key=_tokens("10"))
+        err = decide(b.guard, tokens_only)
+        assert isinstance(err, PermissionDenied) and err.code == "endpoint_not_priced"
+    speech = context("POST", "/v1/audio/speech", json={"input": "hi", "voice": "alloy"}, key=usd)
+    assert isinstance(decide(b.guard, speech), PermissionDenied)
+    # Free endpoints with a model pass, and so do stored responses
+    moderation = context(
+        "POST", "/v1/moderations", json={"model": "omni-moderation-latest", "input": "x"}, key=usd
     )
-    assert decide(b.guard, tokens_only) is None and "budget" not in tokens_only.extras
+    assert decide(b.guard, moderation) is None
+    stored = context("GET", "/v1/responses/resp_1", key=usd)
+    assert decide(b.guard, stored) is None and "budget" not in stored.extras
 
 
 def test_embeddings_are_held_at_their_prompt_with_no_output() -> None:
@@ -296,9 +329,81 @@ def test_a_stream_past_its_hold_is_cut_off_and_counted_by_its_own_estimate() -> 
     assert (
         cut.message == "The stream was cut off: it went past the output tokens its budget reservation allows."
     )
-    run_complete(b.guard, ctx)  # no usage chunk came: the prompt estimate and the streamed events count
-    assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (_prompt(ctx), 3)
-    assert b.state("key:key_1|tokens|lifetime") == (float(_prompt(ctx) + 3), 0.0)
+    ctx.status, ctx.upstream = 200, UPSTREAM
+    run_complete(b.guard, ctx)  # no usage chunk came: charged what was held, as an estimate
+    assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (_prompt(ctx), 2)
+    assert ctx.usage.estimated
+    assert b.state("key:key_1|tokens|lifetime") == (float(_prompt(ctx) + 2), 0.0)
+
+
+@pytest.mark.parametrize(("status", "charged"), [(200, True), (499, True), (400, False), (500, False)])
+def test_a_request_without_usage_is_charged_its_reservation(status: int, charged: bool) -> None:
+    b = Budgets()
+    ctx = b.chat(_tokens("10000"), max_tokens=50)
+    assert decide(b.guard, ctx) is None
+    ctx.status, ctx.upstream = status, UPSTREAM
+    ctx.usage.streamed = 3  # what a stream showed is not what it cost
+    run_complete(b.guard, ctx)
+    held = _prompt(ctx) + 50
+    assert b.state("key:key_1|tokens|lifetime") == (float(held if charged else 0), 0.0)
+    assert ctx.usage.estimated is charged
+    # reported usage is what counts, whatever else happened
+    ok = b.chat(_tokens("10000"), max_tokens=50)
+    assert decide(b.guard, ok) is None
+    ok.status, ok.upstream = status, UPSTREAM
+    fill_usage({"prompt_tokens": 7, "completion_tokens": 0}, ok.usage)
+    run_complete(b.guard, ok)
+    assert b.state("key:key_1|tokens|lifetime") == (float((held if charged else 0) + 7), 0.0)
+
+
+def test_background_responses_are_refused_under_a_budget() -> None:
+    b = Budgets(prices={"gpt-4o-mini": {"input": 1, "output": 1}})
+    for value in (True, "true", 1):
+        ctx = context(
+            "POST",
+            "/v1/responses",
+            json={"model": "gpt-4o-mini", "input": "x", "background": value},
+            key=_usd(10),
+        )
+        err = decide(b.guard, ctx)
+        assert isinstance(err, InvalidRequest) and err.code == "background_not_allowed_with_budget"
+        assert err.param == "background"
+    fg = context(
+        "POST",
+        "/v1/responses",
+        json={"model": "gpt-4o-mini", "input": "x", "background": False},
+        key=_usd(10),
+    )
+    assert decide(b.guard, fg) is None
+
+
+def test_service_tiers_scale_the_price_or_are_refused() -> None:
+    b = Budgets()  # $1 per prompt token, $2 per completion token
+    for tier, factor in ((None, 1.0), ("default", 1.0), ("flex", 0.5), ("priority", 2.0)):
+        extra = {} if tier is None else {"service_tier": tier}
+        ctx = b.chat(_usd(1e9), max_tokens=10, **extra)
+        assert decide(b.guard, ctx) is None
+        res: Reservation = ctx.extras["budget"]
+        assert res.amounts == [pytest.approx((_prompt(ctx) * 1 + 10 * 2) * factor)]
+    for tier in ("scale", 7):
+        err = decide(b.guard, b.chat(_usd(1e9), service_tier=tier))
+        assert isinstance(err, PermissionDenied) and err.code == "service_tier_not_priced"
+    # configurable; token budgets need no tier price
+    mine = Budgets(service_tiers={"scale": 1.0, "auto": 2.0})
+    ctx = mine.chat(_usd(1e9), max_tokens=10, service_tier="scale")
+    assert decide(mine.guard, ctx) is None
+    auto = mine.chat(_usd(1e9), max_tokens=10)
+    assert decide(mine.guard, auto) is None
+    assert auto.extras["budget"].amounts == [pytest.approx((_prompt(auto) + 20) * 2.0)]
+    assert decide(b.guard, b.chat(_tokens("1000"), service_tier="scale")) is None
+
+
+def test_variants_are_not_priced_as_their_base() -> None:
+    b = Budgets(prices={"o1": {"input": 1, "output": 1}})
+    for model in ("o1-preview-x", "o1-turbo", "o1-2024-12-17-ft"):
+        err = decide(b.guard, b.chat(_usd(100.0), model=model))
+        assert isinstance(err, PermissionDenied) and err.code == "model_not_priced", model
+    assert decide(b.guard, b.chat(_usd(100.0), model="o1-2024-12-17")) is None
 
 
 def test_only_streams_on_counted_routes_are_watched() -> None:
@@ -591,20 +696,203 @@ def test_embedding_without_price_is_refused_under_a_dollar_budget(gw: Gateway, m
     assert mock.requests == []
 
 
-def test_stream_past_its_reservation_is_cut_off_and_recorded(gw: Gateway, mock: MockUpstream) -> None:
-    key = gw.create_key("cut", "--budget-tokens", "1000/day")
+def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+    }
+
+
+def _tool_delta(piece: str, first: bool = False) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+    if first:
+        call.update(id="call_1", type="function", function={"name": "f", "arguments": ""})
+    return _chunk({"tool_calls": [call]})
+
+
+def test_a_stream_is_sent_with_its_output_capped(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("cap-stream", "--budget-tokens", "1000/day")["key"]
+    client = OpenAI(base_url=gw.url, api_key=key, max_retries=0)
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+        pass
+    assert mock.requests[-1].json()["max_completion_tokens"] == 1  # default_max_output_tokens
+    for _ in client.responses.create(model="gpt-4o-mini", input="hi", stream=True):
+        pass
+    assert mock.requests[-1].json()["max_output_tokens"] == 1
+
+
+def test_hidden_reasoning_tokens_are_held_to_the_reservation_by_the_cap(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    # The mock's reasoning models think 300 tokens that no stream shows, within the output cap
+    key = gw.create_key("think", "--budget-tokens", "100000/day")
     client = OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
-    pieces: list[str] = []
-    with pytest.raises(openai.APIError) as info:
-        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
-            if chunk.choices:
-                pieces.append(chunk.choices[0].delta.content or "")
-    assert "cut off" in str(info.value)
-    assert "".join(pieces) == "Hello from"  # the mock would have sent "Hello from mock"
+    for _ in client.chat.completions.create(model="o3-mini", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+        pass
     entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
-    assert entry["completion_tokens"] == 2 and entry["error_code"] == "budget_exceeded"
+    assert entry["completion_tokens"] == 1 and not entry["estimated"]  # the reservation: 1 token
+    answer = client.responses.create(model="o3-mini", input="hi", max_output_tokens=50)
+    assert answer.usage is not None and answer.usage.output_tokens_details.reasoning_tokens == 50
+    _wait_spent(gw, key["id"], lambda r: r["spent"] == entry["prompt_tokens"] + 1 + 1 + 50)
+
+
+def test_a_stream_of_tool_call_deltas_past_its_reservation_is_cut_off(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    key = gw.create_key("cut", "--budget-tokens", "100000/day")
+    # An upstream that ignores the cap: 312 tool-call argument deltas (and refusals) against 200
+    events: list[Any] = [_tool_delta("", first=True)]
+    events += [_tool_delta('{"a":') for _ in range(150)] + [_chunk({"refusal": "no"}) for _ in range(162)]
+    mock.reply_next(events=[*events, "data: [DONE]"])
+    client = OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
+    seen = 0
+    with pytest.raises(openai.APIError) as info:
+        for _ in client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            max_completion_tokens=200,
+        ):
+            seen += 1
+    assert "cut off" in str(info.value)
+    assert seen <= 202  # the first (name only) chunk, 200 deltas, and the one that went past
+    entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
+    # no usage came: charged its reservation (200 output tokens), and the row says so
+    assert entry["completion_tokens"] == 200 and entry["error_code"] == "budget_exceeded"
+    assert entry["estimated"] is True
     row = _wait_spent(gw, key["id"], lambda r: r["spent"] > 0)
-    assert row["spent"] == entry["prompt_tokens"] + 2
+    assert row["spent"] == entry["prompt_tokens"] + 200 and row["in_flight"] == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"events": [_chunk({"content": "a"}), _chunk({"content": "b"}), "data: [DONE]"]},  # no usage chunk
+        {"body": b"<html>not json</html>"},
+        {"body": {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}},  # no usage
+    ],
+)
+def test_an_answer_without_usage_is_charged_its_reservation(
+    gw: Gateway, mock: MockUpstream, reply: dict[str, Any]
+) -> None:
+    key = gw.create_key("no-usage", "--budget-tokens", "100000/day")
+    mock.reply_next(**reply)
+    stream = "events" in reply
+    r = httpx.post(
+        f"{gw.url}/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_completion_tokens": 50, "stream": stream},
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
+    assert entry["completion_tokens"] == 50 and entry["prompt_tokens"] > 0 and entry["estimated"] is True
+    row = _wait_spent(gw, key["id"], lambda r: r["spent"] > 0)
+    assert row["spent"] == entry["prompt_tokens"] + 50
+    shown = {u["key_id"]: u for u in json.loads(_cli(gw, "usage", "--json"))}[key["id"]]
+    assert shown["estimated"] == 1 and shown["completion_tokens"] == 50
+
+
+def test_a_client_that_leaves_is_charged_its_reservation(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("gone", "--budget-tokens", "100000/day")
+    mock.fail_next("slow", delay=0.3)
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_completion_tokens": 70, "stream": True},
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=30,
+    ) as stream:
+        assert stream.status_code == 200
+        next(stream.iter_raw())  # one event, then leave
+    entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
+    assert entry["status"] == 499 and entry["completion_tokens"] == 70 and entry["estimated"] is True
+    _wait_spent(gw, key["id"], lambda r: r["spent"] == entry["prompt_tokens"] + 70 and r["in_flight"] == 0)
+
+
+def test_client_metadata_cannot_hide_the_usage_of_a_response(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("meta", "--budget-tokens", "100000/day")
+    client = OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
+    answer = client.responses.create(
+        model="gpt-4o-mini", input="a " * 300, metadata={"usage": "x"}, max_output_tokens=3
+    )
+    assert answer.usage is not None and answer.usage.input_tokens == 300
+    entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
+    assert (entry["prompt_tokens"], entry["completion_tokens"], entry["estimated"]) == (300, 3, False)
+    _wait_spent(gw, key["id"], lambda r: r["spent"] == 303)
+
+
+def test_images_and_outputs_asked_for_are_held_at_their_worst_case(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("media", "--budget-tokens", "10000/day")["key"]
+    url = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    fifty = [{"role": "user", "content": [{"type": "text", "text": "describe"}, *[url] * 50]}]
+    r = _post(gw, key, messages=fifty)
+    assert len(r.content) and r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+    file = {"type": "file", "file": {"file_id": "file-abc"}}
+    r = _post(gw, key, messages=[{"role": "user", "content": [file]}])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "file_input_not_metered"
+    assert mock.requests == []
+    # n=20 outputs of up to 1,000 tokens: each is clamped to a twentieth of what is left
+    assert _post(gw, key, n=20, max_tokens=1000).status_code == 200
+    assert mock.requests[-1].json()["max_tokens"] < 500
+
+
+def test_background_responses_are_refused_and_stored_ones_cost_nothing(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    key = gw.create_key("bg", "--budget-usd", "100/day")
+    client = OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    assert info.value.code == "background_not_allowed_with_budget"
+    assert mock.requests == []
+    # Retrieving a stored response is never charged and needs no price, whatever it reports
+    stored = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "o1-pro-unpriced",
+        "status": "completed",
+        "output": [],
+        "usage": {"input_tokens": 1000, "output_tokens": 1000, "total_tokens": 2000},
+    }
+    mock.reply_next(200, stored)
+    got = httpx.get(
+        f"{gw.url}/responses/resp_1", headers={"authorization": f"Bearer {key['key']}"}, timeout=30
+    )
+    assert got.status_code == 200 and got.json()["id"] == "resp_1"
+    entry = gw.wait_entry(lambda e: e["key_id"] == key["id"] and e["method"] == "GET")
+    assert entry["prompt_tokens"] == 0 and not entry["estimated"]
+    assert all(r["spent"] == 0 and r["in_flight"] == 0 for r in _budgets(gw, key["id"]))
+
+
+def test_variants_tiers_and_snapshots_under_a_dollar_budget(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("prices", "--budget-usd", "1000/day")
+    # a variant is not priced as its base (gpt-4o-mini is priced in this gateway; these are not)
+    for model in ("gpt-4o-mini-search-preview", "o3-deep-research", "gpt-4o-mini-pro"):
+        r = _post(gw, key["key"], model=model)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_priced", model
+    r = _post(gw, key["key"], service_tier="scale")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "service_tier_not_priced"
+    assert mock.requests == []
+    # a dated snapshot takes its model's price ($1 per prompt, $2 per completion token), and flex
+    # costs half: 1 prompt + 1 completion = $3, halved
+    assert _post(gw, key["key"], model="gpt-4o-mini-2024-07-18", service_tier="flex").status_code == 200
+    _wait_spent(gw, key["id"], lambda r: r["spent"] == pytest.approx(1.5) and r["in_flight"] == 0)
+
+
+def test_non_token_endpoints_are_refused_under_any_budget(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("img-tok", "--budget-tokens", "100000/day")["key"]
+    for path, body in (
+        ("/images/generations", {"prompt": "a cat"}),  # no model: OpenAI picks a billed default
+        ("/images/generations", {"model": "dall-e-3", "prompt": "a cat"}),
+        ("/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"}),
+    ):
+        r = httpx.post(f"{gw.url}{path}", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "endpoint_not_priced", path
+    assert mock.requests == []
 
 
 def test_unpriced_model_is_metered_at_the_default_price(gw_dflt: Gateway, mock: MockUpstream) -> None:
@@ -624,7 +912,7 @@ def test_default_price_does_not_open_non_token_endpoints(gw_dflt: Gateway, mock:
     client = OpenAI(base_url=gw_dflt.url, api_key=key, max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.images.generate(model="dall-e-3", prompt="a cat")
-    assert info.value.code == "model_not_priced"
+    assert info.value.code == "endpoint_not_priced"
     assert mock.requests == []
     assert len(client.models.list().data) > 0  # no model, nothing to meter: passes
 

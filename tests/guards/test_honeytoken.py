@@ -3,12 +3,18 @@ that names the client and carries the request headers with every credential left
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from pathlib import Path
+
 from keygate import keys
 from keygate.guards.auth import UNKNOWN
 from keygate.guards.honeytoken import Honeytoken, is_honeytoken, safe_headers
-from keygate.testing import context, key_record
+from keygate.testing import MockUpstream, context, key_record
 
-from .common import decide, logged
+from ..helpers import Gateway
+from .common import decide, logged, post_chat
 
 
 def test_is_honeytoken() -> None:
@@ -84,3 +90,37 @@ def test_a_honeytoken_is_refused_as_an_unknown_key_and_raises_an_alert() -> None
     assert fields["request_id"] == ctx.request_id
     assert "authorization" not in fields["headers"] and fields["headers"]["user-agent"] == "scanner/1"
     assert secret not in repr(fields)
+
+
+def test_a_honeytoken_is_answered_before_its_alert_is_written(
+    tmp_path: Path, upstream: MockUpstream, mock: MockUpstream
+) -> None:
+    """Writing the alert (headers redacted, a JSON log line) took longer than refusing an unknown
+    key, and it happened before the answer: a holder timing the two could tell a honeytoken from
+    an unknown key. The alert is now written after the answer went out: here the alert's log
+    handler blocks until the client has its answer, which the client gets all the same."""
+    released = threading.Event()
+
+    class Blocking(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            released.wait(5)
+
+    with Gateway(tmp_path, upstream.url) as gw, logged("keygate.alert") as records:
+        trap = gw.create_key("trap", "--honeytoken")["key"]
+        blocking = Blocking()
+        logging.getLogger("keygate.alert").addHandler(blocking)
+        try:
+            started = time.monotonic()
+            r = post_chat(gw.url, trap)
+            answered = time.monotonic() - started
+        finally:
+            released.set()
+            logging.getLogger("keygate.alert").removeHandler(blocking)
+        assert r.status_code == 401 and r.json() == post_chat(gw.url, keys.generate()).json()
+        assert answered < 2.5, f"the answer waited {answered:.1f} s for the alert"
+        deadline = time.monotonic() + 5
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (alert,) = records  # and the alert is written all the same
+        assert alert.__dict__["alert"] == "honeytoken_used" and alert.__dict__["key_name"] == "trap"
+        assert mock.requests == []

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from keygate.access_config import JWTSettings, parse_auth
-from keygate.errors import AuthenticationFailed, KeygateError
+from keygate.errors import AuthenticationFailed, KeygateError, PermissionDenied
 from keygate.guards.authn import Principal
 from keygate.guards.jwt_auth import JWTVerifier
 from keygate.keycache import KeyCache
@@ -258,25 +258,61 @@ def test_the_team_claim_names_a_known_team(tmp_path: Path, key_cache: KeyCache) 
         token(["staff", "research"]),  # the first value naming a known team (by name)
         token("team_embed other"),  # space-separated, by id
         token(["nobody", "none"]),  # no known team: the first value (refused later as unknown)
+    )
+    assert [p.team if isinstance(p, Principal) else p for p in found] == ["research", "team_embed", "nobody"]
+    # A claim that names no team at all is refused, never "no team" (no team policy at all).
+    for refused in _verify(
+        verifier,
+        token(None),
+        token(""),
+        token("  "),
         token(7),
         token([]),
+        token([1, 2]),
+        token({"a": "research"}),
+    ):
+        assert (
+            isinstance(refused, PermissionDenied) and refused.status == 403 and refused.code == "unknown_team"
+        )
+        assert refused.message == "The bearer token names no team known to this gateway."
+    # Without a team_claim setting, a token needs no team.
+    loose = JWTVerifier(_settings(tmp_path, public_key_file="idp.pem"), key_cache)
+    (principal,) = _verify(loose, token(None))
+    assert isinstance(principal, Principal) and principal.team is None
+    # With a default team, a token whose claim is absent or empty gets it; a malformed claim or
+    # one naming an unknown team does not.
+    defaulted = JWTVerifier(
+        _settings(tmp_path, public_key_file="idp.pem", team_claim="groups", default_team="embedders"),
+        key_cache,
     )
-    assert [p.team if isinstance(p, Principal) else p for p in found] == [
+    found = _verify(
+        defaulted, token(None), token(""), token([]), token(7), token(["nobody"]), token("research")
+    )
+    assert [p.team if isinstance(p, Principal) else p.code for p in found] == [
+        "embedders",
+        "embedders",
+        "embedders",
+        "unknown_team",
+        "nobody",  # refused by Authenticate as unknown_team
         "research",
-        "team_embed",
-        "nobody",
-        None,
-        None,
     ]
 
 
 # -- through a real gateway ----------------------------------------------------------------------
 
 
+class MemberKey(SigningKey):
+    """The IdP's key for the module's gateway, whose tokens name the team ``staff`` unless a test
+    says otherwise (``team=None`` leaves the claim out): that gateway maps ``team`` to a team."""
+
+    def sign(self, claims: dict[str, Any] | None = None, *, kid: str | None = None, **overrides: Any) -> str:
+        return super().sign({"team": "staff", **(claims or {})}, kid=kid, **overrides)
+
+
 @pytest.fixture(scope="module")
 def idp() -> Iterator[IdP]:
     with IdP() as provider:
-        provider.keys.append(SigningKey("k1"))
+        provider.keys.append(MemberKey("k1"))
         yield provider
 
 
@@ -297,6 +333,7 @@ def gw(idp: IdP, upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactor
     }
     with Gateway(tmp_path_factory.mktemp("jwt"), upstream.url, extra=extra) as g:
         g.cli("teams", "create", "research", "--allow-model", "gpt-4o*")
+        g.cli("teams", "create", "staff")
         yield g
 
 
@@ -343,6 +380,23 @@ def test_team_claim_maps_to_team_policy(gw: Gateway, key: SigningKey, mock: Mock
     r = call(gw, key.sign({"team": "no-such-team"}))
     assert r.status_code == 403 and r.json()["error"]["code"] == "unknown_team"
     assert len(mock.requests) == 1
+
+
+@pytest.mark.parametrize("team", [None, "", 7, [], ["", 3], {"name": "research"}])
+def test_a_token_that_names_no_team_is_refused(
+    gw: Gateway, key: SigningKey, mock: MockUpstream, team: object
+) -> None:
+    """With team_claim set, a token without a usable claim used to pass as "no team", and so with
+    no team policy at all: the research team's model list did not apply to it."""
+    r = httpx.post(
+        f"{gw.url}/chat/completions",
+        json={**CHAT, "model": "o3"},  # a model the research team does not allow
+        headers={"Authorization": f"Bearer {key.sign({'team': team})}"},
+    )
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_denied", "unknown_team")
+    assert mock.requests == []
 
 
 def test_alg_none(gw: Gateway, mock: MockUpstream) -> None:
@@ -466,6 +520,39 @@ def test_static_public_key_file(
         assert call(gw, signer.sign()).status_code == 200
         assert call(gw, SigningKey("static").sign()).status_code == 401
         assert len(mock.requests) == 1
+
+
+def test_a_default_team_for_tokens_without_one(
+    tmp_path_factory: pytest.TempPathFactory, upstream: MockUpstream, mock: MockUpstream
+) -> None:
+    signer = SigningKey("static")
+    work = tmp_path_factory.mktemp("jwt-default-team")
+    (work / "idp.pem").write_bytes(
+        signer.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    jwt_settings = {"public_key_file": "idp.pem", "team_claim": "team", "default_team": "research"}
+    extra = {"auth": {"jwt": {"issuer": ISSUER, "audience": AUDIENCE, **jwt_settings}}}
+    with Gateway(work, upstream.url, extra=extra) as gw:
+        gw.cli("teams", "create", "research", "--allow-model", "gpt-4o*")
+        gw.cli("teams", "create", "open")
+        anonymous = signer.sign()  # no team claim: the research team, and its model list
+        assert call(gw, anonymous).status_code == 200
+        r = httpx.post(
+            f"{gw.url}/chat/completions",
+            json={**CHAT, "model": "o3"},
+            headers={"Authorization": f"Bearer {anonymous}"},
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+        named = httpx.post(
+            f"{gw.url}/chat/completions",
+            json={**CHAT, "model": "o3"},
+            headers={"Authorization": f"Bearer {signer.sign({'team': 'open'})}"},
+        )
+        assert named.status_code == 200  # a token that names its team gets that one
+        assert call(gw, signer.sign({"team": "nobody"})).status_code == 403  # unknown: refused
+        assert [r.json()["model"] for r in mock.requests] == ["gpt-4o-mini", "o3"]
 
 
 def test_no_token_is_written_anywhere(gw: Gateway, key: SigningKey, mock: MockUpstream) -> None:

@@ -16,9 +16,10 @@ import openai
 import orjson
 import pytest
 
+from keygate import routes
 from keygate.context import Context
 from keygate.errors import AuthenticationFailed, PayloadTooLarge, PermissionDenied
-from keygate.guards.policy import AccessPolicy, RequestPolicy, model_allowed, policies
+from keygate.guards.policy import AccessPolicy, RequestPolicy, model_allowed, names_model, policies
 from keygate.store import SQLiteStore
 from keygate.testing import MockUpstream, context, key_record
 from keygate.types import AuditRecord, Team
@@ -198,14 +199,47 @@ def test_allowed_models() -> None:
     assert (
         isinstance(err, PermissionDenied) and err.message == f"This key may not use the model '{'x' * 200}'."
     )
-    # No model in the request (listing models, say): nothing to check.
-    assert decide(RequestPolicy(), _ctx(policy, path="/v1/moderations", body={"input": "x"})) is None
+    # A request without a body (listing models, say) has no model to check.
+    assert decide(RequestPolicy(), _ctx(policy, method="GET", path="/v1/models")) is None
     # The key's list and the team's list both apply.
     err = decide(
         RequestPolicy(),
         _ctx({"models": ["gpt-4o*"]}, {"models": ["gpt-4o-mini"]}, body={**CHAT, "model": "gpt-4o"}),
     )
     assert isinstance(err, PermissionDenied)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": []}),
+        ("/v1/responses", {"input": "hi", "prompt": {"id": "pmpt_1"}}),  # a stored prompt's model
+        ("/v1/moderations", {"input": "x"}),  # OpenAI's default moderation model
+        ("/v1/images/generations", {"prompt": "x"}),  # OpenAI's default image model
+        ("/v1/embeddings", {"input": "x", "model": None}),
+    ],
+)
+def test_an_allowlist_refuses_a_request_that_names_no_model(path: str, body: dict[str, Any]) -> None:
+    """Today a request without a model was forwarded, and OpenAI picked a model for it."""
+    ctx = _ctx({"models": ["gpt-4o*"]}, path=path, body=body)
+    ctx.model = None  # as the body guard leaves it
+    err = decide(RequestPolicy(), ctx)
+    assert isinstance(err, PermissionDenied) and err.code == "model_not_allowed" and err.param == "model"
+    assert err.message == "This key may only use the models it allows; the request names no model."
+    team = _ctx({}, {"models": ["gpt-4o*"]}, path=path, body=body)  # a team's list the same
+    team.model = None
+    assert isinstance(decide(RequestPolicy(), team), PermissionDenied)
+    assert decide(RequestPolicy(), _ctx({"max_output_tokens": 5}, path=path, body=body)) is None
+
+
+def test_names_model() -> None:
+    assert names_model(routes.match("POST", "/v1/chat/completions"))
+    assert names_model(routes.match("POST", "/v1/audio/transcriptions"))
+    assert names_model(routes.match("POST", "/v1/moderations"))
+    assert not names_model(routes.match("GET", "/v1/models"))
+    assert not names_model(routes.match("GET", "/v1/responses/resp_1"))
+    assert not names_model(routes.match("POST", "/v1/responses/resp_1/cancel"))  # an action
+    assert not names_model(None)
 
 
 def _sent(ctx: Context) -> dict[str, Any]:
@@ -225,9 +259,7 @@ def _sent(ctx: Context) -> dict[str, Any]:
             {"max_tokens": 500, "max_completion_tokens": 20},
             {"max_tokens": 100, "max_completion_tokens": 20},
         ),
-        ("/v1/chat/completions", {"max_tokens": True}, {"max_tokens": 100}),  # not a count
-        ("/v1/chat/completions", {"max_tokens": "9"}, {"max_tokens": 100}),
-        ("/v1/chat/completions", {"max_tokens": None}, {"max_tokens": 100}),
+        ("/v1/chat/completions", {"max_tokens": None}, {"max_tokens": 100}),  # null: not given
         ("/v1/responses", {"max_output_tokens": 9999}, {"max_output_tokens": 100}),
         ("/v1/responses", {}, {"max_output_tokens": 100}),
         ("/v1/completions", {}, {"max_tokens": 100}),
@@ -456,4 +488,98 @@ def test_a_stored_unreadable_expiry_counts_as_expired(gw: Gateway, mock: MockUps
         with pytest.raises(openai.AuthenticationError, match="expired") as exc:
             chat(sdk(gw, key["key"]))
         assert exc.value.code == "expired_api_key"
+    assert mock.requests == []
+
+
+# -- a model allowlist through a real gateway: JSON without a model, multipart uploads -----------
+
+AUDIO = b"ID3\x04\x00" + bytes(range(256)) * 8  # some bytes, CRLFs and all, as an upload has
+
+
+def _multipart(gw: Gateway, key: str, path: str, *parts: tuple[str, bytes]) -> httpx.Response:
+    body = b"".join(f"--b\r\nContent-Disposition: {d}\r\n\r\n".encode() + v + b"\r\n" for d, v in parts)
+    return httpx.post(
+        f"{gw.url}{path}",
+        content=body + b"--b--\r\n",
+        headers={"authorization": f"Bearer {key}", "content-type": "multipart/form-data; boundary=b"},
+    )
+
+
+def test_an_allowlisted_key_must_name_a_model(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("must-name", "--allow-model", "gpt-4o*", "--allow-model", "omni-moderation-*")["key"]
+    client = sdk(gw, key)
+    with pytest.raises(openai.PermissionDeniedError, match="names no model") as exc:
+        client.moderations.create(input="x")  # OpenAI would pick its default model
+    assert exc.value.code == "model_not_allowed"
+    client.moderations.create(input="x", model="omni-moderation-latest")
+    for body in ({"messages": [{"role": "user", "content": "hi"}]}, {"model": None, "messages": []}):
+        r = httpx.post(f"{gw.url}/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", r.text
+    assert (
+        _multipart(
+            gw, key, "/audio/transcriptions", ('form-data; name="file"; filename="a"', AUDIO)
+        ).status_code
+        == 403
+    )
+    assert [r.path for r in mock.requests] == ["/v1/moderations"]
+
+
+def test_uploads_through_the_sdk_pass_an_allowlist(gw: Gateway, mock: MockUpstream) -> None:
+    """The SDK sends the model before the file; today keygate read the last line of the upload
+    as the model and refused its own client."""
+    key = gw.create_key("uploads", "--allow-model", "whisper-1", "--allow-model", "gpt-image-1")["key"]
+    client = sdk(gw, key)
+    text = client.audio.transcriptions.create(model="whisper-1", file=("speech.mp3", AUDIO, "audio/mpeg"))
+    assert text.text
+    mock.reply_next(200, {"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]})
+    image = client.images.edit(
+        model="gpt-image-1", image=("a.png", b"\x89PNG\r\n\x1a\n" + AUDIO), prompt="a hat"
+    )
+    assert image.data
+    with pytest.raises(openai.PermissionDeniedError, match="whisper-2") as exc:
+        client.audio.transcriptions.create(model="whisper-2", file=("speech.mp3", AUDIO))
+    assert exc.value.code == "model_not_allowed"
+    paths = [r.path for r in mock.requests]
+    assert paths == ["/v1/audio/transcriptions", "/v1/images/edits"]
+    assert b'name="model"\r\n\r\nwhisper-1\r\n' in mock.requests[0].body  # forwarded as sent
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "code"),
+    [
+        # a forbidden model, and an allowed name in a later field: today the later one was read
+        (
+            (("form-data; name=model", b"o3"), ("form-data; name=prompt", b"gpt-4o-mini")),
+            403,
+            "model_not_allowed",
+        ),
+        (
+            (
+                ('form-data; name="model"', b"o3"),
+                ('form-data; name="file"; filename="a"', b"x\r\n\r\ngpt-4o-mini"),
+            ),
+            403,
+            "model_not_allowed",
+        ),
+        ((("form-data; NAME=model; x=1", b"o3"),), 403, "model_not_allowed"),  # unquoted: today unseen
+        (
+            (('form-data; name="model"', b"gpt-4o-mini"), ("form-data; name=model", b"o3")),
+            400,
+            "invalid_multipart",
+        ),
+        (
+            (('form-data; name="model"', b"gpt-4o-mini"), ('form-data; name="MODEL"', b"o3")),
+            400,
+            "invalid_multipart",
+        ),
+    ],
+)
+def test_a_multipart_model_is_read_as_the_upstream_reads_it(
+    gw: Gateway, mock: MockUpstream, parts: tuple[tuple[str, bytes], ...], status: int, code: str
+) -> None:
+    key = gw.create_key("mp", "--allow-model", "gpt-4o-mini")["key"]
+    r = _multipart(gw, key, "/audio/transcriptions", *parts, ('form-data; name="file"; filename="a"', AUDIO))
+    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    if status == 403:
+        assert "'o3'" in r.json()["error"]["message"]
     assert mock.requests == []

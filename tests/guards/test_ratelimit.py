@@ -177,6 +177,25 @@ def test_tokens_are_charged_at_the_worst_case_and_corrected_when_done() -> None:
     assert _headers(again)["x-ratelimit-remaining-tokens"] == str(left)
 
 
+def test_a_token_limited_request_is_sent_with_its_output_capped_at_the_charge() -> None:
+    guard = _guard(default_max_output_tokens=300)
+    key = key_record("key_1", {"tpm": 100_000})
+    for body in ({}, {"stream": True}, {"n": 2, "max_tokens": 50, "max_completion_tokens": 90}):
+        ctx = _chat(key, **body)
+        assert decide(guard, ctx) is None
+        sent = orjson.loads(ctx.body)
+        assert sent["max_completion_tokens"] == (90 if "n" in body else 300), body
+        assert ctx.estimate is not None and ctx.estimate[1:3] == ((180, True) if "n" in body else (300, True))
+    # a key with request rates only is left as it is (no estimate, no rewrite)
+    plain = _chat(key_record("key_2", {"rpm": 10}))
+    body = plain.body
+    assert decide(guard, plain) is None and plain.body is body and plain.estimate is None
+    # a file input cannot be bounded: refused
+    part = {"type": "input_file", "file_id": "file-1"}
+    refused = decide(guard, _chat(key, messages=[{"role": "user", "content": [part]}]))
+    assert refused is not None and refused.code == "file_input_not_metered"
+
+
 def test_a_request_whose_worst_case_can_never_fit_is_told_a_full_period() -> None:
     guard = _guard()
     key = key_record("key_1", {"tpm": 300, "rpm": 10})
@@ -192,7 +211,7 @@ def test_an_estimate_made_earlier_is_reused() -> None:
     guard = _guard()
     key = key_record("key_1", {"tpm": 1000})
     ctx = _chat(key)
-    ctx.estimate = (100, 200, True, "max_tokens")  # made by an earlier limit guard
+    ctx.estimate = (100, 200, True, "max_tokens", 1)  # made by an earlier limit guard
     assert decide(guard, ctx) is None
     assert _headers(ctx)["x-ratelimit-remaining-tokens"] == "700"
 
@@ -264,12 +283,12 @@ def test_keygate_rate_limit_headers_replace_the_upstreams_by_name() -> None:
         ("set-cookie", "a=b"),
     ]
     mine = compile_plan(key_record("k", {"rpm": 5}), None, {}).replaces  # requests only
-    assert filter_response(upstream, mine) == [
+    assert filter_response(upstream, "sk-upstream", mine) == [
         ("content-type", "application/json"),
         ("x-ratelimit-remaining-tokens", "5"),
         ("x-ratelimit-limit-tokens", "30000000"),
     ]
-    assert ("x-ratelimit-remaining-requests", "99") in filter_response(upstream)
+    assert ("x-ratelimit-remaining-requests", "99") in filter_response(upstream, "sk-upstream")
 
 
 # -- the awaiting guard --------------------------------------------------------------------------
@@ -493,3 +512,26 @@ def test_upstream_429_reaches_the_client_and_is_counted(gw: Gateway, mock: MockU
     assert info.value.response.headers["x-ratelimit-remaining-requests"] == "4"
     entry = gw.wait_entry(lambda e: e["key_id"] == key["id"])
     assert entry["status"] == 429
+
+
+def test_tokens_per_minute_keep_the_worst_case_of_an_answer_without_usage(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    key = gw.create_key("tpm-nousage", "--tpm", "10000")["key"]
+    with httpx.Client(base_url=gw.url, timeout=30, headers={"authorization": f"Bearer {key}"}) as http:
+        mock.reply_next(200, b"upstream said something that is not JSON")
+        first = http.post("/chat/completions", json={**CHAT, "max_tokens": 5000})
+        assert first.status_code == 200
+        assert mock.requests[-1].json()["max_tokens"] == 5000
+        # The first request reported no usage: it keeps its worst case (not refunded to 0), so a
+        # second one as large does not fit in the minute.
+        second = http.post("/chat/completions", json={**CHAT, "max_tokens": 5000})
+        assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded"
+    entry = gw.wait_entry(lambda e: e["status"] == 200 and e["completion_tokens"] == 5000)
+    assert entry["estimated"] is True
+    # a stream on a token-limited key is sent with its output capped at what was charged
+    key2 = gw.create_key("tpm-stream", "--tpm", "100000")["key"]
+    client = OpenAI(base_url=gw.url, api_key=key2, max_retries=0)
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+        pass
+    assert mock.requests[-1].json()["max_completion_tokens"] == 4096

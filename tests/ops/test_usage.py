@@ -28,7 +28,7 @@ def test_usage_per_key_with_names(ops: Ops) -> None:
                            row("key_deleted", 1e9 + 1)])  # fmt: skip
     views = {v["key_id"]: v for v in usage.usage(ops.store)}
     assert views[a["id"]] == {"key_id": a["id"], "name": "alpha", "requests": 2, "errors": 1, "prompt_tokens": 3,
-                              "completion_tokens": 4, "total_tokens": 7, "first": "2001-09-09T01:46:40Z",
+                              "completion_tokens": 4, "total_tokens": 7, "estimated": 0, "first": "2001-09-09T01:46:40Z",
                               "last": "2001-09-09T01:47:40Z"}  # fmt: skip
     assert (views[None]["name"], views[None]["errors"]) == (None, 1)
     assert views["key_deleted"]["name"] is None  # a key no longer listed keeps its usage

@@ -7,7 +7,11 @@ from typing import Any
 import pytest
 
 from keygate.errors import InvalidRequest
-from keygate.ops.validate import NAME_MAX, check_name, check_object, check_ref
+from keygate.ops import upstreams
+from keygate.ops.policy import validate_policy
+from keygate.ops.validate import NAME_MAX, check_name, check_object, check_ref, has_control
+
+from .conftest import Ops
 
 CONTROL = [
     "\x00",
@@ -77,3 +81,25 @@ def test_check_ref() -> None:
         with pytest.raises(InvalidRequest) as info:
             check_ref(bad, "upstream")
         assert info.value.param == "upstream"
+
+
+@pytest.mark.parametrize("char", CONTROL)
+def test_policy_list_entries_with_control_characters_are_refused(char: str) -> None:
+    assert has_control(f"gpt{char}4o") and not has_control("gpt-4o \u00e9\u202f")
+    for name in ("models", "routes", "allow_ips"):
+        with pytest.raises(InvalidRequest) as info:
+            validate_policy({name: [f"x{char}"]})
+        assert info.value.param == "policy" and f"policy.{name}: entries" in info.value.message
+    with pytest.raises(InvalidRequest, match="at most 200 characters"):
+        validate_policy({"models": ["m" * (NAME_MAX + 1)]})
+    assert validate_policy({"models": ["m" * NAME_MAX, "gpt-4o*"]})["models"] == ["m" * NAME_MAX, "gpt-4o*"]
+
+
+@pytest.mark.parametrize("char", ["\n", "\x1b", "\x9b", "\u2028"])
+def test_a_new_upstream_name_with_control_characters_is_refused(ops: Ops, char: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        upstreams.define(
+            ops.settings, ops.store, ops.actor, f"beta{char}", base_url="https://beta.example/v1"
+        )
+    assert info.value.param == "upstream" and "control characters" in info.value.message
+    assert ops.store.list_upstream_defs() == [] and ops.audit("upstreams.define") == []

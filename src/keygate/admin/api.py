@@ -3,13 +3,17 @@
 Every route but ``/healthz`` needs ``Authorization: Bearer kga_...`` with a role allowed to do
 what the route does (see :mod:`keygate.admin.tokens`). Store work runs in a worker thread, so
 the data plane sharing this event loop is never blocked by an admin write. Every error, also
-404 and 405 from routing, is OpenAI's error JSON.
+404 and 405 from routing, is OpenAI's error JSON. Input is checked before anything is stored
+(:mod:`keygate.ops.validate`, :mod:`keygate.ops.policy`): no non-finite or out-of-range number,
+no control character in a name. A non-finite number that an older version stored is answered as
+null, so one such row never breaks a list for everyone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -94,6 +98,17 @@ async def _json_body(request: Request) -> Any:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with each non-finite number as null, so that it can be answered as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
     """Unknown or repeated query parameters are an error, not silently ignored."""
     seen: set[str] = set()
@@ -150,7 +165,10 @@ class AdminAPI:
                 result = await run_in_threadpool(op, Call(token, origin, request, payload))
             except KeygateError as err:
                 return error_response(err)
-            return JSONResponse(result, status)
+            try:
+                return JSONResponse(result, status)
+            except ValueError:  # a row stored by an older version, which took 1e999 (infinity)
+                return JSONResponse(_finite(result), status)
 
         return handle
 
@@ -158,7 +176,7 @@ class AdminAPI:
 
     def _limit(self, call: Call) -> int:
         raw = call.query.get("limit", "100")
-        if not _LIMIT.match(raw):
+        if not _LIMIT.fullmatch(raw):  # (`$` alone also matches before a trailing newline)
             raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
         return int(raw)
 

@@ -9,31 +9,35 @@ is watching a terminal, ``keygate serve`` issues one and prints it there once. W
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from typing import TextIO
 
 from granian.constants import HTTPModes, Interfaces
-from granian.server.embed import Server
 
 from ..config import Settings
+from ..headers import without_server_banner
 from ..ops import tokens
 from ..ops.audit import SERVE
+from ..sockets import OwnSocketServer
 from ..store import Store
 from .api import build_admin_app
 
 log = logging.getLogger("keygate")
 
+ADMIN_BACKLOG = 128
 
-def admin_server(settings: Settings, store: Store) -> Server:
-    """The granian server for the admin API on ``settings.admin_host:admin_port``."""
-    return Server(
-        build_admin_app(settings, store),
-        address=settings.admin_host,
-        port=settings.admin_port,
+
+def admin_server(settings: Settings, store: Store, sock: socket.socket) -> OwnSocketServer:
+    """The granian server for the admin API on ``sock``, the listener that ``server.py`` bound on
+    ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``)."""
+    return OwnSocketServer(
+        without_server_banner(build_admin_app(settings, store)),
+        sock,
         interface=Interfaces.ASGINL,
         http=HTTPModes.http1,
         websockets=False,
-        backlog=128,
+        backlog=ADMIN_BACKLOG,
         log_enabled=False,
     )
 

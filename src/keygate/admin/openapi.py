@@ -22,7 +22,7 @@ _POLICY = {
     "description": (
         "rules of a key or team; fields: models, routes, allow_ips, expires_at, max_body_bytes,"
         " max_output_tokens, rps, rpm, rph, rpd, tpm, max_concurrent, budget_usd, budget_tokens,"
-        " honeytoken, rotate_every (see docs/access-control.md and docs/limits.md); an unknown"
+        " honeytoken, rotate_every, prompt_scan (see docs/access-control.md and docs/limits.md); an unknown"
         " field or a malformed value is refused with 400"
     ),
 }
@@ -106,6 +106,7 @@ _USAGE = _obj(
         "prompt_tokens": _INT,
         "completion_tokens": _INT,
         "total_tokens": _INT,
+        "estimated": _INT,  # requests charged their reservation: no usage was reported
         "first": _TIME,
         "last": _TIME,
     },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +38,26 @@ def print_json(data: Any) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
+# What a terminal would act on rather than show: C0 and C1 controls (newline, ESC starting an ANSI
+# sequence, NUL...), DEL, line and paragraph separators, and the bidirectional-text controls that
+# reorder what is displayed. Input checks refuse them in names (ops.validate), but a row stored by
+# an older version may still hold one.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: each character of :data:`_UNSHOWABLE` as an escape."""
+    return _UNSHOWABLE.sub(_escape, text)
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """One line per row, whatever the cells hold (see :func:`shown`)."""
+    rows = [[shown(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line.rstrip())

@@ -11,11 +11,20 @@ import ipaddress
 import time
 from typing import Any
 
+from ..access_config import SCAN_MODES
 from ..errors import InvalidRequest
 from ..routes import ROUTE_NAMES
 from ..times import iso, parse_duration, parse_instant
 
-FIELDS = ("models", "routes", "expires_at", "allow_ips", "max_body_bytes", "max_output_tokens")
+FIELDS = (
+    "models",
+    "routes",
+    "expires_at",
+    "allow_ips",
+    "max_body_bytes",
+    "max_output_tokens",
+    "prompt_scan",
+)
 
 
 def _cidr(text: str) -> str:
@@ -65,6 +74,18 @@ class AccessPolicyOptions:
             metavar="N",
             help="clamp max_tokens / max_completion_tokens / max_output_tokens to N",
         )
+        group.add_argument(
+            "--prompt-secrets",
+            choices=SCAN_MODES,
+            help="secrets in request bodies (API keys, private keys, tokens): block, mask, log or off "
+            "(default: the gateway's prompt_scan.secrets setting, block unless configured)",
+        )
+        group.add_argument(
+            "--prompt-pii",
+            choices=SCAN_MODES,
+            help="personal data in request bodies (card numbers, IBANs, email addresses, phone numbers): "
+            "block, mask, log or off (default: the gateway's prompt_scan.pii setting, off unless configured)",
+        )
         if update:
             group.add_argument(
                 "--clear",
@@ -92,6 +113,10 @@ class AccessPolicyOptions:
             policy["max_body_bytes"] = args.max_body_bytes
         if args.max_output_tokens is not None:
             policy["max_output_tokens"] = args.max_output_tokens
+        scan = {"secrets": args.prompt_secrets, "pii": args.prompt_pii}
+        if any(scan.values()):
+            # each flag replaces its own part of the field; the other part is kept
+            policy["prompt_scan"] = {**policy.get("prompt_scan", {}), **{k: v for k, v in scan.items() if v}}
 
 
 OPTIONS = AccessPolicyOptions()

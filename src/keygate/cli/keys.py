@@ -8,7 +8,7 @@ from typing import Any
 
 from ..ops import keys as ops
 from . import _remote, key_rotation
-from ._common import actor, local_store, print_json, print_table
+from ._common import actor, local_store, print_json, print_table, shown
 from ._policy import add_policy_arguments, apply_policy, describe
 
 
@@ -109,7 +109,7 @@ def update(args: argparse.Namespace) -> int:
         print_json(updated)
     else:
         pinned = f", upstream {updated['upstream']}" if updated.get("upstream") else ""
-        print(f"Updated {updated['id']}: policy {describe(updated['policy'])}{pinned}")
+        print(shown(f"Updated {updated['id']}: policy {describe(updated['policy'])}{pinned}"))
     return 0
 
 

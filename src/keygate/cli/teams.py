@@ -7,7 +7,7 @@ from typing import Any
 
 from ..ops import teams as ops
 from . import _remote
-from ._common import actor, local_store, print_json, print_table
+from ._common import actor, local_store, print_json, print_table, shown
 from ._policy import add_policy_arguments, apply_policy, describe
 
 
@@ -68,5 +68,8 @@ def update(args: argparse.Namespace) -> int:
         with local_store(args) as (_, store):
             team = ops.get(store, args.team)
             view = ops.update(store, actor(), team.id, {"policy": apply_policy(args, team.policy)})
-    print_json(view) if args.json else print(f"Updated {view['id']}: policy {describe(view['policy'])}")
+    if args.json:
+        print_json(view)
+    else:
+        print(shown(f"Updated {view['id']}: policy {describe(view['policy'])}"))
     return 0

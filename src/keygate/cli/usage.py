@@ -1,4 +1,8 @@
-"""``keygate usage``: requests and tokens per key, and spend against budget."""
+"""``keygate usage``: requests and tokens per key, and spend against budget.
+
+``estimated`` counts the requests whose tokens are their reservation: no usage was reported (the
+client left, the stream was cut, the upstream went silent or answered no JSON).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(views)
         return 0
     print_table(
-        ["key", "name", "requests", "errors", "prompt", "completion", "total", "last"],
+        ["key", "name", "requests", "errors", "prompt", "completion", "total", "estimated", "last"],
         [
             [
                 v["key_id"] or "(unauthenticated)",
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 str(v["prompt_tokens"]),
                 str(v["completion_tokens"]),
                 str(v["total_tokens"]),
+                str(v.get("estimated", 0)),  # (an older admin API does not report it)
                 v["last"],
             ]
             for v in views

@@ -14,6 +14,7 @@ from ..counters import Counters
 from ..keycache import KeyCache
 from ..recorder import Recorder
 from ..spend import SpendBook
+from ..store import Store
 from .access import build_authenticate
 from .body import BodyReader
 from .budget import budget_guard
@@ -22,6 +23,7 @@ from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
 from .policy import AccessPolicy, RequestPolicy
+from .prompt_scan import AuditTrail, PromptScan
 from .ratelimit import rate_limit
 from .record import Record
 from .rotation_watch import RotationWatch
@@ -36,6 +38,7 @@ class Parts:
     recorder: Recorder  # usage rows and access-log lines, written in batches
     counters: Counters  # rate limits, concurrency gates, budgets in flight
     spend: SpendBook  # budget spend, persisted in batches
+    store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
 
 
 def default_guards(parts: Parts) -> list[Guard]:
@@ -43,10 +46,14 @@ def default_guards(parts: Parts) -> list[Guard]:
 
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
     only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
-    → rate limits → budget → global upstream caps → (forward).
+    → prompt scan → rate limits → budget → global upstream caps → (forward).
+
+    The prompt scan runs once the body is read and the model allowed, and before the limits, so
+    a refused request costs no quota and a masked body is the one they estimate.
     """
     settings = parts.settings
-    access, limits = settings.access, settings.limits
+    access, limits, scan = settings.access, settings.limits, settings.prompt_scan
+    trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
     return [
         Record(parts.recorder),
         RotationWatch(parts.keys, settings.rotation_warning_days),
@@ -57,6 +64,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
+        PromptScan(scan.secrets, scan.pii, trail),
         rate_limit(parts.counters, limits),
         budget_guard(parts.counters, limits, parts.spend),
         global_limit(limits.global_),

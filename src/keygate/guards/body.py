@@ -3,15 +3,34 @@
 A declared Content-Length over the limit gets 413 before a byte of the body is read; a chunked
 body is counted as it arrives and cut off at the limit. A client that stalls mid-body is timed
 out, and one that vanishes is recorded as such.
+
+**JSON bodies are canonical**: what is forwarded is what the guards checked. The body must be a
+JSON object without a duplicate key at any depth (400 ``duplicate_field``), and is forwarded as
+``orjson.dumps`` of the parsed object, never as the bytes the client sent. Duplicates are found
+without a second parse: a JSON text has a colon after each key and otherwise only inside strings,
+and the canonical form writes every string's colons as they are, so the client's bytes have more
+colons than the canonical form exactly when a key was given twice (and so dropped by the parser).
+Only a body that writes a colon as an escape (``\\u003a``) is parsed a second time, with a
+duplicate check (the standard library's ``object_pairs_hook``). At the top level, a key that is a
+policy field in another case (``MODEL``, ``Stream``, or with a letter that case-folds to one:
+another decoder may match names without regard to case) is refused the same way. The policy
+fields are type-checked in the same pass (:data:`FIELD_TYPES`: 400 ``invalid_type`` naming the
+field) before any guard reads them, so the later guards may trust their types; ``null`` counts as
+not given, except for ``stream``, which must be a boolean.
+
+**Multipart bodies** are parsed whole by :mod:`keygate.multipart` (strict, linear time): one
+``model`` field at most, read as that module describes; a malformed body is 400
+``invalid_multipart``. A body over 64 KiB is parsed in 64 KiB steps with a yield to the event loop
+between them, so a large upload never holds up other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
+import json
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -19,8 +38,83 @@ from ..chain import Guard
 from ..context import Context
 from ..errors import ClientGone, InvalidRequest, KeygateError, PayloadTooLarge, UnsupportedMediaType
 from ..metering import ask_for_usage
+from ..multipart import STEP, FieldScanner, FormError, boundary_of
+from ..routes import OUTPUT_TOKEN_FIELDS
 
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]{1,200})\r\n')
+_BOOLEAN, _STRING, _OBJECT, _COUNT = "a boolean", "a string", "an object", "a positive integer"
+FIELD_TYPES: Final[dict[str, str]] = {
+    "model": _STRING,
+    "stream": _BOOLEAN,
+    **dict.fromkeys(OUTPUT_TOKEN_FIELDS, _COUNT),
+    "n": _COUNT,
+    "best_of": _COUNT,
+    "background": _BOOLEAN,
+    "stream_options": _OBJECT,
+    "service_tier": _STRING,
+    "metadata": _OBJECT,
+}
+"""The top-level JSON fields guards act on, and the type each must have when given (not null)."""
+
+FORM_FIELDS: Final = ("model",)  # the multipart fields read (the rest is forwarded unread)
+_COLON_ESCAPES: Final = (b"\\u003a", b"\\u003A")
+_DUPLICATE = InvalidRequest(
+    "The request body gives a field twice; each field may appear once.", code="duplicate_field"
+)
+
+
+def _type_error(name: str, kind: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid type for '{name}': expected {kind}.", code="invalid_type", param=name)
+
+
+def _check_fields(data: dict[str, Any]) -> KeygateError | None:
+    """One pass over the top-level keys: policy fields of the right type, and no other key that is
+    a policy field in another case."""
+    for name, value in data.items():
+        kind = FIELD_TYPES.get(name)
+        if kind is None:
+            if name.casefold() in FIELD_TYPES:
+                folded = name.casefold()
+                return InvalidRequest(
+                    f"The request body gives '{folded}' under another name; write it '{folded}', once.",
+                    code="duplicate_field",
+                    param=folded,
+                )
+            continue
+        if value is None:
+            if name == "stream":
+                return _type_error(name, kind)
+            continue
+        if kind is _COUNT:
+            ok = type(value) is int and value > 0
+        elif kind is _STRING:
+            ok = type(value) is str
+        elif kind is _BOOLEAN:
+            ok = value is True or value is False
+        else:
+            ok = type(value) is dict
+        if not ok:
+            return _type_error(name, kind)
+    return None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
+def has_duplicate_keys(raw: bytes, canonical: bytes) -> bool:
+    """Whether the JSON text ``raw``, whose parse serialised is ``canonical``, gives a key twice
+    in some object (see the module docstring for why counting colons tells)."""
+    # (memchr for a backslash first: most bodies have none, and the rest rarely an escaped colon)
+    if raw.find(b"\\") >= 0 and b"\\u003" in raw and (_COLON_ESCAPES[0] in raw or _COLON_ESCAPES[1] in raw):
+        try:
+            json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        except (ValueError, RecursionError):  # a duplicate, or nothing this check can vouch for
+            return True
+        return False
+    return raw.count(b":") != canonical.count(b":")
 
 
 class Deadlines:
@@ -106,7 +200,7 @@ class BodyReader(Guard):
         ctype = ctx.headers.get("content-type", "")
         if route.body == "json" and not ctype.startswith("application/json"):
             return UnsupportedMediaType("Content-Type must be application/json for this endpoint.")
-        if route.body == "multipart" and not ctype.startswith("multipart/form-data"):
+        if route.body == "multipart" and ctype[:19].lower() != "multipart/form-data":
             return UnsupportedMediaType("Content-Type must be multipart/form-data for this endpoint.")
         # The body read is the only await between track() and done(), so a sweeper cancel can only
         # land on it.
@@ -124,9 +218,23 @@ class BodyReader(Guard):
         ctx.body = body
         if route.body == "json":
             return self._parse_json(ctx)
-        m = _MULTIPART_MODEL.search(body)
-        if m:
-            ctx.model = m.group(1).decode("utf-8", "replace")
+        return await self._read_form(ctx, ctype)
+
+    @staticmethod
+    async def _read_form(ctx: Context, ctype: str) -> KeygateError | None:
+        body = ctx.body
+        try:
+            scanner = FieldScanner(boundary_of(ctype), FORM_FIELDS, len(body))
+            if len(body) <= STEP:
+                scanner.feed(body)
+            else:
+                for start in range(0, len(body), STEP):
+                    scanner.feed(body[start : start + STEP])
+                    await asyncio.sleep(0)  # a large upload never holds up other requests
+            fields = scanner.close()
+        except FormError as exc:
+            return InvalidRequest(exc.message, code="invalid_multipart", param=exc.param)
+        ctx.model = fields.get("model")
         return None
 
     async def _read(self, ctx: Context, has_length: bool) -> bytes | None:
@@ -154,10 +262,14 @@ class BodyReader(Guard):
             return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
         if not isinstance(data, dict):
             return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-        model = data.get("model")
-        if model is not None and not isinstance(model, str):
-            return InvalidRequest("'model' must be a string.", param="model")
-        ctx.model = model
+        err = _check_fields(data)
+        if err is not None:
+            return err
+        canonical = orjson.dumps(data)
+        if has_duplicate_keys(ctx.body, canonical):
+            return _DUPLICATE
+        ctx.body = canonical  # forwarded as checked (module docstring)
+        ctx.model = data.get("model")
         ctx.json = data
         route = ctx.route
         if route is not None and route.streams and data.get("stream") is True:

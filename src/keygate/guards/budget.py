@@ -1,14 +1,23 @@
 """Budgets per key and per team, in tokens and/or US dollars, per day, week, month or lifetime.
 
-Reserve, then settle: before forwarding, the request's worst case (estimated prompt plus max
-output tokens, priced with the model's price) is held on every budget that applies; the request's
-max output tokens are clamped to what the remaining budget allows, and a request whose prompt
-alone does not fit is refused with 429 ``insufficient_quota``. When it completes, the hold is
-released and the real usage added. So concurrent requests can overshoot a budget by no more than
-the amounts held in flight, and a stream that goes past its reservation is cut off.
+Reserve, then settle: before forwarding, the request's worst case (estimated prompt, images and
+files at their worst case, plus max output tokens times the outputs it asks for, priced with the
+model's price and its service tier's multiplier) is held on every budget that applies; the request
+is sent with its max output tokens set to what was held (clamped to what the remaining budget
+allows), streams included, so the upstream itself stops there; a request whose prompt plus one
+token per output does not fit is refused with 429 ``insufficient_quota``. When it completes, the
+hold is released and the real usage added; a request that may have been billed but reported no
+usage is charged what was held (see ``_estimate.charge_unreported``). So concurrent requests
+overshoot a budget only by what an upstream bills beyond the worst case keygate can see in a
+request (input the body does not carry: see docs/limits.md), and a stream that goes past its
+reservation is cut off.
 
 Under a dollar budget, a model with no price (and no ``limits.default_price``) is refused with
-403 ``model_not_priced``: keygate does not forward what it cannot meter.
+403 ``model_not_priced``, and a service tier without a multiplier with 403
+``service_tier_not_priced``: keygate does not forward what it cannot meter. Under any budget,
+routes billed in units other than reported tokens (``Route.unit_billed``: images, audio) are
+refused with 403 ``endpoint_not_priced``, and a request whose cost is only known later
+(``Route.unbounded_fields``: a background response) with 400 ``background_not_allowed_with_budget``.
 """
 
 from __future__ import annotations
@@ -16,11 +25,12 @@ from __future__ import annotations
 from ..chain import Guard
 from ..context import Context, Estimate
 from ..counters import Counters, SyncCounters
-from ..errors import BudgetExceeded, KeygateError, PermissionDenied
+from ..errors import BudgetExceeded, InvalidRequest, KeygateError, PermissionDenied
 from ..limitconf import LimitSettings, Price
+from ..routes import Route
 from ..spend import Budget, Notifier, SpendBook, budgets_of, counter_name, period_bounds, period_end
 from ..types import KeyRecord, Team
-from ._estimate import estimate
+from ._estimate import charge_unreported, estimate, set_output_cap
 
 
 class _Plan:
@@ -56,13 +66,14 @@ class Reservation:
     """A metered request's hold on its budgets, from the request phase to the complete phase.
 
     ``names`` and ``amounts`` are the counters held and how much on each (in the plan's budget
-    order); ``output`` is the max output tokens reserved, which a stream may not go past (``watch``:
-    the request streams on a route whose output events the meter counts), and ``field`` the body
-    field that caps it.
+    order); ``output`` is the max output tokens reserved in all (``choices`` outputs of
+    ``output // choices`` each), which a stream may not go past (``watch``: the request streams on a
+    route whose output events the meter counts), and ``field`` the body field that caps it.
     """
 
     __slots__ = (
         "amounts",
+        "choices",
         "cut",
         "field",
         "given",
@@ -85,7 +96,7 @@ class Reservation:
         self.plan = plan
         self.names = names
         self.price = price
-        self.prompt, self.output, self.given, self.field = est
+        self.prompt, self.output, self.given, self.field, self.choices = est
         self.amounts = self.worst_case()
         self.watch = watch
         self.cut = False
@@ -110,6 +121,33 @@ def _not_priced(model: str | None) -> PermissionDenied:
     )
 
 
+def _tier_not_priced(tier: object) -> PermissionDenied:
+    shown = tier[:50] if isinstance(tier, str) else type(tier).__name__
+    return PermissionDenied(
+        f"This key has a dollar budget and keygate has no price for service tier '{shown}', "
+        "so the request cannot be metered.",
+        code="service_tier_not_priced",
+        param="service_tier",
+    )
+
+
+def _unbounded(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"This key has a budget, and a request with '{name}' set is billed after keygate's answer, "
+        "so it cannot be held against the budget.",
+        code=f"{name}_not_allowed_with_budget",
+        param=name,
+    )
+
+
+def _endpoint_not_priced(route: Route) -> PermissionDenied:
+    return PermissionDenied(
+        f"This key has a budget, and keygate cannot meter the {route.name} endpoint (it is billed "
+        "per image, character or minute, not in reported tokens).",
+        code="endpoint_not_priced",
+    )
+
+
 class BudgetGuardBase(Guard):
     """Shared by :class:`BudgetGuard` (plain, in-process counters) and :class:`AsyncBudgetGuard`."""
 
@@ -126,6 +164,9 @@ class BudgetGuardBase(Guard):
         self._plans: dict[str, tuple[KeyRecord, Team | None, _Plan]] = {}
         self._notified: set[str] = set()
         self._prices: dict[str | None, Price | None] = {}
+        self._tiers = limits.service_tiers
+        self._auto = limits.service_tiers.get("auto")  # a request that names no tier
+        self._tiered: dict[tuple[str | None, str], Price] = {}
 
     def _price(self, model: str | None) -> Price | None:
         """``price_for`` with a bounded cache: a dated model name scans the whole price table."""
@@ -163,25 +204,54 @@ class BudgetGuardBase(Guard):
         route = ctx.route
         assert route is not None
         if not route.metered:
-            # Requests without a model (listing models) cost nothing; other endpoints with a model
-            # (images, audio) cannot be metered under a dollar budget.
-            return _not_priced(ctx.model) if plan.usd and ctx.model is not None else None
+            # Listing models, moderations, stored responses cost nothing; images and audio are
+            # billed in units keygate cannot meter (with or without a model: OpenAI picks one).
+            return _endpoint_not_priced(route) if route.unit_billed else None
+        data = ctx.json
+        if data and route.unbounded_fields:
+            for name in route.unbounded_fields:
+                value = data.get(name)
+                if value is not None and value is not False:
+                    return _unbounded(name)
         price: Price | None = None
         if plan.usd:
             price = self._prices.get(ctx.model) or self._price(ctx.model)
             if price is None:
                 return _not_priced(ctx.model)
-        est = ctx.estimate or estimate(ctx, self._limits.default_max_output_tokens)
+            tier = data.get("service_tier") if data else None
+            if tier is not None or self._auto != 1.0:
+                found = self._tier_price(ctx.model, price, "auto" if tier is None else tier)
+                if found is None:
+                    return _tier_not_priced(tier)
+                price = found
+        est = ctx.estimate or estimate(ctx, self._limits)
+        if isinstance(est, KeygateError):
+            return est
         ts = ctx.ts
         names = plan.names if plan.start <= ts < plan.end else plan.counter_names(ts)
-        return Reservation(plan, names, price, est, ctx.stream and bool(route.output_event))
+        return Reservation(plan, names, price, est, ctx.stream and bool(route.output_events))
+
+    def _tier_price(self, model: str | None, price: Price, tier: object) -> Price | None:
+        """``price`` on service tier ``tier``, or None for a tier without a multiplier."""
+        if type(tier) is not str:
+            return None
+        key = (model, tier)
+        found = self._tiered.get(key)
+        if found is None:
+            factor = self._tiers.get(tier)
+            if factor is None:
+                return None
+            if len(self._tiered) >= 4096:
+                self._tiered.clear()
+            found = self._tiered[key] = price.scaled(factor)
+        return found
 
     def _fit(self, ctx: Context, res: Reservation, state: list[tuple[float, float]]) -> KeygateError | None:
         """Clamp the request's max output to what is left of its budgets, or refuse it."""
         plan, price = res.plan, res.price
-        prompt, output = res.prompt, res.output
+        prompt, output, choices = res.prompt, res.output, res.choices
         prompt_usd = price.cost(prompt, 0, 0) if price is not None else 0.0  # the same for every budget
-        need = 1 if output else 0
+        need = choices if output else 0  # at least one token for each output asked for
         affordable = output
         budgets = plan.budgets
         i = 0  # (indexing rather than zip(): cheaper for the few budgets of a request)
@@ -203,15 +273,18 @@ class BudgetGuardBase(Guard):
             if room < affordable:  # (room >= 0 here, so int(room) < affordable too)
                 affordable = int(room)
         if affordable < output:
-            self._set_max_output(ctx, res, affordable)
+            self._set_max_output(ctx, res, affordable - affordable % choices)
             res.amounts = res.worst_case()
         return None
 
     def _held(self, ctx: Context, res: Reservation) -> None:
-        """The worst case is held. A non-streamed request without its own max tokens is capped at
-        what was held: only a stream can be cut off mid-way, so only a stream may go without one."""
-        if not res.given and not ctx.stream and res.output:
+        """The worst case is held. A request that does not cap its output at that itself is sent
+        with the cap set, streams included, so the upstream stops there (reasoning tokens, which
+        no stream shows, included)."""
+        if not res.given and res.output:
             self._set_max_output(ctx, res, res.output)
+        if res.watch:
+            ctx.usage.counted = True  # the meter counts this stream's output events (metering.py)
         touch = self._book.touch
         for name in res.names:
             touch(name)  # persisted held: a crash counts it at its worst case
@@ -229,10 +302,11 @@ class BudgetGuardBase(Guard):
 
     @staticmethod
     def _set_max_output(ctx: Context, res: Reservation, value: int) -> None:
-        """Send the request with max output tokens ``value`` (what its reservation covers)."""
+        """Send the request with max output tokens ``value`` in all (``value // choices`` for each
+        output it asks for: what its reservation covers)."""
         res.output, res.given = value, True
         if res.field and ctx.json is not None:
-            ctx.set_json(res.field, value)
+            set_output_cap(ctx, value // res.choices)
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         res: Reservation | None = ctx.extras.get("budget")
@@ -251,11 +325,10 @@ class BudgetGuardBase(Guard):
         if res is None:
             return
         usage = ctx.usage
-        if usage.streamed and not (usage.prompt_tokens or usage.completion_tokens):
-            # A stream that ended without its usage chunk (cut off, or the client left): count
-            # what it used by our own estimate so nothing streamed goes unaccounted.
-            usage.prompt_tokens = res.prompt
-            usage.completion_tokens = usage.streamed
+        if not usage.reported:
+            # No usage arrived (cut off, the client left, the upstream went silent or answered
+            # no JSON): a request that may have been billed costs what was held for it.
+            charge_unreported(ctx, res.prompt, res.output)
         # What the request used, the same for every budget of a kind.
         plan, price = res.plan, res.price
         prompt, completion = usage.prompt_tokens, usage.completion_tokens

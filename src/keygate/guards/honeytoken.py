@@ -1,18 +1,23 @@
 """Honeytoken keys: keys no one should ever use, created to catch a leak.
 
-Any use is refused exactly like an unknown key (same status, body and code), so whoever holds it
-learns nothing, and raises a high-severity alert with the client IP and the request headers.
-Header values are redacted; credentials-bearing headers are never logged at all.
+Any use is refused exactly like an unknown key, so whoever holds it learns nothing: the same
+status, body and code (the very ``UNKNOWN`` value), the same failure accounting (the lockout counts
+it as an authentication failure, see :mod:`keygate.guards.lockout`), and no extra time before the
+answer: the high-severity alert (client IP, request headers) is logged from the event loop's next
+turn, after the answer was handed to the server, not on the request path. Header values are
+redacted; credentials-bearing headers are never logged at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from ..chain import Guard
 from ..context import Context
 from ..errors import KeygateError
 from ..logs import redact
+from ..types import KeyRecord
 from .auth import UNKNOWN
 
 log = logging.getLogger("keygate.alert")
@@ -41,19 +46,26 @@ class Honeytoken(Guard):
         key = ctx.key
         if key is None or key.policy.get("honeytoken") is not True:  # (is_honeytoken, inlined)
             return None
-        log.critical(
-            "honeytoken key used: a keygate key that should never be used was presented",
-            extra={
-                "alert": "honeytoken_used",
-                "severity": "high",
-                "key_id": key.id,
-                "key_name": key.name,
-                "client_ip": ctx.client_ip,
-                "peer_ip": ctx.peer_ip,
-                "method": ctx.method,
-                "path": redact(ctx.path[:200]),
-                "headers": safe_headers(ctx.headers),
-                "request_id": ctx.request_id,
-            },
-        )
+        try:
+            asyncio.get_running_loop().call_soon(_alert, key, ctx)
+        except RuntimeError:  # no event loop (a guard driven by hand): log it now
+            _alert(key, ctx)
         return UNKNOWN
+
+
+def _alert(key: KeyRecord, ctx: Context) -> None:
+    log.critical(
+        "honeytoken key used: a keygate key that should never be used was presented",
+        extra={
+            "alert": "honeytoken_used",
+            "severity": "high",
+            "key_id": key.id,
+            "key_name": key.name,
+            "client_ip": ctx.client_ip,
+            "peer_ip": ctx.peer_ip,
+            "method": ctx.method,
+            "path": redact(ctx.path[:200]),
+            "headers": safe_headers(ctx.headers),
+            "request_id": ctx.request_id,
+        },
+    )

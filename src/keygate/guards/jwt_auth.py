@@ -5,6 +5,11 @@ and HS256-signed-with-the-RSA-public-key tokens are refused before any key is to
 ``iss`` and ``aud`` are required, ``nbf`` is honoured, and ``leeway`` seconds of clock skew are
 allowed.
 
+With ``team_claim`` set, the token must name a known team: a claim that is absent, empty, not a
+string (or list of strings), or names no team keygate knows is 403 ``unknown_team``, never "no
+team" (which would mean no team policy at all). With ``default_team`` set too, a token whose claim
+is absent or empty gets that team instead (one that names an unknown team is still refused).
+
 The JWKS is fetched with the async HTTP client (never blocking the event loop) and cached. An
 unknown ``kid`` triggers a refetch at most once per ``jwks_refresh_interval``; the whole set is
 refetched every ``jwks_cache_ttl``. When a refetch fails the last good keys stay in use.
@@ -23,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .. import outbound
 from ..access_config import JWTSettings
-from ..errors import AuthenticationFailed, KeygateError
+from ..errors import AuthenticationFailed, KeygateError, PermissionDenied
 from ..keycache import KeyCache
 from .authn import Principal, claim_team
 
@@ -36,6 +41,7 @@ WRONG_AUD = AuthenticationFailed("The bearer token is not meant for this gateway
 WRONG_ISS = AuthenticationFailed("The bearer token has an untrusted issuer.", code="invalid_token")
 BAD_ALG = AuthenticationFailed("The bearer token's algorithm is not accepted.", code="invalid_token")
 UNKNOWN_KID = AuthenticationFailed("The bearer token was signed with an unknown key.", code="invalid_token")
+NO_TEAM = PermissionDenied("The bearer token names no team known to this gateway.", code="unknown_team")
 
 
 class JWKSCache:
@@ -176,4 +182,16 @@ class JWTVerifier:
         subject = claims.get(self._s.subject_claim)
         if not isinstance(subject, str) or not subject:
             return AuthenticationFailed("The bearer token names no subject.", code="invalid_token")
-        return Principal("jwt", subject, claim_team(claims, self._s.team_claim, self._cache))
+        team_claim = self._s.team_claim
+        if team_claim is None:
+            return Principal("jwt", subject, None)
+        # A claim value naming no known team comes back as itself: Authenticate refuses it.
+        team = claim_team(claims, team_claim, self._cache)
+        if team is None:
+            # Absent or empty: the configured default team, if any; anything else is refused.
+            given = claims.get(team_claim)
+            empty = given is None or given == [] or (type(given) is str and not given.split())
+            if not empty or self._s.default_team is None:
+                return NO_TEAM
+            team = self._s.default_team
+        return Principal("jwt", subject, team)

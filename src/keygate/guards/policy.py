@@ -11,7 +11,9 @@ expires_at         "2027-01-31T00:00:00Z"     afterwards 401 ``expired_api_key``
                                               counts as passed)
 allow_ips          ["10.0.0.0/8", "::1/128"]  from any other client IP 403 ``ip_not_allowed``
 routes             ["embeddings"]             other routes 403 ``route_not_allowed``
-models             ["gpt-4o*", "o3"]          other models 403 ``model_not_allowed`` (names it)
+models             ["gpt-4o*", "o3"]          other models 403 ``model_not_allowed`` (names it);
+                                              a request that names no model 403
+                                              ``model_not_allowed`` too (see :func:`names_model`)
 max_body_bytes     65536                      larger bodies 413
 max_output_tokens  256                        max_tokens / max_completion_tokens /
                                               max_output_tokens are clamped to it (and set to it
@@ -36,7 +38,7 @@ import orjson
 from ..chain import Guard
 from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, PayloadTooLarge, PermissionDenied
-from ..routes import OUTPUT_TOKEN_FIELDS
+from ..routes import OUTPUT_TOKEN_FIELDS, Route
 from ..times import expired
 from .client_ip import in_networks
 
@@ -62,6 +64,24 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
 
 def model_allowed(model: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+def names_model(route: Route | None) -> bool:
+    """Whether a request on ``route`` uses a model, so that a model allowlist needs one named.
+
+    Every route with a body does (where the body names none, OpenAI picks a default model, which
+    the allowlist has not allowed), except the actions on a stored response (``POST
+    /v1/responses/{id}/cancel``): those are the routes named "responses" that are not metered."""
+    if route is None or route.body == "none":
+        return False
+    return route.metered or route.name != "responses"
+
+
+NO_MODEL = PermissionDenied(
+    "This key may only use the models it allows; the request names no model.",
+    code="model_not_allowed",
+    param="model",
+)
 
 
 class AccessPolicy(Guard):
@@ -113,7 +133,12 @@ class RequestPolicy(Guard):
             if isinstance(cap, int) and len(ctx.body) > cap:
                 return PayloadTooLarge(f"Request body is larger than this key's {cap} byte limit.")
             models = policy.get("models")
-            if models and ctx.model is not None and not model_allowed(ctx.model, models):
+            if not models:
+                pass
+            elif ctx.model is None:
+                if names_model(ctx.route):
+                    return NO_MODEL
+            elif not model_allowed(ctx.model, models):
                 return PermissionDenied(
                     f"This key may not use the model '{ctx.model[:200]}'.",
                     code="model_not_allowed",

@@ -2,8 +2,10 @@
 
 Limits come from the key's policy, its team's policy, and ``limits.defaults`` for anything the key
 does not set itself; key and team limits are separate counters, so the stricter one decides.
-Requests cost 1; tokens cost the request's worst case up front (like OpenAI) and are corrected to
-the real usage when the request completes. Every response carries OpenAI's ``x-ratelimit-*``
+Requests cost 1; tokens cost the request's worst case up front (like OpenAI; see
+``_estimate.py``), the request is sent with its output capped at that worst case, and the charge is
+corrected to the real usage when the request completes (to the worst case, marked as an estimate,
+when no usage arrived). Every response carries OpenAI's ``x-ratelimit-*``
 headers for the tightest limits; a refusal is a 429 with ``Retry-After``.
 """
 
@@ -15,12 +17,12 @@ from time import monotonic
 from typing import Any
 
 from ..chain import Guard
-from ..context import Context
+from ..context import Context, Estimate
 from ..counters import Counters, Rate, Refused, SyncCounters
 from ..errors import KeygateError, RateLimited
 from ..limitconf import RATE_PERIODS, LimitSettings
 from ..types import KeyRecord, Team
-from ._estimate import estimate
+from ._estimate import cap_output, charge_unreported, estimate
 
 
 class Plan:
@@ -170,7 +172,7 @@ class RateLimitBase(Guard):
     def __init__(self, counters: Counters, limits: LimitSettings) -> None:
         self._counters = counters
         self._defaults = limits.defaults
-        self._default_output = limits.default_max_output_tokens
+        self._limits = limits
         self._plans: dict[str, tuple[KeyRecord, Team | None, Plan]] = {}
 
     def plan(self, key: KeyRecord, team: Team | None) -> Plan:
@@ -202,12 +204,18 @@ class RateLimitBase(Guard):
         delta = 0
         if plan.tokens:
             usage = ctx.usage
+            if not usage.reported:
+                est = ctx.estimate  # (set: the request phase charged it; the budget may have clamped it)
+                if est is not None:
+                    charge_unreported(ctx, est[0], est[1])
             delta = usage.prompt_tokens + usage.completion_tokens - charged
         self._counters.finish(plan.gate_names, plan.tokens, delta, monotonic() if delta else 0.0)
 
-    def _worst_case(self, ctx: Context) -> int:
+    def _worst_case(self, ctx: Context) -> int | KeygateError:
         """The request's worst case in tokens, charged to the token rates up front."""
-        est = ctx.estimate or estimate(ctx, self._default_output)
+        est = ctx.estimate or estimate(ctx, self._limits)
+        if isinstance(est, KeygateError):
+            return est
         return est[0] + est[1]
 
 
@@ -229,8 +237,12 @@ class RateLimit(RateLimitBase):
             plan = cached[2]
         if plan.empty:
             return None
+        est: Estimate | None = None
         if plan.tokens:
-            est = ctx.estimate or estimate(ctx, self._default_output)
+            found = ctx.estimate or estimate(ctx, self._limits)
+            if isinstance(found, KeygateError):
+                return found
+            est = found
             cost = est[0] + est[1]
             costs = plan._costs if cost == plan._costs_for else plan.costs(cost)
         else:
@@ -240,6 +252,8 @@ class RateLimit(RateLimitBase):
         if taken.__class__ is Refused:
             return self._refusal(plan, taken)
         # (What AsyncRateLimit does after its take, inlined here like the plan lookup above.)
+        if est is not None and not est[2] and est[1]:
+            cap_output(ctx, est)  # the upstream stops at the output charged
         ctx.extras["ratelimit"] = (plan, cost)  # for complete(): gates to leave, tokens to correct
         if plan.kinds:
             # Headers for the client response, whatever it turns out to be (app.py adds them).
@@ -256,10 +270,14 @@ class AsyncRateLimit(RateLimitBase):
         if plan.empty:
             return None
         cost = self._worst_case(ctx) if plan.tokens else 0
+        if not isinstance(cost, int):
+            return cost
         now = monotonic()
         taken = await self._counters.take(plan.rates, plan.costs(cost), now, plan.gates)
         if isinstance(taken, Refused):
             return self._refusal(plan, taken)
+        if plan.tokens and ctx.estimate is not None:
+            cap_output(ctx, ctx.estimate)  # the upstream stops at the output charged
         ctx.extras["ratelimit"] = (plan, cost)
         if plan.kinds:
             ctx.limit_headers = (plan.replaces, plan.headers(taken, now, []))

@@ -39,5 +39,6 @@ class Record(Guard):
                 upstream.name if upstream is not None else None,
                 ctx.stream,
                 error.code if error is not None else None,
+                usage.estimated,
             )
         )

@@ -15,10 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import schema, times
+from ..access_config import SCAN_MODES
 from ..errors import ConfigError, InvalidRequest
 from ..limitconf import POLICY_KEYS as LIMIT_KEYS
 from ..limitconf import check_policy as check_limits
 from ..routes import ROUTE_NAMES
+from .validate import NAME_MAX, has_control
 
 _MAX_LIST = 256
 
@@ -27,6 +29,12 @@ def _str_list(name: str, value: Any, item: Callable[[str], Any] | None = None) -
     if not isinstance(value, list) or len(value) > _MAX_LIST or not all(isinstance(v, str) for v in value):
         raise InvalidRequest(f"policy.{name}: expected a list of at most {_MAX_LIST} strings", param="policy")
     for v in value:
+        # Each entry is shown in `keys list`: no control characters (they could forge rows there).
+        if len(v) > NAME_MAX or has_control(v):
+            raise InvalidRequest(
+                f"policy.{name}: entries are at most {NAME_MAX} characters, without control characters",
+                param="policy",
+            )
         if item is not None:
             try:
                 item(v)
@@ -61,6 +69,22 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
+def _prompt_scan(name: str, value: Any) -> dict[str, str]:
+    """``{"secrets": MODE, "pii": MODE}``, either or both (guards/prompt_scan.py reads it)."""
+    if not isinstance(value, Mapping) or not value:
+        raise InvalidRequest(f"policy.{name}: expected an object with secrets and/or pii", param="policy")
+    out: dict[str, str] = {}
+    for field, mode in value.items():
+        if field not in ("secrets", "pii"):
+            raise InvalidRequest(f"policy.{name}.{str(field)[:80]}: unknown field", param="policy")
+        if mode not in SCAN_MODES:
+            raise InvalidRequest(
+                f"policy.{name}.{field}: expected one of {', '.join(SCAN_MODES)}", param="policy"
+            )
+        out[field] = mode
+    return out
+
+
 _ACCESS: dict[str, Callable[[str, Any], Any]] = {
     "models": lambda n, v: _str_list(n, v),
     "routes": lambda n, v: _str_list(n, v, _route),
@@ -71,6 +95,7 @@ _ACCESS: dict[str, Callable[[str, Any], Any]] = {
     "honeytoken": _flag,
     "rotate_every": _positive_int,
     "rotated_at": _timestamp,
+    "prompt_scan": _prompt_scan,
 }
 
 

@@ -25,7 +25,7 @@ from ..times import fmt_time
 from ..types import Secret
 from ..vault import Keyring, fingerprint
 from .audit import Actor
-from .validate import check_ref
+from .validate import check_name, check_ref
 
 
 def known_upstreams(settings: Settings, store: Store) -> set[str]:
@@ -80,6 +80,8 @@ def define(
         if configured is not None:  # the built-in default, as it is
             return
         raise InvalidRequest(f"upstream {name} is new: give its --base-url", param="base_url")
+    if current is None:
+        check_name(name, "upstream")  # a new name: shown in lists, so no control characters
     known = known_upstreams(settings, store)
     if fallback and (fallback not in known or fallback == name):
         raise InvalidRequest(f"--fallback: {fallback} is not another upstream", param="fallback")

@@ -44,10 +44,18 @@ def check_name(value: Any, field: str = "name") -> str:
     return value
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`check_name` refuses (for other operator text)."""
+    return _CONTROL.search(text) is not None
+
+
 def check_ref(value: Any, field: str) -> str | None:
     """An optional reference to a team or upstream (id or name); ``None`` or ``""`` means none."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > NAME_MAX or _CONTROL.search(value):
-        raise InvalidRequest(f"{field} must be an id or a name (at most {NAME_MAX} characters)", param=field)
+        raise InvalidRequest(
+            f"{field} must be an id or a name (at most {NAME_MAX} characters, without control characters)",
+            param=field,
+        )
     return value

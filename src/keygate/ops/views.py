@@ -64,6 +64,7 @@ def usage_view(s: UsageSummary, name: str | None) -> dict[str, Any]:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.total_tokens,
+        "estimated": s.estimated,
         "first": fmt_time(s.first_ts),
         "last": fmt_time(s.last_ts),
     }

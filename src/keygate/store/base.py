@@ -32,6 +32,7 @@ class UsageSummary:
     completion_tokens: int
     first_ts: float | None
     last_ts: float | None
+    estimated: int = 0  # requests whose token counts are their reservation (no usage reported)
 
     @property
     def total_tokens(self) -> int:

@@ -24,6 +24,7 @@ from .base import KEY_FIELDS
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
+from .usage_sql import MIGRATION as _USAGE_ESTIMATED_MIGRATION
 from .usage_sql import UsageMixin
 
 # Named migrations, applied once each in list order; the names applied are kept in
@@ -104,6 +105,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ),
     ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
     _ENABLES_MIGRATION,
+    _USAGE_ESTIMATED_MIGRATION,
 ]
 
 _KEY_COLUMNS = (

@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING, Any
 from ..types import UsageRow
 from .base import UsageSummary
 
+# Added after 0001_core: whether a row's token counts are the request's reservation (no usage
+# was reported). Rows written before it are reported counts (0). An ALTER TABLE ADD COLUMN with a
+# constant default rewrites nothing, so it is instant also on a large table.
+MIGRATION = (
+    "0004_usage_estimated",
+    "ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;",
+)
+
 
 class UsageMixin:
     if TYPE_CHECKING:
@@ -33,8 +41,8 @@ class UsageMixin:
             conn.executemany(
                 "INSERT INTO usage (ts, request_id, key_id, route, method, path, model, status,"
                 " prompt_tokens, completion_tokens, cached_tokens, latency_ms, client_ip, upstream,"
-                " stream, error_code)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " stream, error_code, estimated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         r.ts,
@@ -53,6 +61,7 @@ class UsageMixin:
                         r.upstream,
                         int(r.stream),
                         r.error_code,
+                        int(r.estimated),
                     )
                     for r in rows
                 ],
@@ -74,10 +83,14 @@ class UsageMixin:
         # Only constant fragments are joined; every value is a bound parameter.
         sql = (
             "SELECT key_id, COUNT(*), SUM(status >= 400), SUM(prompt_tokens), SUM(completion_tokens),"  # noqa: S608
-            " MIN(ts), MAX(ts) FROM usage WHERE " + " AND ".join(where) + " GROUP BY key_id ORDER BY key_id"
+            " MIN(ts), MAX(ts), SUM(estimated) FROM usage WHERE "
+            + " AND ".join(where)
+            + " GROUP BY key_id ORDER BY key_id"
         )
         rows = self._conn().execute(sql, args).fetchall()
-        return [UsageSummary(r[0], r[1], r[2] or 0, r[3] or 0, r[4] or 0, r[5], r[6]) for r in rows]
+        return [
+            UsageSummary(r[0], r[1], r[2] or 0, r[3] or 0, r[4] or 0, r[5], r[6], r[7] or 0) for r in rows
+        ]
 
     def load_spend(self) -> dict[str, tuple[float, float]]:
         rows = self._conn().execute("SELECT name, spent, held FROM spend").fetchall()

@@ -107,19 +107,39 @@ def _output_words(limit: Any) -> list[str]:
     return words
 
 
+# Reasoning models think before they answer: hidden tokens, never streamed, reported only in the
+# usage details (completion_tokens_details / output_tokens_details.reasoning_tokens) and counted in
+# the output tokens. Like OpenAI's, they count against the output cap, which can end a response
+# before any visible word.
+REASONING_TOKENS = 300
+_REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
+
+
+def _think(body: Json, limit: Any) -> tuple[int, list[str]]:
+    """The hidden reasoning tokens and the visible words of an answer under the output cap."""
+    model = body.get("model")
+    if not (isinstance(model, str) and model.startswith(_REASONING_MODELS)):
+        return 0, _output_words(limit)
+    if not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+        return REASONING_TOKENS, _output_words(None)
+    reasoning = min(REASONING_TOKENS, limit)
+    return reasoning, _output_words(limit - reasoning) if limit > reasoning else []
+
+
 def _spaced(words: list[str]) -> list[str]:
     """Per-chunk deltas that concatenate back to the joined text."""
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
-def _chat_usage(prompt_tokens: int, completion_tokens: int) -> Json:
+def _chat_usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> Json:
+    completion_tokens += reasoning_tokens
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -138,7 +158,8 @@ def _limit(body: Json, *keys: str) -> Any:
 
 def chat_completion(body: Json) -> Json:
     """A non-streamed ``chat.completion``."""
-    words = _output_words(_limit(body, "max_completion_tokens", "max_tokens"))
+    limit = _limit(body, "max_completion_tokens", "max_tokens")
+    reasoning, words = _think(body, limit)
     prompt_tokens = max(1, count_words(body.get("messages")))
     return {
         "id": new_id("chatcmpl-"),
@@ -158,7 +179,7 @@ def chat_completion(body: Json) -> Json:
                 "finish_reason": "stop" if len(words) == FULL_WORDS else "length",
             }
         ],
-        "usage": _chat_usage(prompt_tokens, len(words)),
+        "usage": _chat_usage(prompt_tokens, len(words), reasoning),
         "service_tier": "default",
         "system_fingerprint": "fp_mock",
     }
@@ -166,7 +187,7 @@ def chat_completion(body: Json) -> Json:
 
 def chat_stream(body: Json) -> list[bytes]:
     """The SSE events of a streamed chat completion, ending with ``data: [DONE]``."""
-    words = _output_words(_limit(body, "max_completion_tokens", "max_tokens"))
+    reasoning, words = _think(body, _limit(body, "max_completion_tokens", "max_tokens"))
     include_usage = _include_usage(body)
     base: Json = {
         "id": new_id("chatcmpl-"),
@@ -186,7 +207,7 @@ def chat_stream(body: Json) -> list[bytes]:
     events += [chunk({"content": piece}, None) for piece in _spaced(words)]
     events.append(chunk({}, "stop" if len(words) == FULL_WORDS else "length"))
     if include_usage:
-        usage = _chat_usage(max(1, count_words(body.get("messages"))), len(words))
+        usage = _chat_usage(max(1, count_words(body.get("messages"))), len(words), reasoning)
         events.append(sse_data({**base, "choices": [], "usage": usage}))
     events.append(sse_data("[DONE]"))
     return events
@@ -285,13 +306,14 @@ def models() -> Json:
     return {"object": "list", "data": [model(model_id) for model_id in MODEL_IDS]}
 
 
-def _response_usage(body: Json, output_tokens: int) -> Json:
+def _response_usage(body: Json, output_tokens: int, reasoning_tokens: int = 0) -> Json:
     input_tokens = max(1, count_words(body.get("input")) + count_words(body.get("instructions")))
+    output_tokens += reasoning_tokens
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
@@ -338,14 +360,15 @@ def _response_object(body: Json, response_id: str, created_at: int) -> Json:
 
 
 def _finished_response(body: Json, response_id: str, created_at: int, message_id: str) -> Json:
-    words = _output_words(_limit(body, "max_output_tokens"))
+    reasoning, words = _think(body, _limit(body, "max_output_tokens"))
     finished = _response_object(body, response_id, created_at)
     truncated = len(words) < FULL_WORDS
+    # (usage before metadata, in the order OpenAI sends them: update() keeps the keys' places)
     finished.update(
         status="incomplete" if truncated else "completed",
         incomplete_details={"reason": "max_output_tokens"} if truncated else None,
         output=[_response_message(message_id, " ".join(words), "completed")],
-        usage=_response_usage(body, len(words)),
+        usage=_response_usage(body, len(words), reasoning),
     )
     return finished
 
@@ -358,7 +381,7 @@ def response(body: Json) -> Json:
 def response_stream(body: Json) -> list[bytes]:
     """The named SSE events of a streamed Responses API call (no ``[DONE]``, as OpenAI does)."""
     response_id, message_id, created_at = new_id("resp_"), new_id("msg_"), int(time.time())
-    words = _output_words(_limit(body, "max_output_tokens"))
+    _, words = _think(body, _limit(body, "max_output_tokens"))
     text = " ".join(words)
     started = _response_object(body, response_id, created_at)
     finished = _finished_response(body, response_id, created_at, message_id)
