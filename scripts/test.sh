@@ -18,7 +18,9 @@ fi
 echo "== pytest, with coverage"
 export COVERAGE_FILE="$PWD/.coverage"
 rm -f .coverage .coverage.*
-python3 -m coverage run -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): this machine, and CI's, has two cores; tests take free ports and
+# their own temp dirs, so they run side by side. KEYGATE_TEST_WORKERS=0 runs them in one process.
+python3 -m coverage run -m pytest -q -p no:cacheprovider -n "${KEYGATE_TEST_WORKERS:-2}" "$@"
 python3 -m coverage combine -q
 if [ $# -eq 0 ]; then
     python3 -m coverage report --fail-under="$MIN_COVERAGE"

@@ -1078,3 +1078,12 @@ def test_a_chunk_guard_cuts_the_stream_with_an_error_event(
         # A whole (non-streamed) answer never passes through the chunk phase.
         assert httpx.post(f"{gw.url}/chat/completions", json=CHAT, headers=bearer(key)).status_code == 200
         assert cutter.started == [200, 200] and len(cutter.seen) == 2
+
+
+def test_the_sdk_cancels_a_background_response(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
+    # The SDK's cancel carries no JSON body; keygate forwards the action without one.
+    mock.reply_next(200, {"id": "resp_1", "object": "response", "status": "cancelled", "output": []})
+    cancelled = sdk(gateway, client_key).responses.cancel("resp_1")
+    assert cancelled.status == "cancelled"
+    sent = mock.requests[-1]
+    assert (sent.method, sent.path, sent.body) == ("POST", "/v1/responses/resp_1/cancel", b"")

@@ -87,3 +87,9 @@ def test_ids_name_their_kind_and_are_distinct() -> None:
     made = {keys.new_id("team") for _ in range(100)}
     assert len(made) == 100 and all(i.startswith("team_") and len(i) == 5 + 16 for i in made)
     assert keys.new_id().startswith("key_")
+
+
+def test_a_trailing_newline_is_not_a_well_formed_key() -> None:
+    key = keys.generate()
+    assert keys.is_well_formed(key)
+    assert not keys.is_well_formed(key + "\n")  # (a `$` anchor alone matches before it)

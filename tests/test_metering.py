@@ -318,3 +318,22 @@ def test_ask_for_usage_leaves_alone_what_needs_no_asking() -> None:
     c.stream = True  # a stream whose body was never parsed: nothing to change
     ask_for_usage(c)
     assert c.json is None and c.client_wants_usage is True
+
+
+def test_negative_counts_are_not_usage() -> None:
+    # A negative count would pay spend back; it is ignored, so the request is charged its estimate.
+    usage = Usage()
+    fill_usage(
+        {
+            "prompt_tokens": -1_000_000,
+            "completion_tokens": -5,
+            "prompt_tokens_details": {"cached_tokens": -9},
+        },
+        usage,
+    )
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reported) == (
+        0,
+        0,
+        0,
+        False,
+    )

@@ -228,3 +228,9 @@ def test_parse_time_is_linear_in_the_body() -> None:
     started = time.perf_counter()
     assert "twice" in refused(many)  # refused at the second part, not after scanning them all
     assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize("value", [b"gpt-4o\nx", b"gpt-4o\rx", b"gpt\x00", b"gpt\x1b[31m", b"gpt\xc2\x85"])
+def test_a_model_with_a_control_character_is_refused(value: bytes) -> None:
+    # A parser that ends a part at a bare LF would read another model than keygate checked.
+    assert "control character" in refused(form(part('form-data; name="model"', value)))

@@ -74,7 +74,7 @@ DELTA_EVENT = (b'"delta":"', b'"delta":""')
         ("GET", "/v1/models/gpt-4o", "models", "none", False, False, False, (), ()),
         ("GET", "/v1/responses/resp_1", "responses", "none", False, False, False, (), ()),
         ("DELETE", "/v1/responses/resp_1", "responses", "none", False, False, False, (), ()),
-        ("POST", "/v1/responses/resp_1/cancel", "responses", "json", False, False, False, (), ()),
+        ("POST", "/v1/responses/resp_1/cancel", "responses", "none", False, False, False, (), ()),
         ("GET", "/v1/responses/resp_1/input_items", "responses", "none", False, False, False, (), ()),
     ],
 )

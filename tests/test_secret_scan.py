@@ -88,7 +88,10 @@ NOT_SECRETS = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "secret"), [(k, s) for k, ss in SECRETS.items() for s in ss])
+@pytest.mark.parametrize(
+    ("kind", "secret"),
+    [pytest.param(k, s, id=f"{k}-{i}") for k, ss in SECRETS.items() for i, s in enumerate(ss)],
+)
 def test_each_secret_kind_is_found_in_prose(kind: str, secret: str) -> None:
     text = f'Here is my config: "{secret}" - why does it fail?'
     found = scan(text)

@@ -28,7 +28,7 @@ ADMIN_PREFIX: Final = "kga_"
 ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LEN: Final = 32
 CHECKSUM_LEN: Final = 6
-_SHAPE = re.compile(rf"^(kga?_)([0-9A-Za-z]{{{BODY_LEN}}})([0-9A-Za-z]{{{CHECKSUM_LEN}}})$")
+_SHAPE = re.compile(rf"^(kga?_)([0-9A-Za-z]{{{BODY_LEN}}})([0-9A-Za-z]{{{CHECKSUM_LEN}}})\Z")
 
 
 def _base62(n: int, width: int) -> str:

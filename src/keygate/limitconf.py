@@ -100,7 +100,7 @@ SERVICE_TIERS: dict[str, float] = {"auto": 1.0, "default": 1.0, "flex": 0.5, "pr
 
 # A dated snapshot of a priced model: -YYYY-MM-DD (gpt-4o-2024-08-06) or -MMDD (gpt-4-0613).
 _MONTH, _DAY = r"(?:0[1-9]|1[0-2])", r"(?:0[1-9]|[12][0-9]|3[01])"
-_DATED = re.compile(rf"^(.+)-(?:20[0-9][0-9]-{_MONTH}-{_DAY}|{_MONTH}{_DAY})$")
+_DATED = re.compile(rf"^(.+)-(?:20[0-9][0-9]-{_MONTH}-{_DAY}|{_MONTH}{_DAY})\Z")
 
 
 def _tiers(value: object, where: str) -> dict[str, float]:

@@ -63,14 +63,19 @@ def fill_usage(data: Any, usage: Usage) -> None:
     prompt = data.get("prompt_tokens", data.get("input_tokens"))
     completion = data.get("completion_tokens", data.get("output_tokens"))
     # type() is int: a bool is not a token count
-    if type(prompt) is int:
+    # A negative count would pay spend back: not a count (the reservation is charged instead).
+    if type(prompt) is int and prompt >= 0:
         usage.prompt_tokens = prompt
         usage.reported = True
-    if type(completion) is int:
+    if type(completion) is int and completion >= 0:
         usage.completion_tokens = completion
         usage.reported = True
     details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
-    if isinstance(details, dict) and type(details.get("cached_tokens")) is int:
+    if (
+        isinstance(details, dict)
+        and type(details.get("cached_tokens")) is int
+        and details["cached_tokens"] >= 0
+    ):
         usage.cached_tokens = details["cached_tokens"]
 
 

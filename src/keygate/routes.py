@@ -145,7 +145,7 @@ _DYNAMIC: Final[list[tuple[str, re.Pattern[str], str, str, frozenset[str]]]] = [
     ("GET", re.compile(rf"^/v1/models/({_ID})$"), "models", "none", frozenset()),
     ("GET", re.compile(rf"^/v1/responses/({_ID})$"), "responses", "none", _RETRIEVE_QUERY),
     ("DELETE", re.compile(rf"^/v1/responses/({_ID})$"), "responses", "none", frozenset()),
-    ("POST", re.compile(rf"^/v1/responses/({_ID})/cancel$"), "responses", "json", frozenset()),
+    ("POST", re.compile(rf"^/v1/responses/({_ID})/cancel$"), "responses", "none", frozenset()),
     ("GET", re.compile(rf"^/v1/responses/({_ID})/input_items$"), "responses", "none", _ITEMS_QUERY),
 ]
 _DYNAMIC_PREFIXES: Final = ("/v1/models/", "/v1/responses/")

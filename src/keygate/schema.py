@@ -24,7 +24,7 @@ from .types import Secret
 
 MAX_COUNT: Final = 2**53 - 1  # the largest integer JSON readers agree on (a double's 53 bits)
 MAX_AMOUNT: Final = 1e15  # dollars, seconds, tokens: anything larger is a mistake, not a limit
-ENV_REF: Final = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+ENV_REF: Final = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
 
 T = TypeVar("T")
 Check = Callable[[Any, str], Any]

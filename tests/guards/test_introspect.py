@@ -132,7 +132,8 @@ def test_the_team_claim_maps_scopes_to_a_known_team(idp: IdP, key_cache: KeyCach
     idp.tokens["scoped-3"] = {"active": True, "sub": "svc"}
     introspector = Introspector(_settings(idp.url + "/introspect", team_claim="scope"), key_cache)
     found = _verify(introspector, "scoped-1", "scoped-2", "scoped-3")
-    assert [p.team if isinstance(p, Principal) else p for p in found] == ["embedders", "team_research", None]
+    assert [p.team if isinstance(p, Principal) else p for p in found[:2]] == ["embedders", "team_research"]
+    assert _inactive(found[2])  # with team_claim set, a token naming no team is refused
 
 
 def test_answers_are_cached_by_kind_and_for_no_longer_than_the_token_lives(
@@ -229,6 +230,7 @@ def gw(idp: IdP, upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactor
     with Gateway(tmp_path_factory.mktemp("oauth"), upstream.url, extra=extra, env=env) as g:
         g.secrets.append(CLIENT_SECRET)
         g.cli("teams", "create", "embedders", "--allow-route", "embeddings")
+        g.cli("teams", "create", "staff")
         yield g
 
 
@@ -237,7 +239,12 @@ def call(gw: Gateway, token: str) -> httpx.Response:
 
 
 def test_active_token_is_cached(gw: Gateway, idp: IdP, mock: MockUpstream) -> None:
-    idp.tokens["opaque-active-1"] = {"active": True, "sub": "svc-a", "exp": int(time.time()) + 600}
+    idp.tokens["opaque-active-1"] = {
+        "active": True,
+        "sub": "svc-a",
+        "scope": "staff",
+        "exp": int(time.time()) + 600,
+    }
     client = openai.OpenAI(base_url=gw.url, api_key="opaque-active-1", max_retries=0)
     before = idp.introspections
     for _ in range(3):
@@ -259,7 +266,12 @@ def test_inactive_token_is_rejected_and_cached(gw: Gateway, idp: IdP, mock: Mock
 def test_cache_lives_no_longer_than_the_token(gw: Gateway, idp: IdP, mock: MockUpstream) -> None:
     # exp is whole seconds: + 2 leaves the token 1 to 2 s to live (+ 1 could leave a few ms, and
     # the first call would then meet an expired token)
-    idp.tokens["opaque-short"] = {"active": True, "sub": "svc-b", "exp": int(time.time()) + 2}
+    idp.tokens["opaque-short"] = {
+        "active": True,
+        "sub": "svc-b",
+        "scope": "staff",
+        "exp": int(time.time()) + 2,
+    }
     assert call(gw, "opaque-short").status_code == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and call(gw, "opaque-short").status_code == 200:
@@ -282,7 +294,7 @@ def test_scope_maps_to_team_policy(gw: Gateway, idp: IdP, mock: MockUpstream) ->
 
 
 def test_idp_down_is_503_and_not_cached(gw: Gateway, idp: IdP, mock: MockUpstream) -> None:
-    idp.tokens["opaque-later"] = {"active": True, "sub": "svc-c"}
+    idp.tokens["opaque-later"] = {"active": True, "sub": "svc-c", "scope": "staff"}
     idp.down = True
     try:
         r = call(gw, "opaque-later")

@@ -22,7 +22,7 @@ from ..keycache import KeyCache
 from ..types import KeyRecord
 from .auth import MALFORMED, MISSING, KeyAuth, bearer_token
 
-_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\Z")
 NO_METHOD = AuthenticationFailed("This kind of credential is not accepted here.", code="invalid_api_key")
 
 

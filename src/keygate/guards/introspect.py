@@ -101,4 +101,9 @@ class Introspector:
         subject = claims.get(self._s.subject_claim) or claims.get("client_id")
         if not isinstance(subject, str) or not subject:
             return None, self._s.inactive_cache_ttl
-        return Principal("oauth", subject, claim_team(claims, self._s.team_claim, self._cache)), ttl
+        team = claim_team(claims, self._s.team_claim, self._cache)
+        if team is None and self._s.team_claim is not None:
+            # With team_claim set, a token must name a team (an unknown one is refused later, by
+            # Authenticate): one without is refused, never served as "no team policy".
+            return None, self._s.inactive_cache_ttl
+        return Principal("oauth", subject, team), ttl

@@ -70,11 +70,9 @@ def names_model(route: Route | None) -> bool:
     """Whether a request on ``route`` uses a model, so that a model allowlist needs one named.
 
     Every route with a body does (where the body names none, OpenAI picks a default model, which
-    the allowlist has not allowed), except the actions on a stored response (``POST
-    /v1/responses/{id}/cancel``): those are the routes named "responses" that are not metered."""
-    if route is None or route.body == "none":
-        return False
-    return route.metered or route.name != "responses"
+    the allowlist has not allowed); the routes without one (listing models, a stored response and
+    its actions, such as ``POST /v1/responses/{id}/cancel``) do not."""
+    return route is not None and route.body != "none"
 
 
 NO_MODEL = PermissionDenied(

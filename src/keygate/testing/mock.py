@@ -346,12 +346,12 @@ class MockUpstream:
             return
         self._server = self._thread = None
         server.shutdown()
-        server.server_close()
         with self._state.lock:
             connections = list(self._state.connections)
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()  # (joins the handler threads: only once their connections are cut)
         thread.join(timeout=5)
 
     def __enter__(self) -> MockUpstream:
