@@ -286,7 +286,7 @@ def test_ask_for_usage_asks_when_the_client_did_not() -> None:
     c = context(json={"model": "m", "messages": [], "stream": True})
     ask_for_usage(c)
     assert c.json is not None and c.json["stream_options"] == {"include_usage": True}
-    assert orjson.loads(c.body)["stream_options"] == {"include_usage": True}
+    assert orjson.loads(c.upstream_body())["stream_options"] == {"include_usage": True}
     assert c.client_wants_usage is False
 
 

@@ -191,7 +191,9 @@ class Forwarder:
                 if ctx.query:
                     target += "?" + ctx.query  # written by keygate: routes.canonical_query
                 headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
-                response = await self._http.request(origin, ctx.method, target, headers, ctx.body, ctx.stream)
+                response = await self._http.request(
+                    origin, ctx.method, target, headers, ctx.upstream_body(), ctx.stream
+                )
                 if response.status == 403 and ctx.stream:
                     response.body = await response.read_all()  # what it says decides what happens
             except http1.TransportError as exc:

@@ -172,7 +172,7 @@ def body(data: bytes) -> None:
 def _accepted_json(raw: bytes, ctx: Context) -> None:
     check(isinstance(ctx.json, dict), "no JSON object after acceptance")
     assert ctx.json is not None
-    check(_same(orjson.loads(ctx.body), ctx.json), "the forwarded body is not what was checked")
+    check(_same(orjson.loads(ctx.upstream_body()), ctx.json), "the forwarded body is not what was checked")
     try:
         stdlib = json.loads(raw, object_pairs_hook=_refuse_duplicates)
     except Broken:

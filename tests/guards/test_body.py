@@ -347,7 +347,7 @@ def test_a_stream_is_asked_for_its_usage_chunk(options: object, sent: dict[str, 
     body = {**CHAT, "stream": True, "stream_options": options}
     ctx = _ctx(json=body)
     assert _read(BodyReader(1000), ctx) is None
-    forwarded = orjson.loads(ctx.body)
+    forwarded = orjson.loads(ctx.upstream_body())
     assert forwarded["stream_options"] == sent and forwarded == ctx.json
     # Whether the client itself asked for the usage chunk (else keygate filters it out again).
     assert ctx.client_wants_usage is wants
@@ -357,10 +357,10 @@ def test_only_routes_with_the_usage_option_are_asked() -> None:
     body = {"model": "gpt-4o", "input": "hi", "stream": True}
     ctx = _ctx("/v1/responses", json=body)  # reports usage in its stream anyway
     assert _read(BodyReader(1000), ctx) is None
-    assert "stream_options" not in orjson.loads(ctx.body) and ctx.client_wants_usage
+    assert "stream_options" not in orjson.loads(ctx.upstream_body()) and ctx.client_wants_usage
     completions = _ctx("/v1/completions", json={"model": "m", "prompt": "hi", "stream": True})
     assert _read(BodyReader(1000), completions) is None
-    assert orjson.loads(completions.body)["stream_options"] == {"include_usage": True}
+    assert orjson.loads(completions.upstream_body())["stream_options"] == {"include_usage": True}
     plain = _ctx(json=CHAT)
     assert _read(BodyReader(1000), plain) is None and "stream_options" not in orjson.loads(plain.body)
 

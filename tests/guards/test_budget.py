@@ -89,7 +89,7 @@ def _prompt(ctx: Context) -> int:
 
 
 def _sent(ctx: Context) -> dict[str, Any]:
-    sent: dict[str, Any] = orjson.loads(ctx.body)
+    sent: dict[str, Any] = orjson.loads(ctx.upstream_body())
     return sent
 
 
@@ -111,7 +111,7 @@ def test_a_key_without_budgets_costs_nothing() -> None:
     ctx = b.chat(key_record("free"))
     body = ctx.body
     assert decide(b.guard, ctx) is None
-    assert "budget" not in ctx.extras and ctx.estimate is None and ctx.body is body
+    assert "budget" not in ctx.extras and ctx.estimate is None and ctx.body is body and not ctx.json_changed
     run_complete(b.guard, ctx)
     assert b.guard.chunk(ctx, b"data: {}\n\n") is None
 
@@ -1027,7 +1027,7 @@ def test_holds_in_flight_at_a_crash_count_as_spent(
 ) -> None:
     g = ProcessGateway(tmp_path, upstream.url, extra=_config("http://127.0.0.1:9/unused")).start()
     try:
-        key = json.loads(_cli(g, "keys", "create", "--name", "persist", "--budget-usd", "50/month", "--json"))
+        key = json.loads(_cli(g, "keys", "create", "--name", "persist", "--budget-usd", "45/month", "--json"))
         g.secrets.append(key["key"])
         for _ in range(2):
             assert _post(g, key["key"]).status_code == 200  # 1 prompt ($1) + 1 completion ($2)
@@ -1048,7 +1048,7 @@ def test_holds_in_flight_at_a_crash_count_as_spent(
             g.proc.wait()
             g.proc = None
         g.start()
-        # $6 spent + the stream's hold (~$32) + this request's prompt estimate (~$17) > $50
+        # $6 spent + the stream's hold (~$22) + this request's prompt estimate (~$17) > $45
         refused = _post(g, key["key"])
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "insufficient_quota"

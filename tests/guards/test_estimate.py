@@ -155,8 +155,8 @@ def test_cap_output_sets_every_cap_field_per_output() -> None:
     capped = cap_output(ctx, est)
     assert ctx.json is not None and ctx.json["max_tokens"] == ctx.json["max_completion_tokens"] == 999
     assert capped[1:] == (2997, True, "max_completion_tokens", 3) and ctx.estimate == capped
-    body = ctx.body
-    assert cap_output(ctx, capped) is capped and ctx.body is body  # already capped: no rewrite
+    ctx.upstream_body()  # serialised once, as the forwarder does
+    assert cap_output(ctx, capped) is capped and not ctx.json_changed  # already capped: no rewrite
 
 
 def test_charge_unreported_charges_what_may_have_been_billed() -> None:

@@ -183,7 +183,7 @@ def test_a_token_limited_request_is_sent_with_its_output_capped_at_the_charge() 
     for body in ({}, {"stream": True}, {"n": 2, "max_tokens": 50, "max_completion_tokens": 90}):
         ctx = _chat(key, **body)
         assert decide(guard, ctx) is None
-        sent = orjson.loads(ctx.body)
+        sent = orjson.loads(ctx.upstream_body())
         assert sent["max_completion_tokens"] == (90 if "n" in body else 300), body
         assert ctx.estimate is not None and ctx.estimate[1:3] == ((180, True) if "n" in body else (300, True))
     # a key with request rates only is left as it is (no estimate, no rewrite)
@@ -364,7 +364,7 @@ async def _run(guards: list[Guard], key: KeyRecord) -> list[tuple[object, ...]]:
                 break
         extra = ctx.limit_headers
         remaining = sorted(h for h in extra[1] if "remaining" in h[0]) if extra else []
-        sent_body = orjson.loads(ctx.body)
+        sent_body = orjson.loads(ctx.upstream_body())
         sent = sent_body.get("max_completion_tokens", sent_body.get("max_tokens"))
         seen.append((err.code if err is not None else None, tuple(remaining), sent))
         ctx.usage.prompt_tokens, ctx.usage.completion_tokens = 30, 40

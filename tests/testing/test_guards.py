@@ -100,7 +100,7 @@ def test_run_request_with_a_plain_guard() -> None:
     ctx = context(json=CHAT, key=key_record(policy={"max_output_tokens": 256}))
     assert run(run_request(RequestPolicy(), ctx)) is None
     assert ctx.json is not None and ctx.json["max_completion_tokens"] == 256
-    assert orjson.loads(ctx.body)["max_completion_tokens"] == 256
+    assert orjson.loads(ctx.upstream_body())["max_completion_tokens"] == 256
     ctx = context(json=CHAT, key=key_record(policy={"models": ["o3-mini"]}))
     err = run(run_request(RequestPolicy(), ctx))
     assert isinstance(err, PermissionDenied) and err.code == "model_not_allowed"

@@ -33,8 +33,6 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
 from ..chain import Guard
 from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, PayloadTooLarge, PermissionDenied
@@ -161,7 +159,7 @@ class RequestPolicy(Guard):
                 data[f] = cap
                 changed = True
         if changed:
-            ctx.body = orjson.dumps(data)
+            ctx.json_changed = True  # serialised once, before forwarding (Context.upstream_body)
         fields = ctx.route.output_fields if ctx.route is not None else ()
         if not present and fields:
             ctx.set_json(fields[0], cap)

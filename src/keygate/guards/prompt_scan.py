@@ -212,6 +212,7 @@ class PromptScan(Guard):
         data = _replace(ctx.json, new, [0])
         ctx.json = data
         ctx.body = orjson.dumps(data)
+        ctx.json_changed = False  # (what any guard set so far is in it)
         model = data.get("model")
         ctx.model = model if isinstance(model, str) else None
         return None
