@@ -1,4 +1,4 @@
-"""The shape shared by every write-behind buffer (usage rows, budget spend).
+"""The shape shared by every write-behind buffer (usage rows, budget spend, audit findings).
 
 The request path only adds to an in-memory buffer. A background task calls :meth:`flush` every
 ``interval`` seconds, and the subclass's flush hands the batch to a dedicated writer thread, so
@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("keygate")
+
+T = TypeVar("T")
 
 
 class WriteBehind:
@@ -55,3 +57,33 @@ class WriteBehind:
         if self.pending:
             log.error("buffered records could not be written at shutdown", extra={"writer": self._name})
         self._executor.shutdown(wait=True)
+
+
+class ListWriteBehind(WriteBehind, Generic[T]):
+    """A write-behind buffer of records in a list: the request path appends to ``_pending``; a
+    flush hands the whole list to :meth:`_write` in the writer thread and, if that fails, keeps
+    the records for the next attempt (logged on ``failure_log`` with ``failure_message``)."""
+
+    failure_log = log
+    failure_message = "write-behind flush failed; will retry"
+
+    def __init__(self, interval: float, name: str) -> None:
+        super().__init__(interval, name)
+        self._pending: list[T] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._in_writer(self._write, batch)
+        except Exception:
+            self.failure_log.exception(self.failure_message, extra={"rows": len(batch)})
+            self._pending[:0] = batch
+
+    def _write(self, batch: list[T]) -> None:
+        raise NotImplementedError

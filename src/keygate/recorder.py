@@ -18,7 +18,7 @@ from typing import IO
 
 import orjson
 
-from .batching import WriteBehind
+from .batching import ListWriteBehind
 from .store import Store
 from .types import UsageRow
 
@@ -37,11 +37,13 @@ def access_line(row: UsageRow) -> bytes:
     return b'{"time":"' + stamp.encode() + b'",' + orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
-class Recorder(WriteBehind):
+class Recorder(ListWriteBehind[UsageRow]):
+    failure_log = log
+    failure_message = "usage flush failed; will retry"
+
     def __init__(self, store: Store, access_log: str = "-", flush_interval: float = 0.5) -> None:
         super().__init__(flush_interval, "keygate-recorder")
         self._store = store
-        self._pending: list[UsageRow] = []
         self._log: IO[bytes] = (
             sys.stdout.buffer if access_log == "-" else open(access_log, "ab")  # noqa: SIM115
         )
@@ -50,20 +52,6 @@ class Recorder(WriteBehind):
 
     def record(self, row: UsageRow) -> None:
         self._pending.append(row)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            await self._in_writer(self._write, batch)
-        except Exception:
-            log.exception("usage flush failed; will retry", extra={"rows": len(batch)})
-            self._pending[:0] = batch
 
     def _write(self, batch: list[UsageRow]) -> None:
         # The store write is the record of truth and is retried on failure; the access log is

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..batching import WriteBehind
+from ..batching import ListWriteBehind
 from ..chain import Guard
 from ..context import Context
 from ..errors import InvalidRequest, KeygateError
@@ -66,13 +66,15 @@ _SEP: Final = "\x00"  # between the strings of a body when they are scanned as o
 _MAX_PENDING: Final = 10_000  # audit rows buffered at most; beyond that they are counted, not kept
 
 
-class AuditTrail(WriteBehind):
+class AuditTrail(ListWriteBehind[AuditRecord]):
     """Prompt-scan findings for the audit trail, written in batches by a thread of their own."""
+
+    failure_log = writer_log
+    failure_message = "prompt-scan audit write failed; will retry"
 
     def __init__(self, store: Store, interval: float) -> None:
         super().__init__(interval, "keygate-prompt-scan")
         self._store = store
-        self._pending: list[AuditRecord] = []
         self.dropped = 0
 
     def add(self, record: AuditRecord) -> None:
@@ -80,20 +82,6 @@ class AuditTrail(WriteBehind):
             self.dropped += 1
             return
         self._pending.append(record)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            await self._in_writer(self._write, batch)
-        except Exception:
-            writer_log.exception("prompt-scan audit write failed; will retry", extra={"rows": len(batch)})
-            self._pending[:0] = batch
 
     def _write(self, batch: list[AuditRecord]) -> None:
         for record in batch:
