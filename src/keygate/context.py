@@ -118,14 +118,22 @@ class Context:
     def set_json(self, name: str, value: Any) -> None:
         """Set a top-level field of the JSON body keygate forwards.
 
-        ``body`` is serialised again only once, by :meth:`upstream_body`, however many fields the
-        guards set (each serialisation is a copy of the whole body); until then it is the body as
-        the body guard wrote it, which differs only in fields keygate set itself.
+        A field the body does not have yet (the usual case: an output cap, the usage option) is
+        written in front of the body as it stands, which is ``json`` serialised (the body guard
+        wrote it so), so ``body`` stays in step without a copy of the whole body through the
+        serialiser. Otherwise ``body`` is serialised again once, by :meth:`upstream_body`, however
+        many fields the guards changed; until then it differs only in fields keygate set itself.
+        ``name`` is one of keygate's own ASCII field names.
         """
         data = self.json
         assert data is not None
+        body = self.body
+        if not self.json_changed and data and name not in data and body[:1] == b"{":
+            # (data is not empty, so neither is the object in body: a comma follows the new field)
+            self.body = b'{"' + name.encode() + b'":' + orjson.dumps(value) + b"," + body[1:]
+        else:
+            self.json_changed = True
         data[name] = value
-        self.json_changed = True
 
     def upstream_body(self) -> bytes:
         """The body to send upstream: ``json`` serialised when a guard changed it."""
