@@ -9,12 +9,17 @@
 #   FUZZ_SECONDS=600 scripts/fuzz.sh            FUZZ_SECONDS=60 scripts/fuzz.sh routes http1
 # An input that breaks a target is kept as .fuzz/TARGET-crash-<sha1> and fails the run; copy it
 # to tests/fuzz/corpus/TARGET/ (then the test suite replays it) and fix the parser.
+# On CI (CI=true) the fuzzer's random seed is fixed (FUZZ_SEED, default 1), so a CI run explores
+# the same inputs each time and fails on a change to the code, not on the luck of the draw; hunts
+# on a developer's machine take a new seed each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-3}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(body multipart routes http1 metering policy)
 jobs=${FUZZ_JOBS:-${#targets[@]}}
+seed=0  # libFuzzer: 0 picks a random seed
+[ "${CI:-}" = true ] && seed=${FUZZ_SEED:-1}
 if ! python3 -c 'import atheris' 2>/dev/null; then
     echo "fuzz: atheris is not installed (Linux x86_64 wheels only): the corpus replay and the"
     echo "      Hypothesis properties in tests/fuzz/test_targets.py still run with pytest"
@@ -25,7 +30,7 @@ fuzz_one() {
     local target=$1
     mkdir -p ".fuzz/corpus/$target"
     if python3 -m tests.fuzz.run "$target" ".fuzz/corpus/$target" "tests/fuzz/corpus/$target" \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -max_len=8192 \
+        -max_total_time="$seconds" -seed="$seed" -timeout=10 -rss_limit_mb=1024 -max_len=8192 \
         -artifact_prefix=".fuzz/$target-" >".fuzz/$target.log" 2>&1; then
         echo "fuzz $target: $(grep -Eo 'Done [0-9]+ runs' ".fuzz/$target.log" | tail -1 | cut -d' ' -f2) inputs in ${seconds}s, no failure"
     else

@@ -234,3 +234,12 @@ def test_parse_time_is_linear_in_the_body() -> None:
 def test_a_model_with_a_control_character_is_refused(value: bytes) -> None:
     # A parser that ends a part at a bare LF would read another model than keygate checked.
     assert "control character" in refused(form(part('form-data; name="model"', value)))
+
+
+@pytest.mark.parametrize("junk", [b"\rX-Other: y", b"X-Other: y\rz", b"X-Other: y\nz"])
+def test_a_bare_cr_or_lf_in_a_part_header_is_refused(junk: bytes) -> None:
+    # Found by the fuzzer (tests/fuzz/corpus/multipart/crash-bare-cr-in-part-headers): the library
+    # strips a bare CR from a header name, where another parser ends the headers there.
+    body = form(part('form-data; name="model"', b"whisper-1", junk.decode("latin-1")))
+    assert "malformed header line" in refused(body)
+    assert fields(form(part('form-data; name="model"', b"whisper-1", "X-Other: y"))) == {"model": "whisper-1"}

@@ -16,6 +16,9 @@ is refused rather than guessed:
 - a wanted field may appear once: a second part of that name is an error, and so is a part whose
   name is a wanted one in another case or with spaces (``MODEL``, ``" model"``), which another
   parser might take for it;
+- a part's header lines end in CRLF and hold no other CR or LF (a bare CR or LF ends a line for
+  some parsers and not for others; the library strips it from a header name):
+  :func:`check_header_lines`;
 - a wanted field's value is UTF-8 without control characters (a line break in it could end the
   part early for a parser that accepts a bare LF);
 - the body ends with the closing boundary (an optional CRLF after it, no epilogue), and has at
@@ -98,6 +101,31 @@ def boundary_of(content_type: str) -> bytes:
     if "\\" in boundary or _BOUNDARY.fullmatch(boundary) is None:
         raise FormError("The multipart Content-Type header has an invalid boundary.")
     return boundary.encode("ascii")
+
+
+def check_header_lines(body: bytes, boundary: bytes) -> None:
+    """Refuse a body where a part's header block holds a CR or LF that is not part of a CRLF.
+
+    Each part starts after a delimiter line (``--boundary`` then CRLF, after a CRLF but for the
+    first) and its headers end at the first blank line; both are found with C-level searches, so
+    this is linear in the body and copies only the header blocks."""
+    start_line = b"--" + boundary + b"\r\n"
+    delimiter = b"\r\n" + start_line
+    if body.startswith(start_line):
+        pos = 0
+    else:
+        pos = body.find(delimiter)
+        pos = pos + 2 if pos >= 0 else -1
+    while pos >= 0:
+        head = pos + len(start_line)
+        end = body.find(b"\r\n\r\n", head)
+        if end < 0:
+            return  # no header block end: the parser refuses the body
+        lines = body[head:end].replace(b"\r\n", b"")
+        if b"\r" in lines or b"\n" in lines:
+            raise FormError("A part of the multipart body has a malformed header line.")
+        nxt = body.find(delimiter, end + 2)
+        pos = nxt + 2 if nxt >= 0 else -1
 
 
 class FieldScanner:
@@ -211,7 +239,9 @@ def parse_fields(body: bytes, content_type: str, names: Collection[str] = ("mode
     """The fields ``names`` of a whole ``multipart/form-data`` body, by name (those present).
 
     Raises :class:`FormError` for anything in the module docstring's list. Linear in the body."""
-    scanner = FieldScanner(boundary_of(content_type), names, len(body))
+    boundary = boundary_of(content_type)
+    check_header_lines(body, boundary)
+    scanner = FieldScanner(boundary, names, len(body))
     for start in range(0, len(body), STEP):
         scanner.feed(body[start : start + STEP])
     return scanner.close()

@@ -158,7 +158,7 @@ def match(method: str, path: str) -> Route | None:
     route = _STATIC.get((method, path))
     if route is not None:
         return route
-    if path.startswith(_DYNAMIC_PREFIXES):
+    if path.startswith(_DYNAMIC_PREFIXES) and ".." not in path:  # (no id has two dots in a row)
         for m, pattern, name, body, query in _DYNAMIC:
             # fullmatch: a pattern's `$` alone would also match before a trailing newline
             if m == method and pattern.fullmatch(path):

@@ -67,6 +67,20 @@ def test_a_path_ending_in_a_newline_is_not_routed(
     assert mock.requests == []
 
 
+# Found by the fuzzer (tests/fuzz/corpus/routes/crash-double-dot-in-id): an identifier could hold
+# two dots in a row (/v1/models/A..), which no OpenAI id does and which a path normaliser on the
+# way might read as a parent segment; such paths are not routed.
+def test_an_identifier_with_two_dots_in_a_row_is_not_routed(
+    gateway: Gateway, client_key: str, mock: MockUpstream
+) -> None:
+    assert routes.match("GET", "/v1/models/gpt-4.1") is not None  # one dot is an ordinary id
+    for path in ("/v1/models/A..", "/v1/models/gpt..4o", "/v1/responses/resp..1/input_items"):
+        assert routes.match("GET", path) is None
+        r = httpx.get(gateway.base + path, headers={"Authorization": f"Bearer {client_key}"})
+        assert r.status_code == 404, r.text
+    assert mock.requests == []
+
+
 @pytest.fixture
 def odd_status_upstream() -> Iterator[str]:
     """An upstream that answers every request with a status below 100 and then a real response."""
