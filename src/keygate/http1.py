@@ -190,6 +190,8 @@ class Connection(asyncio.Protocol):
             self._wake(self._response)
 
     def on_body(self, body: bytes) -> None:
+        if not self._head_done:  # a 1xx interim response has no body (RFC 9110 section 15.2)
+            raise TransportError("the upstream sent a body with an interim response")
         self._body.append(body)
         if self._streaming:
             self._queued += len(body)

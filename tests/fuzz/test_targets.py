@@ -81,11 +81,19 @@ def test_an_identifier_with_two_dots_in_a_row_is_not_routed(
     assert mock.requests == []
 
 
-@pytest.fixture
-def odd_status_upstream() -> Iterator[str]:
-    """An upstream that answers every request with a status below 100 and then a real response."""
+ODD_ANSWERS = {
+    "below-100": b"HTTP/1.1 050 Odd\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    # tests/fuzz/corpus/http1/crash-body-in-interim-response: a 1xx with a body woke the wait
+    # for the head with None in the same way (a 500 for a stream)
+    "interim-with-body": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 199 OK\r\ncontent-length: 2\r\n\r\nok",
+}
+
+
+@pytest.fixture(params=sorted(ODD_ANSWERS))
+def odd_status_upstream(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An upstream that answers every request with a status that is not a final response."""
     server = socket.create_server(("127.0.0.1", 0))
-    answer = b"HTTP/1.1 050 Odd\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    answer = ODD_ANSWERS[request.param]
 
     def serve() -> None:
         with contextlib.suppress(OSError):
@@ -104,7 +112,9 @@ def odd_status_upstream() -> Iterator[str]:
 # below 100 as a response whose body runs to the end of the connection; the client took it for an
 # interim (1xx) response, and its first body byte woke a stream's wait for the head with None, so
 # a streamed request ended in a 500. Such a status is now a malformed response (a 502).
-def test_an_upstream_status_below_100_is_a_bad_gateway(odd_status_upstream: str, tmp_path: Path) -> None:
+def test_an_upstream_answer_with_no_final_status_is_a_bad_gateway(
+    odd_status_upstream: str, tmp_path: Path
+) -> None:
     with Gateway(tmp_path, odd_status_upstream) as gw:
         auth = {"Authorization": f"Bearer {gw.create_key()['key']}"}
         for stream in (True, False):
