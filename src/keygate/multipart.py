@@ -108,7 +108,8 @@ def check_header_lines(body: bytes, boundary: bytes) -> None:
 
     Each part starts after a delimiter line (``--boundary`` then CRLF, after a CRLF but for the
     first) and its headers end at the first blank line; both are found with C-level searches, so
-    this is linear in the body and copies only the header blocks."""
+    this is linear in the body and copies only the header blocks. It looks at most at
+    :data:`MAX_PARTS` + 1 parts: the parser refuses a body with more."""
     start_line = b"--" + boundary + b"\r\n"
     delimiter = b"\r\n" + start_line
     if body.startswith(start_line):
@@ -116,7 +117,9 @@ def check_header_lines(body: bytes, boundary: bytes) -> None:
     else:
         pos = body.find(delimiter)
         pos = pos + 2 if pos >= 0 else -1
-    while pos >= 0:
+    for _ in range(MAX_PARTS + 1):
+        if pos < 0:
+            return
         head = pos + len(start_line)
         end = body.find(b"\r\n\r\n", head)
         if end < 0:
