@@ -50,8 +50,8 @@ from ..secret_scan import (
     Finding,
     find_pii,
     find_secrets,
+    mask,
     merge,
-    placeholder,
 )
 from ..store import Store
 from ..types import AuditRecord
@@ -224,18 +224,7 @@ class PromptScan(Guard):
             i = bisect.bisect_right(starts, f.start) - 1  # the string that holds the finding
             base = starts[i]
             by_text.setdefault(i, []).append(Finding(f.kind, f.start - base, f.end - base))
-        new: dict[int, str] = {}
-        for i, found in by_text.items():
-            text = texts[i]
-            out: list[str] = []
-            pos = 0
-            for f in found:
-                out.append(text[pos : f.start])
-                out.append(placeholder(f.kind))
-                pos = f.end
-            out.append(text[pos:])
-            new[i] = "".join(out)
-        return new
+        return {i: mask(texts[i], found) for i, found in by_text.items()}
 
     # -- multipart ---------------------------------------------------------------------------------
 
