@@ -27,7 +27,7 @@ log = logging.getLogger("keygate.audit")
 
 
 class _Syslog(logging.handlers.SysLogHandler):
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (the stdlib's name)
+    def handleError(self, record: logging.LogRecord) -> None:
         log.warning("audit export to syslog failed", extra={"syslog": str(self.address)})
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from .config import Settings, Upstream
 from .errors import ConfigError, KeygateError, RateLimited, UpstreamUnavailable
+from .events import SecurityEvents
 from .schema import read_secret_file
 from .store import Store
 from .types import Secret
@@ -126,6 +127,9 @@ class Lease:
                 "upstream_status": status,
             },
         )
+        events = self._pool.events
+        if events is not None:  # the audit entry and the alert, written and sent off this path
+            events.upstream_key_rejected(self.key.view.name, self.key.id, status)
 
     def forbidden(self, code: str) -> None:
         """The upstream refused this request (a model the project may not use, a region...), not
@@ -148,8 +152,11 @@ class Lease:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings, store: Store, keyring: Keyring | None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, keyring: Keyring | None, events: SecurityEvents | None = None
+    ) -> None:
         self.settings = settings
+        self.events = events
         self.max_attempts = settings.upstream_retries + 1
         self.used: dict[str, float] = {}
         self._store = store

@@ -27,7 +27,9 @@ __all__ = [
 def open_store(settings: Settings) -> Store:
     """Open (and migrate) the store the settings name, with the audit chain's key (from the
     pepper) and the audit export of ``audit:``."""
-    store = SQLiteStore(settings.database_path, chain_key(settings.pepper.reveal()) if settings.pepper else None)
+    store = SQLiteStore(
+        settings.database_path, chain_key(settings.pepper.reveal()) if settings.pepper else None
+    )
     exporter = AuditExporter(settings.audit)
     if exporter.enabled:
         store.audit_export = lambda e: exporter.write(export_view(e))

@@ -31,12 +31,13 @@ from ..audit_chain import GENESIS, ChainRow, seal
 from ..types import AuditRecord
 from .base import AuditEntry
 
-# The chain columns and the head. The head row starts after the entries already stored (they
-# predate the chain, ``chain_start`` says from where it holds); SQLiteStore.migrate then chains
-# those entries too when it has the key (the pepper), and moves ``chain_start`` back to 1.
+# The chain columns and the head (whose hash starts as audit_chain.GENESIS, 64 zeros). The head
+# row starts after the entries already stored (they predate the chain; ``chain_start`` says from
+# where it holds); SQLiteStore.migrate then chains those entries too when it has the key (the
+# pepper), and moves ``chain_start`` back to 1.
 MIGRATION = (
     "0005_audit_chain",
-    f"""
+    """
     ALTER TABLE audit ADD COLUMN prev TEXT;
     ALTER TABLE audit ADD COLUMN hash TEXT;
     CREATE TABLE IF NOT EXISTS audit_head (
@@ -46,7 +47,10 @@ MIGRATION = (
         chain_start BIGINT NOT NULL
     );
     INSERT INTO audit_head (id, seq, hash, chain_start)
-        SELECT 1, COALESCE(MAX(id), 0), '{GENESIS}', COALESCE(MAX(id), 0) + 1 FROM audit WHERE 1 = 1
+        SELECT 1, COALESCE(MAX(id), 0),
+            '0000000000000000000000000000000000000000000000000000000000000000',
+            COALESCE(MAX(id), 0) + 1
+        FROM audit WHERE 1 = 1
         ON CONFLICT (id) DO NOTHING;
     CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
     CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
@@ -55,7 +59,7 @@ MIGRATION = (
 
 PG_MIGRATION = (
     "0005_audit_chain",
-    f"""
+    """
     ALTER TABLE audit ADD COLUMN IF NOT EXISTS prev TEXT;
     ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT;
     CREATE TABLE IF NOT EXISTS audit_head (
@@ -65,7 +69,10 @@ PG_MIGRATION = (
         chain_start BIGINT NOT NULL
     );
     INSERT INTO audit_head (id, seq, hash, chain_start)
-        SELECT 1, COALESCE(MAX(id), 0), '{GENESIS}', COALESCE(MAX(id), 0) + 1 FROM audit WHERE 1 = 1
+        SELECT 1, COALESCE(MAX(id), 0),
+            '0000000000000000000000000000000000000000000000000000000000000000',
+            COALESCE(MAX(id), 0) + 1
+        FROM audit WHERE 1 = 1
         ON CONFLICT (id) DO NOTHING;
     CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
     CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
