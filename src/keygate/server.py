@@ -157,7 +157,9 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    admin = admin_server(settings, parts.store, admin_listener)
+    admin = admin_server(
+        settings, parts.store, admin_listener, parts.events.alerter if parts.events is not None else None
+    )
     server = OwnSocketServer(
         parts.gateway,
         listener,
