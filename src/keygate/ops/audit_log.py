@@ -66,7 +66,7 @@ def verify(
 ) -> dict[str, Any]:
     """Check the whole chain (and, with an anchor ``SEQ:HASH``, that it still holds that entry)."""
     anchored: tuple[int, str] | None = None
-    if anchor_text:
+    if anchor_text is not None:
         try:
             anchored = parse_anchor(anchor_text)
         except ValueError as exc:
