@@ -110,7 +110,7 @@ class Verdict:
     entries: int  # entries checked
     head_seq: int
     head_hash: str
-    problem: str = ""  # altered | deleted | inserted | reordered | truncated | anchor_mismatch
+    problem: str = ""  # altered | deleted | inserted | reordered | truncated | head_moved | anchor_mismatch
     seq: int | None = None  # the first entry at fault (or where the fault was seen)
     message: str = ""
 
@@ -217,10 +217,14 @@ def verify(
             count,
             head[0],
             head[1],
-            "truncated",
+            "truncated" if head[0] > last_seq else "head_moved",
             last_seq + 1,
-            f"the chain ends at entry {last_seq} but the head says {head[0]}: "
-            f"entries after {last_seq} were deleted",
+            (
+                f"entries {last_seq + 1} to {head[0]} were deleted (the chain ends at {last_seq}, "
+                f"the head says {head[0]})"
+                if head[0] > last_seq
+                else f"the head was moved (it says entry {head[0]}, the chain goes on to {last_seq})"
+            ),
         )
     return Verdict(
         True, count, last_seq, prev, message=f"{count} entries, chain intact up to entry {last_seq}"

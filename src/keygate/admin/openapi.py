@@ -134,7 +134,16 @@ _AUDIT_VERIFY = _obj(
         "problem": {
             "type": "string",
             "nullable": True,
-            "enum": ["altered", "deleted", "inserted", "reordered", "truncated", "anchor_mismatch", None],
+            "enum": [
+                "altered",
+                "deleted",
+                "inserted",
+                "reordered",
+                "truncated",
+                "head_moved",
+                "anchor_mismatch",
+                None,
+            ],
         },
         "seq": {"type": "integer", "nullable": True, "description": "the first entry at fault"},
         "message": {"type": "string"},
