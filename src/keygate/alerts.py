@@ -13,12 +13,13 @@ secret: string values are passed through :func:`keygate.logs.redact` anyway, and
 
 Each sink (``alerts:`` in the config file) has a thread of its own that POSTs its queue in order:
 
-- ``format: webhook``: the JSON body ``{"event", "id", "sent_at", "instance", ...fields}`` with
+- ``format: webhook``: the JSON body ``{"event", "alert_id", "sent_at", "instance", ...fields}`` with
   ``X-Keygate-Signature: sha256=<hex HMAC-SHA256(secret, body)>``, ``X-Keygate-Timestamp`` (the
   body's ``sent_at``, whole seconds) and ``X-Keygate-Event``. The timestamp is inside the signed
   body, so a receiver that checks the signature, that the header equals ``sent_at``, and that it
-  is recent (say 5 minutes) refuses a replayed alert; ``id`` (unique per alert, the same on every
-  retry) lets it drop a duplicate delivery.
+  is recent (say 5 minutes) refuses a replayed alert; ``alert_id`` (unique per alert, the same on
+  every retry) lets it drop a duplicate delivery. A field named like one of these four is left
+  out (the alert's own value wins).
 - ``format: slack``: ``{"text": "..."}`` for a Slack-compatible incoming webhook (signed the same
   way when the sink has a secret).
 
@@ -77,7 +78,7 @@ def signature(secret: str, body: bytes) -> str:
 
 def slack_text(alert: dict[str, Any]) -> str:
     fields = ", ".join(
-        f"{k}={v}" for k, v in alert.items() if k not in ("event", "id", "sent_at", "instance")
+        f"{k}={v}" for k, v in alert.items() if k not in ("event", "alert_id", "sent_at", "instance")
     )
     return f"[keygate {alert.get('instance', '')}] {alert['event']}: {fields}"
 
@@ -139,7 +140,7 @@ class _Sink:
                     "alert delivery failed",
                     extra={
                         "alert": alert["event"],
-                        "alert_id": alert["id"],
+                        "alert_id": alert["alert_id"],
                         "reason": reason,
                         "attempts": attempt + 1,
                         "sink": self.spec.url,
@@ -177,7 +178,7 @@ class Alerter:
         if not self._sinks:
             return
         try:
-            alert: dict[str, Any] = {"event": kind, "id": uuid.uuid4().hex, "instance": self._instance}
+            alert: dict[str, Any] = {"event": kind, "alert_id": uuid.uuid4().hex, "instance": self._instance}
             for k, v in fields.items():
                 if k not in alert:
                     alert[k] = clean(v)
