@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from keygate.ops.audit import Actor
 from keygate.store import open_store
 from keygate.testing import MockUpstream
 
-from ..helpers import Gateway, process_cli
+from ..helpers import SRC, Gateway, assert_no_secret_written, process_cli
 
 
 @pytest.fixture
@@ -254,3 +256,44 @@ def test_entries_written_before_the_chain_are_chained_by_the_migration(tmp_path:
     from keygate.cli import main
 
     assert main(["--config", str(tmp_path / "keygate.yaml"), "audit", "verify"], {}) == 0
+
+
+def test_the_admin_api_and_a_remote_cli_list_verify_and_anchor(gw: Gateway) -> None:
+    _seed(gw, 2)
+    token = json.loads(gw.cli("admin-tokens", "create", "--role", "auditor", "--json").stdout)["token"]
+    with httpx.Client(base_url=gw.admin_url, headers={"authorization": f"Bearer {token}"}) as api:
+        listed = api.get("/admin/audit", params={"action": "keys.", "since": "1h"}).json()
+        assert [e["action"] for e in listed] == ["keys.create", "keys.create"]
+        assert api.get("/admin/audit", params={"actor": "nobody"}).json() == []
+        assert api.get("/admin/audit", params={"since": "next tuesday"}).status_code == 400
+        anchor = api.get("/admin/audit/anchor").json()
+        assert anchor["seq"] == 3 and anchor["anchor"] == f"3:{anchor['hash']}"
+        assert api.get("/admin/audit/verify", params={"anchor": anchor["anchor"]}).json()["ok"] is True
+        assert api.get("/admin/audit/verify", params={"anchor": "3:nothex"}).status_code == 400
+        env = {**gw.env, "KEYGATE_ADMIN_TOKEN": token}
+        remote = process_cli_env(gw, env, "--admin-url", gw.admin_url, "audit", "anchor")
+        assert remote.stdout.strip() == anchor["anchor"]
+        with _db(gw) as db:
+            _edit_first(db)
+        found = api.get("/admin/audit/verify").json()
+        assert (found["ok"], found["problem"], found["seq"]) == (False, "altered", 1)
+        remote = process_cli_env(gw, env, "--admin-url", gw.admin_url, "audit", "verify")
+        assert remote.returncode == 1 and "entry 1" in remote.stderr
+    # No secret in anything written: the database, the export, every command's output.
+    files = [gw.workdir / n for n in ("keygate.db", "audit.jsonl", "cli-output.log", "stderr.log")]
+    assert_no_secret_written(files, [*gw.secrets, token])
+
+
+def _edit_first(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE audit SET actor = 'cli:nobody' WHERE id = 1")
+
+
+def process_cli_env(gw: Gateway, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keygate", *args],
+        cwd=gw.workdir,
+        env={**env, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
