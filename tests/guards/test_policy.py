@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from keygate import routes
+from keygate.config import ensure_pepper
 from keygate.context import Context
 from keygate.errors import AuthenticationFailed, PayloadTooLarge, PermissionDenied
 from keygate.guards.policy import AccessPolicy, RequestPolicy, model_allowed, names_model, policies
-from keygate.config import ensure_pepper
 from keygate.store import open_store
 from keygate.testing import MockUpstream, context, key_record
 from keygate.types import AuditRecord, Team
