@@ -312,3 +312,47 @@ def test_the_audit_stream_goes_to_syslog_over_udp(tmp_path: Path, mock: MockUpst
         assert key["key"] not in data
     finally:
         sock.close()
+
+
+def test_a_burst_of_failed_admin_authentications_is_audited_and_alerted(
+    tmp_path: Path, mock: MockUpstream, receiver: Receiver
+) -> None:
+    sink = {"url": receiver.url, "secret": "${ALERT_SECRET}", "events": ["admin_auth_failures"]}
+    audit = {
+        "admin_auth_failures": 3,
+        "admin_auth_failures_window": 60,
+        "export_file": str(tmp_path / "a.jsonl"),
+    }
+    with _gateway(tmp_path, mock, [sink], audit=audit) as gw:
+        guess = "kga_" + "g" * 40
+        with httpx.Client(base_url=gw.admin_url, headers={"authorization": f"Bearer {guess}"}) as api:
+            for _ in range(5):
+                assert api.get("/admin/keys").status_code == 401
+        headers, body, doc = receiver.wait_for("admin_auth_failures")
+        _check_signed(headers, body, doc)
+        assert doc["client_ip"] == "127.0.0.1" and doc["failures"] == 3
+        (entry,) = _security_entries(gw)  # once per window, not once per failure
+        assert (entry["action"], entry["actor"], entry["origin"]) == (
+            "security.admin_auth_failures",
+            "client",
+            "127.0.0.1",
+        )
+        exported = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+        assert [e["action"] for e in exported] == ["security.admin_auth_failures"]
+        assert exported[0]["hash"] == entry["hash"]
+        assert guess.encode() not in body and guess not in json.dumps(exported)
+
+
+def test_the_audit_stream_goes_to_a_unix_syslog_socket(tmp_path: Path, mock: MockUpstream) -> None:
+    path = tmp_path / "log.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    try:
+        with Gateway(tmp_path, mock.url, extra={"audit": {"syslog": f"unix:{path}"}}) as gw:
+            gw.cli("teams", "create", "red")
+            data = sock.recv(65536).decode()
+        entry = json.loads(data.split("keygate-audit: ", 1)[1].rstrip("\x00"))
+        assert (entry["seq"], entry["action"]) == (1, "teams.create")
+    finally:
+        sock.close()

@@ -24,6 +24,7 @@ ALERT_EVENTS = (
     "budget_exhausted",
     "lockout",
     "policy_denials",
+    "admin_auth_failures",
     "audit_verify_failed",
 )
 """The events keygate itself emits; analytics may emit more kinds (a sink's filter may name them)."""
@@ -52,12 +53,16 @@ def _optional_path(value: object, where: str) -> str | None:
 class AuditSettings:
     """``audit:``. Every entry is also written, as it is committed, to ``export_file`` (JSON lines)
     and to ``syslog``; ``policy_denials`` refusals (403) of one key within ``policy_denials_window``
-    seconds make one ``security.policy_denials`` entry (0 turns that off)."""
+    seconds make one ``security.policy_denials`` entry, ``admin_auth_failures`` failed admin-API
+    authentications from one address within ``admin_auth_failures_window`` one
+    ``security.admin_auth_failures`` entry (0 turns either off)."""
 
     export_file: str | None = setting(None, _optional_path)
     syslog: str | None = setting(None, lambda v, w: None if v is None else _syslog(v, w))
     policy_denials: int = setting(20, positive(integer=True, zero=True))
     policy_denials_window: float = setting(60.0, positive())
+    admin_auth_failures: int = setting(10, positive(integer=True, zero=True))
+    admin_auth_failures_window: float = setting(60.0, positive())
 
 
 @dataclass(frozen=True, slots=True)

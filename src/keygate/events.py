@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any, Final
@@ -64,6 +65,39 @@ class SecurityTrail(ListWriteBehind[AuditRecord]):
             del batch[:done]  # (a retry writes only what is left)
 
 
+class Burst:
+    """``threshold`` hits of one name within ``window`` seconds: :meth:`hit` says True once, then
+    not again for that name until a window has passed. Thread-safe; memory bounded."""
+
+    def __init__(self, threshold: int, window: float) -> None:
+        self.threshold, self.window = threshold, window
+        self._hits: dict[str, deque[float]] = {}
+        self._quiet_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, name: str) -> bool:
+        if self.threshold <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if self._quiet_until.get(name, 0.0) > now:
+                return False
+            hits = self._hits.get(name)
+            if hits is None:
+                if len(self._hits) >= _MAX_TRACKED:
+                    self._hits.clear()
+                    self._quiet_until.clear()
+                hits = self._hits[name] = deque()
+            hits.append(now)
+            while hits and hits[0] <= now - self.window:
+                hits.popleft()
+            if len(hits) < self.threshold:
+                return False
+            del self._hits[name]
+            self._quiet_until[name] = now + self.window
+            return True
+
+
 class SecurityEvents:
     def __init__(
         self,
@@ -75,10 +109,8 @@ class SecurityEvents:
         self.trail = SecurityTrail(store, interval) if store is not None else None
         self.alerter = alerter
         self._origin = f"gateway@{socket.gethostname()}"
-        self._threshold = settings.policy_denials
-        self._window = settings.policy_denials_window
-        self._denials: dict[str, deque[float]] = {}
-        self._quiet_until: dict[str, float] = {}
+        self._denials = Burst(settings.policy_denials, settings.policy_denials_window)
+        self.admin_failures = Burst(settings.admin_auth_failures, settings.admin_auth_failures_window)
         self._exhausted: set[str] = set()
 
     async def start(self) -> None:
@@ -165,31 +197,16 @@ class SecurityEvents:
     def policy_denied(self, key_id: str, key_name: str, code: str, client_ip: str) -> None:
         """Count one refusal (403) of ``key_id``; ``policy_denials`` of them within the window make
         one event (then none for that key until a window has passed)."""
-        if self._threshold <= 0:
+        if not self._denials.hit(key_id):
             return
-        now = time.monotonic()
-        if self._quiet_until.get(key_id, 0.0) > now:
-            return
-        window = self._denials.get(key_id)
-        if window is None:
-            if len(self._denials) >= _MAX_TRACKED:
-                self._denials.clear()
-                self._quiet_until.clear()
-            window = self._denials[key_id] = deque()
-        window.append(now)
-        while window and window[0] <= now - self._window:
-            window.popleft()
-        if len(window) >= self._threshold:
-            del self._denials[key_id]
-            self._quiet_until[key_id] = now + self._window
-            self.event(
-                "policy_denials",
-                key_id,
-                actor=f"key:{key_id}",
-                origin=client_ip,
-                key_id=key_id,
-                key_name=key_name,
-                denials=self._threshold,
-                window_s=self._window,
-                last_code=code,
-            )
+        self.event(
+            "policy_denials",
+            key_id,
+            actor=f"key:{key_id}",
+            origin=client_ip,
+            key_id=key_id,
+            key_name=key_name,
+            denials=self._denials.threshold,
+            window_s=self._denials.window,
+            last_code=code,
+        )

@@ -36,6 +36,7 @@ from ..errors import (
     error_body,
     error_headers,
 )
+from ..events import Burst
 from ..ops import audit_log, keys, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
@@ -132,7 +133,9 @@ class AdminAPI:
     def __init__(self, settings: Settings, store: Store, alerter: Alerter | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.alerter = alerter  # the gateway's, for audit_verify_failed
+        self.alerter = alerter  # the gateway's, for audit_verify_failed and admin_auth_failures
+        audit = settings.audit
+        self._failures = Burst(audit.admin_auth_failures, audit.admin_auth_failures_window)
 
     def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
         if presented is None:
@@ -140,12 +143,23 @@ class AdminAPI:
         token = tokens.authenticate(self.store, self.settings.pepper, presented)
         if token is None:
             log.warning("admin authentication failed", extra={"origin": origin, "path": path[:200]})
+            if self._failures.hit(origin):  # a burst from one address: audited and alerted once
+                self._auth_failures(origin, path)
             raise _invalid()
         if not tokens.allowed(token.role, permission):
             actor = Actor(token.id, origin)
             self.store.write_audit(actor.record("denied", path[:200], role=token.role, needs=permission))
             raise PermissionDenied(f"The {token.role} role may not do this (needs {permission}).")
         return token
+
+    def _auth_failures(self, origin: str, path: str) -> None:
+        s = self.settings.audit
+        details = {"failures": s.admin_auth_failures, "window_s": s.admin_auth_failures_window}
+        self.store.write_audit(
+            Actor("client", origin).record("security.admin_auth_failures", origin, path=path[:200], **details)
+        )
+        if self.alerter is not None:
+            self.alerter.emit("admin_auth_failures", target=origin, client_ip=origin, **details)
 
     def endpoint(
         self,
