@@ -185,7 +185,7 @@ class AuditMixin:
         if action is not None:
             if action.endswith(("*", ".")):
                 prefix = action.rstrip("*")
-                where.append("substr(action, 1, ?) = ?")
+                where.append("substr(action, 1, CAST(? AS INTEGER)) = ?")
                 args += [len(prefix), prefix]
             else:
                 where.append("action = ?")
