@@ -356,3 +356,21 @@ def test_the_audit_stream_goes_to_a_unix_syslog_socket(tmp_path: Path, mock: Moc
         assert (entry["seq"], entry["action"]) == (1, "teams.create")
     finally:
         sock.close()
+
+
+def test_a_failed_verification_is_alerted_by_the_cli(
+    tmp_path: Path, mock: MockUpstream, receiver: Receiver
+) -> None:
+    import sqlite3
+
+    sink = {"url": receiver.url, "secret": "${ALERT_SECRET}"}
+    with _gateway(tmp_path, mock, [sink]) as gw:
+        gw.create_key("one")
+        gw.create_key("two")
+        with sqlite3.connect(gw.workdir / "keygate.db") as db:
+            db.execute("UPDATE audit SET target = 'key_other' WHERE id = 2")
+        r = gw.cli("audit", "verify", check=False)
+        assert r.returncode == 1
+        headers, body, doc = receiver.wait_for("audit_verify_failed", timeout=1)  # sent before exit
+        _check_signed(headers, body, doc)
+        assert (doc["problem"], doc["seq"], doc["by"]) == ("altered", 2, "cli")

@@ -1,6 +1,8 @@
 """Alerts: security and budget events sent to webhooks, in the background, signed.
 
-API (for every part that has something to tell an operator, analytics included)::
+API (for every part that has something to tell an operator, analytics included; an event that
+must also be in the audit trail goes through ``events.SecurityEvents.event(kind, target, ...)``,
+which writes ``security.<kind>`` and calls this)::
 
     alerter.emit("honeytoken_used", key_id="key_...", key_name="canary", client_ip="203.0.113.9")
 

@@ -7,8 +7,9 @@ asks for a :class:`Lease` per attempt:
 - keys are spread round robin (or by least in flight); ``retiring`` keys (after a rotation) are
   used only when no active key is available, and never after their grace period;
 - a key answered with 401, or with a 403 saying the key itself is invalid or its account gone
-  (``forward.py`` reads the answer), leaves the rotation with an alert log line (``keygate
-  upstreams enable`` puts it back); any other 403 refuses that request only and leaves the key as
+  (``forward.py`` reads the answer), leaves the rotation with an alert log line, an audit entry
+  and an alert (``SecurityEvents.upstream_key_rejected``; ``keygate upstreams enable`` puts it
+  back); any other 403 refuses that request only and leaves the key as
   it was; a 429 cools it down for its Retry-After; 5xx and connection errors retry on another
   key, at most ``upstream_retries`` times, and never once a stream has started (the caller
   decides that);

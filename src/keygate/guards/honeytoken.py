@@ -4,7 +4,9 @@ Any use is refused exactly like an unknown key, so whoever holds it learns nothi
 status, body and code (the very ``UNKNOWN`` value), the same failure accounting (the lockout counts
 it as an authentication failure, see :mod:`keygate.guards.lockout`), and no extra time before the
 answer: the high-severity alert (client IP, request headers) is logged from the event loop's next
-turn, after the answer was handed to the server, not on the request path. Header values are
+turn, after the answer was handed to the server, not on the request path, and, with
+:class:`~keygate.events.SecurityEvents`, audited (``security.honeytoken_used``) and sent to the
+alert sinks, both from queues. Header values are
 redacted; credentials-bearing headers are never logged at all.
 """
 
