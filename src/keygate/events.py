@@ -16,6 +16,7 @@ are in the usage log). :meth:`SecurityEvents.event` records any other kind (anal
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -120,7 +121,7 @@ class SecurityEvents:
     async def close(self) -> None:
         if self.trail is not None:
             await self.trail.close()
-        self.alerter.close()
+        await asyncio.to_thread(self.alerter.close)  # (up to 2 s for queued alerts, off the loop)
 
     def event(
         self,

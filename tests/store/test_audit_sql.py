@@ -1,4 +1,5 @@
-"""The audit chain's SQL on PostgreSQL 15 too (the running server at 127.0.0.1:5432, a database of
+"""The audit chain's SQL: export after commit (SQLite), and PostgreSQL 15 (the running server at
+127.0.0.1:5432, a database of
 this test's own): its migration, and concurrent writers on separate connections that never fork
 the chain (the head row's lock serialises them)."""
 
@@ -99,3 +100,30 @@ def test_concurrent_writers_on_postgresql_keep_one_chain(dsn: str) -> None:
     assert verify(rows, KEY, (seq, digest)).ok
     assert [e.target for e in store.list_audit(2, "test.", actor="t0", since=0.0)] == ["0-39", "0-38"]
     store.raw.close()
+
+
+def test_entries_are_exported_once_committed_and_a_failed_export_fails_nothing(tmp_path: Any) -> None:
+    from keygate.store import AuditEntry, SQLiteStore
+    from keygate.types import Team
+
+    store = SQLiteStore(tmp_path / "k.db", audit_key=KEY)
+    store.migrate()
+    seen: list[AuditEntry] = []
+    store.audit_export = seen.append
+    team = Team("team_1", "red", 1.0, {})
+    store.insert_team(team, AuditRecord(1.0, "cli:me", "x", "teams.create", "team_1"))
+    with pytest.raises(Exception, match="UNIQUE"):  # rolled back: its entry is neither kept nor exported
+        store.insert_team(team, AuditRecord(2.0, "cli:me", "x", "teams.create", "team_1"))
+    assert [(e.id, e.action) for e in seen] == [(1, "teams.create")]
+
+    def broken(entry: AuditEntry) -> None:
+        raise OSError("disk full")
+
+    store.audit_export = broken
+    store.write_audit(AuditRecord(3.0, "cli:me", "x", "test.export", "t"))  # no error: it is stored
+    assert [e.id for e in store.list_audit()] == [2, 1] and store.audit_head()[0] == 2
+    store.close()
+    without_key = SQLiteStore(tmp_path / "k.db")
+    with pytest.raises(RuntimeError, match="audit chain key"):
+        without_key.write_audit(AuditRecord(4.0, "cli:me", "x", "test.nokey", "t"))
+    without_key.close()

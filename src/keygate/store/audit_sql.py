@@ -21,6 +21,7 @@ the data plane's entries are written by a write-behind thread).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -78,6 +79,8 @@ PG_MIGRATION = (
     CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
     """,
 )
+
+log = logging.getLogger("keygate.audit")
 
 _CHAIN_COLUMNS = "id, ts, actor, origin, action, target, details, prev, hash"
 
@@ -142,7 +145,10 @@ class AuditMixin:
         export = self.audit_export
         if committed and export is not None:
             for entry in pending:
-                export(entry)
+                try:
+                    export(entry)
+                except Exception:  # committed already: a failed copy must not look like a failed write
+                    log.exception("audit export failed", extra={"seq": entry.id})
 
     def chain_existing_audit(self, conn: Any) -> int:
         """Chain the entries written before the chain existed (once, by the migration that adds
