@@ -1,7 +1,6 @@
 """The audit chain's SQL: export after commit (SQLite), and PostgreSQL 15 (the running server at
-127.0.0.1:5432, a database of
-this test's own): its migration, and concurrent writers on separate connections that never fork
-the chain (the head row's lock serialises them)."""
+127.0.0.1:5432, in a database of this test's own): its migration, and concurrent writers on
+separate connections that never fork the chain (the head row's lock serialises them)."""
 
 from __future__ import annotations
 
