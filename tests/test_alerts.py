@@ -113,7 +113,8 @@ def test_a_honeytoken_use_is_alerted_signed_and_audited(
     tmp_path: Path, mock: MockUpstream, receiver: Receiver
 ) -> None:
     sink = {"url": receiver.url, "secret": "${ALERT_SECRET}"}
-    with _gateway(tmp_path, mock, [sink]) as gw:
+    export = tmp_path / "audit.jsonl"
+    with _gateway(tmp_path, mock, [sink], audit={"export_file": str(export)}) as gw:
         trap = gw.create_key("canary", "--honeytoken")
         client = openai.OpenAI(base_url=gw.url, api_key=trap["key"], max_retries=0)
         with pytest.raises(openai.AuthenticationError):
@@ -127,11 +128,15 @@ def test_a_honeytoken_use_is_alerted_signed_and_audited(
         assert (entry["actor"], entry["origin"]) == (f"key:{trap['id']}", "127.0.0.1")
         assert entry["details"]["key_name"] == "canary" and "authorization" not in entry["details"]["headers"]
         assert gw.cli("audit", "verify").returncode == 0
+        # Exported by the gateway's security-audit thread as it wrote the entry (after the CLI's).
+        exported = [json.loads(line) for line in export.read_text().splitlines()]
+        assert [e["action"] for e in exported] == ["keys.create", "security.honeytoken_used"]
+        assert exported[1]["hash"] == entry["hash"]
         out = gw.workdir / "alerts.bin"
         out.write_bytes(
             b"\n".join(b for _, b in receiver.posts) + json.dumps(list(receiver.posts[0][0].items())).encode()
         )
-        assert_no_secret_written([out, gw.workdir / "keygate.db"], [*gw.secrets, ALERT_SECRET])
+        assert_no_secret_written([out, export, gw.workdir / "keygate.db"], [*gw.secrets, ALERT_SECRET])
 
 
 def test_a_budget_threshold_and_exhaustion_are_alerted(
