@@ -71,7 +71,7 @@ class Setup:
         config = {"database_url": "sqlite:///kg.db", "upstreams": upstreams, "upstream_retries": retries}
         cfg.write_text(yaml.safe_dump(config))
         self.settings = load_settings(cfg, ENV)
-        self.store = SQLiteStore(self.settings.database_path)
+        self.store = SQLiteStore(self.settings.database_path, audit_key=b"t" * 32)
         self.store.migrate()
         self.pool = UpstreamPool(self.settings, self.store, None)
         self.forwarder = Forwarder(self.settings, self.pool)

@@ -27,7 +27,10 @@ def record(key_id: str, key_hash: str, **kw: Any) -> KeyRecord:
 @pytest.fixture
 def stores(tmp_path: Path) -> Iterator[tuple[SQLiteStore, SQLiteStore]]:
     """The gateway's store, and another writer (the CLI, the admin API) on the same database."""
-    mine, theirs = SQLiteStore(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db")
+    mine, theirs = (
+        SQLiteStore(tmp_path / "k.db", audit_key=b"t" * 32),
+        SQLiteStore(tmp_path / "k.db", audit_key=b"t" * 32),
+    )
     mine.migrate()
     yield mine, theirs
     mine.close()

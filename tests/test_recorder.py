@@ -7,16 +7,22 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from keygate.recorder import Recorder, access_line
 from keygate.store import SQLiteStore
+from keygate.testing import MockUpstream
 from keygate.types import UsageRow
+
+from .helpers import ProcessGateway
 
 
 def row(i: int, **changes: Any) -> UsageRow:
@@ -43,7 +49,7 @@ def row(i: int, **changes: Any) -> UsageRow:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "kg.db")
+    s = SQLiteStore(tmp_path / "kg.db", audit_key=b"t" * 32)
     s.migrate()
     yield s
     s.close()
@@ -174,3 +180,33 @@ def test_an_access_log_that_cannot_be_written_loses_no_row(
     asyncio.run(go())
     assert stored(tmp_path) == ["kg-test-0", "kg-test-1"]
     assert any(r.getMessage() == "access log write failed" for r in records)
+
+
+def test_sighup_reopens_the_access_log_after_logrotate_moved_it(tmp_path: Path, mock: MockUpstream) -> None:
+    """A real `keygate serve` process: the log renamed (as logrotate does), SIGHUP, and the next
+    request's line lands in a new file at the configured path, none in the moved one."""
+    with ProcessGateway(tmp_path, mock.url) as gw:
+        key = gw.create_key("rotated")["key"]
+        client = openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "1"}])
+        assert len(gw.access_entries(at_least=1)) == 1
+        moved = tmp_path / "access.log.1"
+        gw.access_log.rename(moved)
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not gw.access_log.exists() and time.monotonic() < deadline:
+            # Each request's line goes to the moved file until the writer reopens (its next batch).
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "2"}])
+            time.sleep(0.1)
+        before = gw.access_entries(at_least=1)
+        moved_size = moved.stat().st_size
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "3"}])
+        fresh = gw.access_entries(at_least=len(before) + 1)
+        assert len(fresh) == len(before) + 1 and all(e["status"] == 200 for e in fresh)
+        assert moved.stat().st_size == moved_size  # the old file gets nothing more
+        assert oct(gw.access_log.stat().st_mode & 0o777) == "0o600"
+        old = [json.loads(line) for line in moved.read_text().splitlines()]
+        assert len(old) >= 1
+        assert {e["request_id"] for e in old}.isdisjoint(e["request_id"] for e in fresh)
+        assert gw.proc.poll() is None  # still serving

@@ -44,7 +44,7 @@ def settings(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "kg.db")
+    s = SQLiteStore(tmp_path / "kg.db", audit_key=b"t" * 32)
     s.migrate()
     yield s
     s.close()

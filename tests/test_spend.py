@@ -152,7 +152,7 @@ def test_budgets_of_ignores_entries_that_are_not_budgets() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    found = SQLiteStore(tmp_path / "spend.db")
+    found = SQLiteStore(tmp_path / "spend.db", audit_key=b"t" * 32)
     found.migrate()
     yield found
     found.close()

@@ -441,7 +441,7 @@ def settings_for(tmp_path: Path, upstreams: dict[str, Any] | None = None, **extr
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "keygate.db")
+    s = SQLiteStore(tmp_path / "keygate.db", audit_key=b"t" * 32)
     s.migrate()
     yield s
     s.close()

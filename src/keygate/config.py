@@ -39,6 +39,7 @@ from .access_config import (
     parse_auth,
     parse_tls,
 )
+from .audit_config import AlertSink, AuditSettings, parse_alerts
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
 from .schema import caller, positive, setting
@@ -219,6 +220,8 @@ class Settings:
     prompt_scan: PromptScanSettings = setting(
         PromptScanSettings, lambda v, w: schema.build(PromptScanSettings, v, w)
     )
+    audit: AuditSettings = setting(AuditSettings, lambda v, w: schema.build(AuditSettings, v, w))
+    alerts: tuple[AlertSink, ...] = setting((), caller)
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     config_path: Path | None = None
@@ -275,6 +278,7 @@ def load_settings(
         ),
         "auth": parse_auth(raw.get("auth"), env, base),
         "tls": parse_tls(raw.get("tls"), base),
+        "alerts": parse_alerts(raw.get("alerts"), env),
         "config_path": cfg_path,
     }
     settings = schema.build(Settings, raw, "", env, **given)

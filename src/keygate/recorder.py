@@ -3,7 +3,8 @@
 The request path only appends a :class:`~keygate.types.UsageRow` to a list (well under a
 microsecond). A background task hands the batch to a dedicated writer thread every
 ``usage_flush_interval`` seconds, which writes it to the store in one transaction and appends one
-JSON line per request to the access log. A failed write keeps its rows for the next attempt, and
+JSON line per request to the access log (reopened by :meth:`Recorder.reopen`, on SIGHUP, for
+logrotate; its fields are listed in docs/audit.md). A failed write keeps its rows for the next attempt, and
 :meth:`Recorder.close` flushes everything at shutdown, so nothing counted is lost.
 """
 
@@ -44,11 +45,19 @@ class Recorder(ListWriteBehind[UsageRow]):
     def __init__(self, store: Store, access_log: str = "-", flush_interval: float = 0.5) -> None:
         super().__init__(flush_interval, "keygate-recorder")
         self._store = store
-        self._log: IO[bytes] = (
-            sys.stdout.buffer if access_log == "-" else open(access_log, "ab")  # noqa: SIM115
-        )
-        if access_log != "-":
-            os.chmod(access_log, 0o600)
+        self._path = access_log
+        self._reopen = False
+        self._log: IO[bytes] = sys.stdout.buffer if access_log == "-" else self._open()
+
+    def _open(self) -> IO[bytes]:
+        handle = open(self._path, "ab")  # noqa: SIM115 - held open between batches
+        os.chmod(self._path, 0o600)
+        return handle
+
+    def reopen(self) -> None:
+        """Open the access log file again before the next batch (SIGHUP, after logrotate moved it).
+        The writer thread does it, so no batch is split between the old file and the new one."""
+        self._reopen = self._path != "-"
 
     def record(self, row: UsageRow) -> None:
         self._pending.append(row)
@@ -57,6 +66,18 @@ class Recorder(ListWriteBehind[UsageRow]):
         # The store write is the record of truth and is retried on failure; the access log is
         # written once the rows are safe, so a retried batch is never logged twice.
         self._store.write_usage(batch)
+        if self._reopen:
+            self._reopen = False
+            try:
+                new = self._open()
+            except OSError:
+                log.exception("access log could not be reopened; still writing the old file")
+            else:
+                old, self._log = self._log, new
+                try:
+                    old.close()
+                except OSError:
+                    log.exception("access log (before reopening) could not be closed cleanly")
         try:
             self._log.write(b"".join(access_line(r) for r in batch))
             self._log.flush()

@@ -23,11 +23,13 @@ from granian.server.embed import Server
 
 from . import __version__
 from .admin.listener import ADMIN_BACKLOG, admin_server, announce_first_token
+from .alerts import Alerter
 from .app import Gateway
 from .chain import Chain
 from .config import Address, Settings, ensure_pepper
 from .counters import MemoryCounters
 from .errors import ConfigError
+from .events import SecurityEvents
 from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
@@ -55,6 +57,7 @@ class Parts:
     keys: KeyCache
     gateway: Gateway
     pool: UpstreamPool
+    events: SecurityEvents | None = None
 
 
 def build(settings: Settings) -> Parts:
@@ -67,15 +70,19 @@ def build(settings: Settings) -> Parts:
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
-        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store)))
+        events = SecurityEvents(
+            store, Alerter(settings.alerts), settings.audit, settings.usage_flush_interval
+        )
+        guard_parts = GuardParts(settings, keys, recorder, counters, spend, store, events)
+        chain = Chain(default_guards(guard_parts))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
-        pool = UpstreamPool(settings, store, keyring)
+        pool = UpstreamPool(settings, store, keyring, events)
         check_ready_to_serve(settings, pool)
     except BaseException:
         store.close()
         raise
     gateway = Gateway(settings, chain, Forwarder(settings, pool))
-    return Parts(settings, store, recorder, keys, gateway, pool)
+    return Parts(settings, store, recorder, keys, gateway, pool, events)
 
 
 def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
@@ -150,7 +157,9 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    admin = admin_server(settings, parts.store, admin_listener)
+    admin = admin_server(
+        settings, parts.store, admin_listener, parts.events.alerter if parts.events is not None else None
+    )
     server = OwnSocketServer(
         parts.gateway,
         listener,
@@ -187,7 +196,9 @@ async def serve(
     watcher = CertWatcher(settings.access.tls, reload_tls)
 
     def on_sighup() -> None:
-        # SIGHUP re-reads what lives in files: upstream key references and TLS certificates.
+        # SIGHUP re-reads what lives in files: upstream key references and TLS certificates, and
+        # reopens the access log (logrotate).
+        parts.recorder.reopen()
         parts.pool.refresh_now()
         if settings.access.tls.enabled:
             watcher.reload_now()
@@ -221,6 +232,8 @@ async def serve(
 
     announcer = asyncio.ensure_future(_when_serving((server, admin), started))
     await parts.recorder.start()
+    if parts.events is not None:
+        await parts.events.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
     if own_process:
@@ -268,6 +281,8 @@ async def serve(
         await parts.pool.stop()
         await parts.gateway.chain.stop()
         await parts.recorder.close()
+        if parts.events is not None:
+            await parts.events.close()  # the last security entries, and queued alerts (2 s at most)
         parts.gateway.forwarder.close()
         for sock in sockets:
             sock.close()

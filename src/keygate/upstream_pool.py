@@ -7,8 +7,9 @@ asks for a :class:`Lease` per attempt:
 - keys are spread round robin (or by least in flight); ``retiring`` keys (after a rotation) are
   used only when no active key is available, and never after their grace period;
 - a key answered with 401, or with a 403 saying the key itself is invalid or its account gone
-  (``forward.py`` reads the answer), leaves the rotation with an alert log line (``keygate
-  upstreams enable`` puts it back); any other 403 refuses that request only and leaves the key as
+  (``forward.py`` reads the answer), leaves the rotation with an alert log line, an audit entry
+  and an alert (``SecurityEvents.upstream_key_rejected``; ``keygate upstreams enable`` puts it
+  back); any other 403 refuses that request only and leaves the key as
   it was; a 429 cools it down for its Retry-After; 5xx and connection errors retry on another
   key, at most ``upstream_retries`` times, and never once a stream has started (the caller
   decides that);
@@ -32,6 +33,7 @@ from typing import Any
 
 from .config import Settings, Upstream
 from .errors import ConfigError, KeygateError, RateLimited, UpstreamUnavailable
+from .events import SecurityEvents
 from .schema import read_secret_file
 from .store import Store
 from .types import Secret
@@ -126,6 +128,9 @@ class Lease:
                 "upstream_status": status,
             },
         )
+        events = self._pool.events
+        if events is not None:  # the audit entry and the alert, written and sent off this path
+            events.upstream_key_rejected(self.key.view.name, self.key.id, status)
 
     def forbidden(self, code: str) -> None:
         """The upstream refused this request (a model the project may not use, a region...), not
@@ -148,8 +153,11 @@ class Lease:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings, store: Store, keyring: Keyring | None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, keyring: Keyring | None, events: SecurityEvents | None = None
+    ) -> None:
         self.settings = settings
+        self.events = events
         self.max_attempts = settings.upstream_retries + 1
         self.used: dict[str, float] = {}
         self._store = store

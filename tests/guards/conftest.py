@@ -25,7 +25,7 @@ def audit(action: str, target: str) -> AuditRecord:
 @pytest.fixture
 def guard_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     """A store holding :data:`TEAMS` (and no keys)."""
-    store = SQLiteStore(tmp_path / "keys.db")
+    store = SQLiteStore(tmp_path / "keys.db", audit_key=b"t" * 32)
     store.migrate()
     for team in TEAMS:
         store.insert_team(team, audit("teams.create", team.id))

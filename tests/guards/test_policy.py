@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from keygate import routes
+from keygate.config import ensure_pepper
 from keygate.context import Context
 from keygate.errors import AuthenticationFailed, PayloadTooLarge, PermissionDenied
 from keygate.guards.policy import AccessPolicy, RequestPolicy, model_allowed, names_model, policies
-from keygate.store import SQLiteStore
+from keygate.store import open_store
 from keygate.testing import MockUpstream, context, key_record
 from keygate.types import AuditRecord, Team
 
@@ -461,7 +462,7 @@ def test_bad_policy_flags_fail_clearly(gw: Gateway) -> None:
 def _store_policy(gw: Gateway, key_id: str, policy: dict[str, Any]) -> None:
     """Write a key's policy straight into the gateway's database, as an older keygate (or a
     hand edit) may have left it: the CLI and admin API would store a canonical form."""
-    store = SQLiteStore(gw.workdir / "keygate.db")
+    store = open_store(ensure_pepper(gw.settings()))  # (the gateway's pepper: the audit chain's key)
     try:
         audit = AuditRecord(time.time(), "test", "test", "keys.update", key_id)
         assert store.update_key(key_id, {"policy": policy}, audit) is not None

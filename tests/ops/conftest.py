@@ -51,7 +51,7 @@ def make_ops(path: Path, config: dict[str, Any] | None = None, env: dict[str, st
             **(env or {}),
         },
     )
-    store = SQLiteStore(settings.database_path)
+    store = SQLiteStore(settings.database_path, audit_key=b"t" * 32)
     store.migrate()
     return Ops(settings, store, Actor("adm_ops", "10.0.0.7"), path)
 

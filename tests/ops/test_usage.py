@@ -74,7 +74,7 @@ def test_audit_newest_first_with_a_limit_and_an_action(ops: Ops) -> None:
     assert [e["action"] for e in entries] == ["keys.revoke", "keys.create", "keys.create", "keys.create"]
     assert [e["target"] for e in entries[1:]] == [m["id"] for m in reversed(made)]
     first = entries[-1]
-    assert set(first) == {"id", "ts", "actor", "action", "target", "origin", "details"}
+    assert set(first) == {"id", "ts", "actor", "action", "target", "origin", "details", "hash"}
     assert (first["actor"], first["origin"], first["ts"][-1]) == ("adm_ops", "10.0.0.7", "Z")
     assert len(usage.audit(ops.store, 2)) == 2 and len(usage.audit(ops.store, 1000)) == 4
     assert [e["target"] for e in usage.audit(ops.store, action="keys.revoke")] == [made[0]["id"]]

@@ -28,7 +28,7 @@ RING = Keyring(b"k" * 32)
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "keygate.db")
+    s = SQLiteStore(tmp_path / "keygate.db", audit_key=b"t" * 32)
     s.migrate()
     yield s
     s.close()
@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def other(store: SQLiteStore) -> SQLiteStore:
     """A second store on the same file: another connection, as another process would have."""
-    s = SQLiteStore(store.path)
+    s = SQLiteStore(store.path, audit_key=b"t" * 32)
     s.migrate()
     return s
 
@@ -351,7 +351,7 @@ def test_spend_and_usage(store: SQLiteStore) -> None:
 
 def test_migrate_is_idempotent_and_the_file_private(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "keygate.db"
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, audit_key=b"t" * 32)
     store.migrate()
     store.insert_key(key(), audit())
     store.migrate()
@@ -362,7 +362,7 @@ def test_migrate_is_idempotent_and_the_file_private(tmp_path: Path) -> None:
     assert len(names) == len(set(names)) >= 6
     store.close()
     store.close()  # twice is fine
-    reopened = SQLiteStore(path)
+    reopened = SQLiteStore(path, audit_key=b"t" * 32)
     assert [k.id for k in reopened.list_keys()] == ["key_1"]
     reopened.close()
 

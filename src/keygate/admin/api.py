@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..alerts import Alerter
 from ..config import Settings
 from ..errors import (
     AuthenticationFailed,
@@ -35,7 +36,8 @@ from ..errors import (
     error_body,
     error_headers,
 )
-from ..ops import keys, teams, tokens, usage
+from ..events import Burst
+from ..ops import audit_log, keys, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
@@ -128,9 +130,12 @@ def _bearer(request: Request) -> str | None:
 class AdminAPI:
     """Builds the Starlette app; holds the settings and store it serves from."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, alerter: Alerter | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.alerter = alerter  # the gateway's, for audit_verify_failed and admin_auth_failures
+        audit = settings.audit
+        self._failures = Burst(audit.admin_auth_failures, audit.admin_auth_failures_window)
 
     def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
         if presented is None:
@@ -138,12 +143,23 @@ class AdminAPI:
         token = tokens.authenticate(self.store, self.settings.pepper, presented)
         if token is None:
             log.warning("admin authentication failed", extra={"origin": origin, "path": path[:200]})
+            if self._failures.hit(origin):  # a burst from one address: audited and alerted once
+                self._auth_failures(origin, path)
             raise _invalid()
         if not tokens.allowed(token.role, permission):
             actor = Actor(token.id, origin)
             self.store.write_audit(actor.record("denied", path[:200], role=token.role, needs=permission))
             raise PermissionDenied(f"The {token.role} role may not do this (needs {permission}).")
         return token
+
+    def _auth_failures(self, origin: str, path: str) -> None:
+        s = self.settings.audit
+        details = {"failures": s.admin_auth_failures, "window_s": s.admin_auth_failures_window}
+        self.store.write_audit(
+            Actor("client", origin).record("security.admin_auth_failures", origin, path=path[:200], **details)
+        )
+        if self.alerter is not None:
+            self.alerter.emit("admin_auth_failures", target=origin, client_ip=origin, **details)
 
     def endpoint(
         self,
@@ -174,11 +190,26 @@ class AdminAPI:
 
     # -- operations (run in a worker thread) ---------------------------------------------------
 
-    def _limit(self, call: Call) -> int:
+    def _limit(self, call: Call, most: int = 1000) -> int:
         raw = call.query.get("limit", "100")
-        if not _LIMIT.fullmatch(raw):  # (`$` alone also matches before a trailing newline)
-            raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
+        if not _LIMIT.fullmatch(raw) or int(raw) > most:  # (`$` alone also matches before a trailing newline)
+            raise InvalidRequest(f"limit must be an integer from 1 to {most}", param="limit")
         return int(raw)
+
+    def _verify_audit(self, call: Call) -> dict[str, Any]:
+        alerter = self.alerter
+
+        def alert(found: Any) -> None:
+            if alerter is not None:
+                alerter.emit(
+                    "audit_verify_failed",
+                    problem=found["problem"],
+                    seq=found["seq"],
+                    message=found["message"],
+                    by=call.actor.id,
+                )
+
+        return audit_log.verify(self.settings, self.store, call.query.get("anchor"), on_failure=alert)
 
     def routes(self) -> list[Route]:
         return _one_route_per_path(self._routes())
@@ -243,11 +274,23 @@ class AdminAPI:
                 "/admin/audit",
                 ep(
                     "audit:read",
-                    lambda c: usage.audit(s, self._limit(c), c.query.get("action")),
-                    query=("limit", "action"),
+                    lambda c: audit_log.entries(
+                        s,
+                        self._limit(c),
+                        c.query.get("action"),
+                        c.query.get("actor"),
+                        c.query.get("since"),
+                    ),
+                    query=("limit", "action", "actor", "since"),
                 ),
                 methods=GET,
             ),
+            Route(
+                "/admin/audit/verify",
+                ep("audit:read", self._verify_audit, query=("anchor",)),
+                methods=GET,
+            ),
+            Route("/admin/audit/anchor", ep("audit:read", lambda c: audit_log.anchor(s)), methods=GET),
             Route("/admin/tokens", ep("tokens:read", lambda c: tokens.list_views(s)), methods=GET),
             Route(
                 "/admin/tokens",
@@ -309,6 +352,6 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(KeygateError("The admin API hit an internal error."))
 
 
-def build_admin_app(settings: Settings, store: Store) -> Starlette:
+def build_admin_app(settings: Settings, store: Store, alerter: Alerter | None = None) -> Starlette:
     """The admin ASGI app for these settings and this store."""
-    return AdminAPI(settings, store).app()
+    return AdminAPI(settings, store, alerter).app()

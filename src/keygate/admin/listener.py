@@ -15,6 +15,7 @@ from typing import TextIO
 
 from granian.constants import HTTPModes, Interfaces
 
+from ..alerts import Alerter
 from ..config import Settings
 from ..headers import without_server_banner
 from ..ops import tokens
@@ -28,11 +29,13 @@ log = logging.getLogger("keygate")
 ADMIN_BACKLOG = 128
 
 
-def admin_server(settings: Settings, store: Store, sock: socket.socket) -> OwnSocketServer:
+def admin_server(
+    settings: Settings, store: Store, sock: socket.socket, alerter: Alerter | None = None
+) -> OwnSocketServer:
     """The granian server for the admin API on ``sock``, the listener that ``server.py`` bound on
     ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``)."""
     return OwnSocketServer(
-        without_server_banner(build_admin_app(settings, store)),
+        without_server_banner(build_admin_app(settings, store, alerter)),
         sock,
         interface=Interfaces.ASGINL,
         http=HTTPModes.http1,

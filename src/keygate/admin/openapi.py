@@ -121,8 +121,40 @@ _AUDIT = _obj(
         "target": {"type": "string"},
         "origin": {"type": "string"},
         "details": {"type": "object"},
+        "hash": {"type": "string", "description": "the entry's link in the audit hash chain"},
     },
-    ["id", "ts", "actor", "action", "target", "origin", "details"],
+    ["id", "ts", "actor", "action", "target", "origin", "details", "hash"],
+)
+_HEAD = _obj({"seq": {"type": "integer"}, "hash": {"type": "string"}}, ["seq", "hash"])
+_AUDIT_VERIFY = _obj(
+    {
+        "ok": {"type": "boolean"},
+        "entries": {"type": "integer"},
+        "head": _HEAD,
+        "problem": {
+            "type": "string",
+            "nullable": True,
+            "enum": [
+                "altered",
+                "deleted",
+                "inserted",
+                "reordered",
+                "truncated",
+                "head_moved",
+                "anchor_mismatch",
+                None,
+            ],
+        },
+        "seq": {"type": "integer", "nullable": True, "description": "the first entry at fault"},
+        "message": {"type": "string"},
+        "chain_start": {"type": "integer"},
+        "anchor": {"type": "string"},
+    },
+    ["ok", "entries", "head", "problem", "seq", "message", "chain_start"],
+)
+_AUDIT_ANCHOR = _obj(
+    {"seq": {"type": "integer"}, "hash": {"type": "string"}, "anchor": {"type": "string"}},
+    ["seq", "hash", "anchor"],
 )
 _ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor"]}
 _TOKEN = _obj(
@@ -193,6 +225,8 @@ _SCHEMAS: dict[str, Any] = {
     "TeamUpdate": _obj({"policy": _POLICY}, ["policy"], closed=True),
     "Usage": _USAGE,
     "AuditEntry": _AUDIT,
+    "AuditVerification": _AUDIT_VERIFY,
+    "AuditAnchor": _AUDIT_ANCHOR,
     "AdminToken": _TOKEN,
     "CreatedAdminToken": {
         "allOf": [
@@ -273,8 +307,21 @@ def openapi_document() -> dict[str, Any]:
                     params=[
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                         _query("action", {"type": "string"}),
+                        _query("actor", {"type": "string"}),
+                        _query("since", {"type": "string"}),
                     ],
                 ),
+            },
+            "/admin/audit/verify": {
+                "get": _op(
+                    "verifyAudit",
+                    "check the audit hash chain (ok false names the first entry at fault)",
+                    _ref("AuditVerification"),
+                    params=[_query("anchor", {"type": "string", "pattern": "^[0-9]+:[0-9a-f]{64}$"})],
+                ),
+            },
+            "/admin/audit/anchor": {
+                "get": _op("auditAnchor", "the audit chain's head, to keep elsewhere", _ref("AuditAnchor")),
             },
             "/admin/tokens": {
                 "get": _op("listAdminTokens", "list admin tokens (never their secrets)", _list("AdminToken")),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..chain import Guard
 from ..config import Settings
 from ..counters import Counters
+from ..events import SecurityEvents
 from ..keycache import KeyCache
 from ..recorder import Recorder
 from ..spend import SpendBook
@@ -39,6 +40,7 @@ class Parts:
     counters: Counters  # rate limits, concurrency gates, budgets in flight
     spend: SpendBook  # budget spend, persisted in batches
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
+    events: SecurityEvents | None = None  # lockouts, honeytokens, budgets, denials: audit and alerts
 
 
 def default_guards(parts: Parts) -> list[Guard]:
@@ -55,17 +57,17 @@ def default_guards(parts: Parts) -> list[Guard]:
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
     trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
     return [
-        Record(parts.recorder),
+        Record(parts.recorder, parts.events),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
-        AuthLockout(access.network.lockout),
+        AuthLockout(access.network.lockout, parts.events),
         build_authenticate(settings, parts.keys),
-        Honeytoken(),
+        Honeytoken(parts.events),
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
         PromptScan(scan.secrets, scan.pii, trail),
         rate_limit(parts.counters, limits),
-        budget_guard(parts.counters, limits, parts.spend),
+        budget_guard(parts.counters, limits, parts.spend, parts.events),
         global_limit(limits.global_),
     ]

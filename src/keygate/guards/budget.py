@@ -26,6 +26,7 @@ from ..chain import Guard
 from ..context import Context, Estimate
 from ..counters import Counters, SyncCounters
 from ..errors import BudgetExceeded, InvalidRequest, KeygateError, PermissionDenied
+from ..events import SecurityEvents
 from ..limitconf import LimitSettings, Price
 from ..routes import Route
 from ..spend import Budget, Notifier, SpendBook, budgets_of, counter_name, period_bounds, period_end
@@ -155,7 +156,10 @@ class BudgetGuardBase(Guard):
     needs = frozenset({"key", "team", "route", "model", "body", "json", "stream"})
     provides = frozenset({"estimate"})
 
-    def __init__(self, counters: Counters, limits: LimitSettings, book: SpendBook) -> None:
+    def __init__(
+        self, counters: Counters, limits: LimitSettings, book: SpendBook, events: SecurityEvents | None = None
+    ) -> None:
+        self._events = events
         self._counters = counters
         self._limits = limits
         self._defaults = limits.defaults
@@ -269,7 +273,7 @@ class BudgetGuardBase(Guard):
                 else:
                     room = float(output) if room_usd >= 0 else -1.0
             if room < need:
-                return self._exhausted(b, ctx.ts)
+                return self._exhausted(b, ctx.ts, res.names[i - 1])
             if room < affordable:  # (room >= 0 here, so int(room) < affordable too)
                 affordable = int(room)
         if affordable < output:
@@ -290,9 +294,18 @@ class BudgetGuardBase(Guard):
             touch(name)  # persisted held: a crash counts it at its worst case
         ctx.extras["budget"] = res
 
-    @staticmethod
-    def _exhausted(b: Budget, ts: float) -> BudgetExceeded:
+    def _exhausted(self, b: Budget, ts: float, counter: str) -> BudgetExceeded:
         scope = "team" if b.scope.startswith("team:") else "key"
+        if self._events is not None:  # (once per counter: SecurityEvents.budget_exhausted)
+            self._events.budget_exhausted(
+                counter,
+                scope=b.scope.split(":", 1)[0],
+                id=b.scope.split(":", 1)[1],
+                name=b.label,
+                kind=b.kind,
+                period=b.period,
+                budget=b.amount,
+            )
         unit = "US$" if b.kind == "usd" else "tokens"
         return BudgetExceeded(
             f"The {scope}'s {b.period} budget of {b.amount:g} {unit} is used up "
@@ -359,20 +372,21 @@ class BudgetGuardBase(Guard):
             self._notify(b, counter, spent)
 
     def _notify(self, b: Budget, counter: str, spent: float) -> None:
-        self._notifier.send(
-            {
-                "event": "budget.soft_threshold",
-                "scope": b.scope.split(":", 1)[0],
-                "id": b.scope.split(":", 1)[1],
-                "name": b.label,
-                "kind": b.kind,
-                "period": b.period,
-                "counter": counter,
-                "spent": round(spent, 6),
-                "budget": b.amount,
-                "threshold": self._limits.soft_threshold,
-            },
-        )
+        notice = {
+            "event": "budget.soft_threshold",
+            "scope": b.scope.split(":", 1)[0],
+            "id": b.scope.split(":", 1)[1],
+            "name": b.label,
+            "kind": b.kind,
+            "period": b.period,
+            "counter": counter,
+            "spent": round(spent, 6),
+            "budget": b.amount,
+            "threshold": self._limits.soft_threshold,
+        }
+        self._notifier.send(notice)
+        if self._events is not None:
+            self._events.budget_soft_threshold(notice)
 
     async def start(self) -> None:
         await self._book.start()
@@ -386,8 +400,10 @@ class BudgetGuardBase(Guard):
 class BudgetGuard(BudgetGuardBase):
     """Budgets on counters that decide without waiting: a plain request phase, no coroutine."""
 
-    def __init__(self, counters: Counters, limits: LimitSettings, book: SpendBook) -> None:
-        super().__init__(counters, limits, book)
+    def __init__(
+        self, counters: Counters, limits: LimitSettings, book: SpendBook, events: SecurityEvents | None = None
+    ) -> None:
+        super().__init__(counters, limits, book, events)
         assert isinstance(counters, SyncCounters)
         self._now: SyncCounters = counters
 
@@ -403,7 +419,7 @@ class BudgetGuard(BudgetGuardBase):
                 return err
             refused = self._now.reserve_now(res.names, res.plan.limits, res.amounts)
             if refused is not None:
-                return self._exhausted(res.plan.budgets[refused], ctx.ts)
+                return self._exhausted(res.plan.budgets[refused], ctx.ts, res.names[refused])
         self._held(ctx, res)
         return None
 
@@ -423,13 +439,15 @@ class AsyncBudgetGuard(BudgetGuardBase):
                 return err
             refused = await self._counters.reserve(res.names, res.plan.limits, res.amounts)
             if refused is not None:
-                return self._exhausted(res.plan.budgets[refused], ctx.ts)
+                return self._exhausted(res.plan.budgets[refused], ctx.ts, res.names[refused])
         self._held(ctx, res)
         return None
 
 
-def budget_guard(counters: Counters, limits: LimitSettings, book: SpendBook) -> BudgetGuardBase:
+def budget_guard(
+    counters: Counters, limits: LimitSettings, book: SpendBook, events: SecurityEvents | None = None
+) -> BudgetGuardBase:
     """The plain guard when the counters offer :class:`SyncCounters`, else the awaiting one."""
     if isinstance(counters, SyncCounters):
-        return BudgetGuard(counters, limits, book)
-    return AsyncBudgetGuard(counters, limits, book)
+        return BudgetGuard(counters, limits, book, events)
+    return AsyncBudgetGuard(counters, limits, book, events)

@@ -2,7 +2,8 @@
 
 Runs before authentication. Failures are counted in the ``complete`` phase (any 401 from a
 request that did not authenticate); once ``max_failures`` fall within ``window`` seconds, that IP
-gets 429 with Retry-After for ``duration`` seconds, and the lockout is logged once.
+gets 429 with Retry-After for ``duration`` seconds, and the lockout is logged once (and, with
+:class:`~keygate.events.SecurityEvents`, audited and alerted once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..access_config import Lockout
 from ..chain import Guard
 from ..context import Context
 from ..errors import AuthenticationFailed, KeygateError, RateLimited
+from ..events import SecurityEvents
 from .auth import UNKNOWN
 
 log = logging.getLogger("keygate.access")
@@ -25,8 +27,9 @@ class AuthLockout(Guard):
     name = "lockout"
     needs = frozenset({"client_ip"})
 
-    def __init__(self, settings: Lockout) -> None:
+    def __init__(self, settings: Lockout, events: SecurityEvents | None = None) -> None:
         self._settings = settings
+        self._events = events
         self._failures: dict[str, deque[float]] = {}
         self._locked: dict[str, float] = {}
 
@@ -76,6 +79,9 @@ class AuthLockout(Guard):
                     "lockout_s": self._settings.duration,
                 },
             )
+            if self._events is not None:  # an audit entry and an alert, written off this path
+                s = self._settings
+                self._events.lockout(ip, s.max_failures, s.window, s.duration)
 
     def _prune(self, now: float) -> None:
         """Forget failures past their window and lockouts that are over (a spray from many

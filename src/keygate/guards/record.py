@@ -1,4 +1,5 @@
-"""Account and log every request, whatever happened to it (the ``complete`` phase)."""
+"""Account and log every request, whatever happened to it (the ``complete`` phase); count the
+requests refused with 403 per key (``SecurityEvents.policy_denied``: a burst is a security event)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from time import perf_counter
 
 from ..chain import Guard
 from ..context import Context
+from ..events import SecurityEvents
 from ..recorder import Recorder
 from ..types import UsageRow
 
@@ -13,13 +15,16 @@ from ..types import UsageRow
 class Record(Guard):
     name = "record"
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, events: SecurityEvents | None = None) -> None:
         self._recorder = recorder
+        self._events = events
 
     def complete(self, ctx: Context) -> None:
         route = ctx.route
         usage = ctx.usage
         key, upstream, error = ctx.key, ctx.upstream, ctx.error
+        if error is not None and error.status == 403 and key is not None and self._events is not None:
+            self._events.policy_denied(key.id, key.name, error.code or "", ctx.client_ip)  # (counted only)
         # Positional, in UsageRow's field order: keyword arguments cost more, on every request.
         self._recorder.record(
             UsageRow(

@@ -52,6 +52,7 @@ def audit_view(e: AuditEntry) -> dict[str, Any]:
         "target": e.target,
         "origin": e.origin,
         "details": e.details,
+        "hash": e.hash,
     }
 
 

@@ -1,20 +1,19 @@
-"""Admin tokens and the audit trail in SQLite.
+"""Admin tokens in SQLite.
 
 A mixin of :class:`~keygate.store.sqlite.SQLiteStore`. Only ``HMAC-SHA256(pepper, token)`` is
-stored. :func:`insert_audit` is how every mixin writes an audit entry inside the transaction of
-the change it describes.
+stored. Audit entries are written by ``_insert_audit`` (:mod:`keygate.store.audit_sql`) inside the
+transaction of the change they describe.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..types import AuditRecord
-from .base import AdminToken, AuditEntry
+from .base import AdminToken
 
 ADMIN_TOKENS_MIGRATION = """
     CREATE TABLE IF NOT EXISTS admin_tokens (
@@ -37,29 +36,14 @@ def _token(row: Sequence[Any]) -> AdminToken:
     return AdminToken(*row)
 
 
-def _details(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"raw": raw}
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def insert_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
-    conn.execute(
-        "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
-        (record.ts, record.actor, record.action, record.target, record.origin, record.details),
-    )
-
-
 class AdminTokensMixin:
     """Admin token and audit queries; the connection handling comes from the store class."""
 
-    def _conn(self) -> sqlite3.Connection:
-        raise NotImplementedError
+    if TYPE_CHECKING:
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+        def _conn(self) -> sqlite3.Connection: ...
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _insert_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> object: ...
 
     def insert_admin_token(self, token: AdminToken, audit: AuditRecord) -> None:
         with self._tx() as conn:
@@ -76,7 +60,7 @@ class AdminTokensMixin:
                     token.revoked_at,
                 ),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
 
     def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
         sql = f"SELECT {_COLUMNS} FROM admin_tokens WHERE token_hash = ?"  # noqa: S608 (constant columns)
@@ -100,23 +84,5 @@ class AdminTokensMixin:
                 (when, token_id),
             )
             if cur.rowcount:
-                insert_audit(conn, audit)
+                self._insert_audit(conn, audit)
             return cur.rowcount > 0
-
-    def write_audit(self, record: AuditRecord) -> None:
-        with self._tx() as conn:
-            insert_audit(conn, record)
-
-    def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
-        """The newest audit entries first."""
-        sql = "SELECT id, ts, actor, action, target, origin, details FROM audit"
-        args: list[Any] = []
-        if action is not None:
-            sql += " WHERE action = ?"
-            args.append(action)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [
-            AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], _details(r[6]))
-            for r in self._conn().execute(sql, args).fetchall()
-        ]

@@ -6,6 +6,9 @@ methods and nothing else is needed. Two rules every implementation keeps:
 - **A change and its audit entry commit together.** Every method that changes what an operator
   manages (keys, teams, admin tokens, upstreams) takes the :class:`~keygate.types.AuditRecord`
   describing the change and writes both in one transaction, or neither.
+- **Audit entries form one hash chain** (:mod:`keygate.store.audit_sql`): each is sealed with the
+  previous entry's hash under a key the database never holds, and writers are serialised through
+  one head row, so concurrent writers never fork it.
 - **Nothing secret is stored in the clear.** Client keys and admin tokens arrive as HMAC hashes,
   upstream keys sealed (:mod:`keygate.vault`); the store never sees a plaintext secret.
 
@@ -19,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..audit_chain import ChainRow
 from ..types import AuditRecord, KeyRecord, Team, UsageRow
 from ..vault import Sealed
 
@@ -68,6 +72,7 @@ class AuditEntry:
     target: str
     origin: str
     details: dict[str, Any]
+    hash: str = ""  # its link in the audit chain (store/audit_sql.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +172,23 @@ class Store(Protocol):
         """An entry that goes with no change of state (a refusal, a security event)."""
         ...
 
-    def list_audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
-        """The newest entries first."""
+    def list_audit(
+        self,
+        limit: int = 100,
+        action: str | None = None,
+        *,
+        actor: str | None = None,
+        since: float | None = None,
+    ) -> list[AuditEntry]:
+        """The newest entries first (``action`` ending in ``.`` or ``*``: a prefix)."""
+        ...
+
+    def audit_head(self) -> tuple[int, str, int]:
+        """(seq, hash) of the chain's last entry, and the first entry the chain covers."""
+        ...
+
+    def audit_chain_rows(self, start: int = 1) -> list[ChainRow]:
+        """Every entry from ``start`` on, in stored order, chain fields included."""
         ...
 
     # -- admin tokens -----------------------------------------------------------------------------

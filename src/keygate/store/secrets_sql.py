@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..types import AuditRecord
 from ..vault import Sealed
-from .admin_tokens import insert_audit
 from .base import UpstreamDef, UpstreamKeyRow
 
 MIGRATION = (
@@ -81,6 +80,7 @@ class SecretsMixin:
 
         def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _conn(self) -> sqlite3.Connection: ...
+        def _insert_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> object: ...
         @staticmethod
         def _bump_keys_rev(conn: sqlite3.Connection) -> None: ...
 
@@ -101,7 +101,7 @@ class SecretsMixin:
                 "INSERT OR REPLACE INTO upstream_defs VALUES (?, ?, ?, ?, ?, ?)",
                 (d.name, d.base_url, int(d.allow_insecure), d.fallback, d.ca_bundle, d.created_at),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def list_upstream_defs(self) -> list[UpstreamDef]:
@@ -141,7 +141,7 @@ class SecretsMixin:
                     row.sealed.ciphertext,
                 ),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def list_upstream_keys(self, upstream: str | None = None) -> list[UpstreamKeyRow]:
@@ -161,7 +161,7 @@ class SecretsMixin:
                 (now, key_id, upstream),
             )
             if cur.rowcount:
-                insert_audit(conn, audit)
+                self._insert_audit(conn, audit)
                 self._bump_upstreams_rev(conn)
             return cur.rowcount > 0
 
@@ -201,7 +201,7 @@ class SecretsMixin:
                 "INSERT OR REPLACE INTO upstream_key_enables (key_id, upstream, enabled_at) VALUES (?, ?, ?)",
                 (key_id, upstream, now),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_upstreams_rev(conn)
 
     def upstream_key_enables(self) -> dict[str, float]:
@@ -237,7 +237,7 @@ class SecretsMixin:
                 "UPDATE keys SET key_hash = ?, hint = ?, policy = ? WHERE id = ?",
                 (new_hash, new_hint, json.dumps(policy), key_id),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_keys_rev(conn)
             return True
 

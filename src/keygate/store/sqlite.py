@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..types import AuditRecord, KeyRecord, Team
-from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin, insert_audit
+from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
+from .audit_sql import MIGRATION as _AUDIT_CHAIN_MIGRATION
+from .audit_sql import AuditMixin
 from .base import KEY_FIELDS
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
@@ -106,6 +108,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
     _ENABLES_MIGRATION,
     _USAGE_ESTIMATED_MIGRATION,
+    _AUDIT_CHAIN_MIGRATION,
 ]
 
 _KEY_COLUMNS = (
@@ -134,11 +137,12 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
+class SQLiteStore(AuditMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, audit_key: bytes | None = None) -> None:
         self.path = path
+        self.audit_key = audit_key  # the audit chain's MAC key (audit_chain.chain_key(pepper))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
@@ -190,8 +194,10 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
+            self._audit_committed(False)
             raise
         conn.execute("COMMIT")
+        self._audit_committed(True)
         # Our own commits do not move PRAGMA data_version on this connection: force a re-check.
         self._data_version = -1
 
@@ -207,6 +213,8 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if name == _AUDIT_CHAIN_MIGRATION[0]:
+                    self.chain_existing_audit(conn)  # once, with the chain's own migration
                 conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s', 'now'))", (name,))
 
     def close(self) -> None:
@@ -247,7 +255,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                     json.dumps(record.policy),
                 ),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_keys_rev(conn)
 
     def update_key(self, key_id: str, changes: Mapping[str, Any], audit: AuditRecord) -> KeyRecord | None:
@@ -261,7 +269,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                     value = json.dumps(value)
                 # column is one of KEY_FIELDS (checked above), never client text
                 conn.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (value, key_id))  # noqa: S608
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_keys_rev(conn)
         return self.get_key(key_id)
 
@@ -273,7 +281,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                 "INSERT INTO teams (id, name, created_at, policy) VALUES (?, ?, ?, ?)",
                 (team.id, team.name, team.created_at, json.dumps(team.policy)),
             )
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_keys_rev(conn)
 
     def get_team(self, ref: str) -> Team | None:
@@ -290,7 +298,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
             cur = conn.execute("UPDATE teams SET policy = ? WHERE id = ?", (json.dumps(policy), team_id))
             if not cur.rowcount:
                 return None
-            insert_audit(conn, audit)
+            self._insert_audit(conn, audit)
             self._bump_keys_rev(conn)
         return self.get_team(team_id)
 
@@ -311,7 +319,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
                 (when, key_id),
             )
             if cur.rowcount:
-                insert_audit(conn, audit)
+                self._insert_audit(conn, audit)
                 self._bump_keys_rev(conn)
             return cur.rowcount > 0
 
