@@ -1,6 +1,6 @@
-"""Admin tokens and the audit trail in SQLite.
+"""Admin tokens and the audit trail, in SQL both stores run.
 
-A mixin of :class:`~keygate.store.sqlite.SQLiteStore`. Only ``HMAC-SHA256(pepper, token)`` is
+A mixin of both stores (see :mod:`keygate.store.sql`). Only ``HMAC-SHA256(pepper, token)`` is
 stored. :func:`insert_audit` is how every mixin writes an audit entry inside the transaction of
 the change it describes.
 """
@@ -8,13 +8,13 @@ the change it describes.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from ..types import AuditRecord
 from .base import AdminToken, AuditEntry
+from .sql import SqlConn
 
 ADMIN_TOKENS_MIGRATION = """
     CREATE TABLE IF NOT EXISTS admin_tokens (
@@ -26,6 +26,20 @@ ADMIN_TOKENS_MIGRATION = """
         created_at REAL NOT NULL,
         status TEXT NOT NULL DEFAULT 'active',
         revoked_at REAL
+    );
+    CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)
+"""
+
+PG_ADMIN_TOKENS_MIGRATION = """
+    CREATE TABLE IF NOT EXISTS admin_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        revoked_at DOUBLE PRECISION
     );
     CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)
 """
@@ -45,7 +59,7 @@ def _details(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def insert_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
+def insert_audit(conn: SqlConn, record: AuditRecord) -> None:
     conn.execute(
         "INSERT INTO audit (ts, actor, action, target, origin, details) VALUES (?, ?, ?, ?, ?, ?)",
         (record.ts, record.actor, record.action, record.target, record.origin, record.details),
@@ -55,10 +69,10 @@ def insert_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
 class AdminTokensMixin:
     """Admin token and audit queries; the connection handling comes from the store class."""
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> SqlConn:
         raise NotImplementedError
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[SqlConn]:
         raise NotImplementedError
 
     def insert_admin_token(self, token: AdminToken, audit: AuditRecord) -> None:
