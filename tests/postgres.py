@@ -64,7 +64,7 @@ def snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every keygate table, read by a connection of its own."""
     with psycopg.connect(url, autocommit=True) as conn:
         return {
-            t: sorted(conn.execute(f"SELECT * FROM {t}".encode()).fetchall(), key=repr)
+            t: sorted(conn.execute(f"SELECT * FROM {t}".encode()).fetchall(), key=repr)  # noqa: S608
             for t in (*pg_schema.TABLES, "schema_migrations")
         }
 

@@ -15,6 +15,7 @@ One daemon thread per store holds its own connection (not the pool's) and:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -86,10 +87,8 @@ class Listener:
             self._thread.join(10)
         self.running = False
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def upstreams_rev(self) -> str:
         with self._lock:
@@ -121,10 +120,9 @@ class Listener:
             self._wake(_POLL)
 
     def _wake(self, what: bytes) -> None:
-        try:
+        # OSError: full (a wake-up is pending anyway) or closed (stopping)
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, what)
-        except OSError:  # full (a wake-up is pending anyway) or closed (stopping)
-            pass
 
     # -- the thread ---------------------------------------------------------------------------
 

@@ -129,7 +129,8 @@ def apply(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
         )
         applied = {str(r[0]) for r in conn.execute("SELECT name FROM schema_migrations")}
         for name, script in PG_MIGRATIONS:

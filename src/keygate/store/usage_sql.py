@@ -72,7 +72,8 @@ class UsageMixin:
                 ],
             )
             conn.executemany(
-                "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                "UPDATE keys SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at < ?)",
                 # In id order: two writers touching the same rows take their locks in one order.
                 [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())],
             )
