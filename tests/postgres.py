@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ import psycopg
 
 from keygate.store import pg_schema
 from keygate.testing import free_ports
+from keygate.vault import generate_master_key
 
 ADMIN_URL = os.environ.get("KEYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -114,3 +116,13 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def shared_secrets() -> dict[str, str]:
+    """``KEYGATE_PEPPER`` and ``KEYGATE_MASTER_KEY`` for gateways that share one database."""
+    return {"KEYGATE_PEPPER": secrets.token_urlsafe(32), "KEYGATE_MASTER_KEY": generate_master_key()}
+
+
+def on_postgres(url: str) -> dict[str, object]:
+    """The ``extra`` config of a :class:`~keygate.testing.LocalGateway` on this database."""
+    return {"database_url": url}

@@ -208,7 +208,7 @@ async def serve(
             extra={
                 "url": f"{'https' if settings.access.tls.enabled else 'http'}://{settings.listen_host}:{settings.listen_port}/v1",
                 "admin_url": f"http://{settings.admin_host}:{settings.admin_port}/",
-                "database": str(settings.database_path),
+                "database": settings.database_label,
                 "keys": len(parts.keys),
                 "upstreams": parts.pool.names(),
                 # What runs: this package's Python, interpreted (no compiled build; docs/HOTPATH.md).
