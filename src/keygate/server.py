@@ -23,6 +23,7 @@ from granian.server.embed import Server
 
 from . import __version__
 from .admin.listener import ADMIN_BACKLOG, admin_server, announce_first_token
+from .admin.readiness import Check
 from .app import Gateway
 from .chain import Chain
 from .config import Address, Settings, ensure_pepper
@@ -63,7 +64,9 @@ def build(settings: Settings) -> Parts:
     settings = ensure_pepper(settings)
     store = open_store(settings)
     try:
-        recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
+        recorder = Recorder(
+            store, settings.access_log, settings.usage_flush_interval, settings.write_buffer_rows
+        )
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
@@ -150,7 +153,9 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    admin = admin_server(settings, parts.store, admin_listener)
+    # /readyz asks the store; a shared-counters backend adds ("counters", its check) here.
+    readiness: list[Check] = []
+    admin = admin_server(settings, parts.store, admin_listener, readiness)
     server = OwnSocketServer(
         parts.gateway,
         listener,

@@ -196,6 +196,9 @@ class SQLiteStore(KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
             self._wal_file.close()
             self._wal_file = None
 
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
+
     def keys_changed(self) -> bool:
         # Fast path, no system call and no GIL release: every commit by any connection rewrites
         # the WAL-index header at the start of the -shm file (its iChange counter increments per
