@@ -69,6 +69,7 @@ class Listener:
         os.set_blocking(self._wake_w, False)
         self._thread: threading.Thread | None = None
         self._poll_now = False
+        self._outage = False  # the listener lost the database and said so
         self.connected = 0  # how many times it connected (tests, /readyz)
 
     # -- what the store asks ----------------------------------------------------------------
@@ -138,7 +139,8 @@ class Listener:
                     self._first.set()
                     self._serve(conn)
             except (psycopg.Error, OSError) as exc:
-                if not self.down:
+                if not self._outage:
+                    self._outage = True
                     log.warning(
                         "database unreachable: serving from the key cache, buffering writes",
                         extra={"error": type(exc).__name__},
@@ -184,8 +186,8 @@ class Listener:
         revs = {str(k): str(v) for k, v in rows}
         self._saw("keys", revs.get("keys_rev", "0"))
         self._saw("upstreams", revs.get("upstreams_rev", "0"))
-        if self.down:
-            self.down = False
+        if self.down or self._outage:
+            self.down = self._outage = False
             log.warning("database reachable again: writing what was buffered")
             try:
                 self._on_recovered()
