@@ -96,6 +96,12 @@ class PgConn:
             cur.executemany(translate(sql), rows)  # pipelined: one round trip for the batch
             return Result([], cur.rowcount)
 
+    def copy_rows(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``COPY ... FROM STDIN`` of these rows: one stream, no statement per row."""
+        with self.raw.cursor() as cur, cur.copy(statement.encode()) as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 class PoolReader:
     """Statements outside a transaction, each on a connection borrowed for it (autocommit)."""

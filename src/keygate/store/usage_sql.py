@@ -26,6 +26,11 @@ PG_MIGRATION = (
     "ALTER TABLE usage ADD COLUMN IF NOT EXISTS estimated INTEGER NOT NULL DEFAULT 0",
 )
 
+USAGE_COLUMNS = (
+    "ts, request_id, key_id, route, method, path, model, status, prompt_tokens, completion_tokens,"
+    " cached_tokens, latency_ms, client_ip, upstream, stream, error_code, estimated"
+)
+
 
 class UsageMixin:
     if TYPE_CHECKING:
@@ -43,40 +48,46 @@ class UsageMixin:
             if r.key_id is not None and r.status < 400:
                 last_used[r.key_id] = max(r.ts, last_used.get(r.key_id, 0.0))
         with self._tx() as conn:
-            conn.executemany(
-                "INSERT INTO usage (ts, request_id, key_id, route, method, path, model, status,"
-                " prompt_tokens, completion_tokens, cached_tokens, latency_ms, client_ip, upstream,"
-                " stream, error_code, estimated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.ts,
-                        r.request_id,
-                        r.key_id,
-                        r.route,
-                        r.method,
-                        r.path,
-                        r.model,
-                        r.status,
-                        r.prompt_tokens,
-                        r.completion_tokens,
-                        r.cached_tokens,
-                        r.latency_ms,
-                        r.client_ip,
-                        r.upstream,
-                        int(r.stream),
-                        r.error_code,
-                        int(r.estimated),
-                    )
-                    for r in rows
-                ],
-            )
+            self._insert_usage(conn, rows)
             conn.executemany(
                 "UPDATE keys SET last_used_at = ? WHERE id = ?"
                 " AND (last_used_at IS NULL OR last_used_at < ?)",
                 # In id order: two writers touching the same rows take their locks in one order.
                 [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())],
             )
+
+    @staticmethod
+    def usage_values(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
+        """The rows as values of :data:`USAGE_COLUMNS`, in order."""
+        return [
+            (
+                r.ts,
+                r.request_id,
+                r.key_id,
+                r.route,
+                r.method,
+                r.path,
+                r.model,
+                r.status,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_tokens,
+                r.latency_ms,
+                r.client_ip,
+                r.upstream,
+                int(r.stream),
+                r.error_code,
+                int(r.estimated),
+            )
+            for r in rows
+        ]
+
+    def _insert_usage(self, conn: SqlConn, rows: Sequence[UsageRow]) -> None:
+        """The rows themselves (the PostgreSQL store streams them with COPY instead)."""
+        conn.executemany(
+            f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 17)})",  # noqa: S608 (constants)
+            self.usage_values(rows),
+        )
 
     def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]:
         where: list[str] = ["1=1"]
