@@ -32,12 +32,13 @@ def test_a_populated_sqlite_store_moves_to_postgresql_and_keeps_working(
 ) -> None:
     mock.set_api_keys([UPSTREAM_SECRET, STORED_SECRET])
     old = Gateway(tmp_path / "old", mock.url, env=shared_secrets)
+    # Made before the gateway starts, so it loads the stored upstream at once.
+    old.cli("teams", "create", "red")
+    old.cli("upstreams", "add", "beta", "--base-url", mock.url, "--key-stdin", input=STORED_SECRET)
+    keys = [old.create_key(f"app{i}", *(["--team", "red"] if i == 0 else [])) for i in range(3)]
+    pinned = old.create_key("pinned", "--upstream", "beta")
+    revoked = old.create_key("gone")
     with old:
-        old.cli("teams", "create", "red")
-        old.cli("upstreams", "add", "beta", "--base-url", mock.url, "--key-stdin", input=STORED_SECRET)
-        keys = [old.create_key(f"app{i}", *(["--team", "red"] if i == 0 else [])) for i in range(3)]
-        pinned = old.create_key("pinned", "--upstream", "beta")
-        revoked = old.create_key("gone")
         for k in (*keys, pinned, revoked):
             openai.OpenAI(base_url=old.url, api_key=k["key"], max_retries=0).models.list()
         old.cli("keys", "revoke", revoked["id"])
