@@ -51,12 +51,12 @@ def test_no_secret_is_written_anywhere(tmp_path: Path, upstream: MockUpstream, m
 def test_serve_and_the_cli_refuse_a_networked_database_without_the_shared_secrets(
     tmp_path: Path, upstream: MockUpstream, pg_url: str
 ) -> None:
-    from ..helpers import Gateway
+    from ..helpers import Gateway, process_cli
 
     gw = Gateway(tmp_path, upstream.url, extra={"database_url": pg_url})
-    for command in (("serve",), ("keys", "list")):
-        refused = gw.cli(*command, check=False)
-        assert refused.returncode == 2, command
+    # `serve` as a process of its own: in process it would configure this process's logging.
+    for refused in (process_cli(gw, "serve"), gw.cli("keys", "list", check=False)):
+        assert refused.returncode == 2, refused.args
         assert "pepper: with a networked database (postgresql://)" in refused.stderr
         assert "KEYGATE_PEPPER" in refused.stderr
     assert not (tmp_path / "keygate.pepper").exists()
