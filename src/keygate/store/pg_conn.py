@@ -11,7 +11,7 @@ data errors pass through as psycopg raises them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -103,24 +103,47 @@ class PgConn:
                 copy.write_row(row)
 
 
+def _nothing() -> None:
+    return None
+
+
 class PoolReader:
-    """Statements outside a transaction, each on a connection borrowed for it (autocommit)."""
+    """Statements outside a transaction, each on a connection borrowed for it (autocommit).
 
-    __slots__ = ("_pool",)
+    ``before`` runs first (the store's fail-fast check); ``lost`` is told when the database could
+    not be reached (not when the pool was merely busy: that says nothing about the database).
+    """
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]]) -> None:
+    __slots__ = ("_before", "_lost", "_pool")
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]],
+        before: Callable[[], None] = _nothing,
+        lost: Callable[[], None] = _nothing,
+    ) -> None:
         self._pool = pool
+        self._before = before
+        self._lost = lost
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Result:
+        self._before()
         try:
             with self._pool.connection() as raw, raw.cursor() as cur:
                 return _run(cur, sql, parameters)
+        except psycopg_pool.PoolTimeout as exc:
+            raise unavailable(exc) from None
         except CONNECTION_ERRORS as exc:
+            self._lost()
             raise unavailable(exc) from None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Result:
+        self._before()
         try:
             with self._pool.connection() as raw, raw.transaction():
                 return PgConn(raw).executemany(sql, parameters)
+        except psycopg_pool.PoolTimeout as exc:
+            raise unavailable(exc) from None
         except CONNECTION_ERRORS as exc:
+            self._lost()
             raise unavailable(exc) from None

@@ -82,8 +82,8 @@ class PostgresStore(KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
             name="keygate",
         )
         self._pool.open(wait=False)
-        self._reader = _GuardedReader(self)
         self._listener = Listener(url, self._kwargs, poll_interval, self._pool.check)
+        self._reader = PoolReader(self._pool, self._fail_fast, self._listener.suspect)
         self._start_lock = threading.Lock()
         self._closed = False
 
@@ -92,10 +92,6 @@ class PostgresStore(KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
     def _fail_fast(self) -> None:
         if self._listener.running and self._listener.down:
             raise StoreUnavailable("The database is unreachable; try again when it is back.")
-
-    def _failed(self, exc: BaseException) -> StoreUnavailable:
-        self._listener.suspect()
-        return unavailable(exc)
 
     def _conn(self) -> SqlConn:
         return self._reader
@@ -108,8 +104,11 @@ class PostgresStore(KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
                 conn = PgConn(raw)
                 with raw.transaction():
                     yield conn
+        except psycopg_pool.PoolTimeout as exc:  # busy, which says nothing about the database
+            raise unavailable(exc) from None
         except CONNECTION_ERRORS as exc:
-            raise self._failed(exc) from None
+            self._listener.suspect()
+            raise unavailable(exc) from None
         if conn.bumped:
             self._listener.committed(conn.bumped)
 
@@ -194,29 +193,3 @@ def _without_nul(row: UsageRow) -> UsageRow:
         if value is not None and "\x00" in value:
             changes[name] = value.replace("\x00", "\ufffd")
     return dataclasses.replace(row, **changes) if changes else row
-
-
-class _GuardedReader(PoolReader):
-    """Reads that fail fast while the database is known to be down, and report a lost one."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(store._pool)
-        self._store = store
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        self._store._fail_fast()
-        try:
-            return super().execute(sql, parameters)
-        except StoreUnavailable:
-            self._store._listener.suspect()
-            raise
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any:
-        self._store._fail_fast()
-        try:
-            return super().executemany(sql, parameters)
-        except StoreUnavailable:
-            self._store._listener.suspect()
-            raise
