@@ -7,15 +7,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import openai
 import pytest
 
 from keygate.errors import StoreUnavailable
 from keygate.store import pg_schema
 from keygate.store.postgres import PostgresStore
+from keygate.testing import MockUpstream
 from keygate.types import AuditRecord, KeyRecord, UsageRow
 
 from .. import postgres as pg
+from ..helpers import Gateway
 
 AUDIT = AuditRecord(1.0, "adm_test", "127.0.0.1", "test", "t", "{}")
 
@@ -145,3 +149,21 @@ def test_an_outage_fails_writes_fast_keeps_change_checks_quiet_and_heals_itself(
             assert store.keys_changed() is True
         finally:
             store.close()
+
+
+def test_a_cli_revoke_reaches_a_gateway_on_postgresql_within_100_ms(
+    tmp_path: Path, mock: MockUpstream, pg_url: str, shared_secrets: dict[str, str]
+) -> None:
+    gw = Gateway(tmp_path, mock.url, extra=pg.on_postgres(pg_url), env=shared_secrets)
+    created = gw.create_key("app")
+    with gw:
+        client = openai.OpenAI(base_url=gw.url, api_key=created["key"], max_retries=0)
+        client.models.list()
+        gw.cli("keys", "revoke", created["id"])  # another store instance, as on another machine
+        revoked_at = time.perf_counter()
+        while True:
+            try:
+                client.models.list()
+            except openai.AuthenticationError:
+                break
+            assert time.perf_counter() - revoked_at < 0.1, "still accepted 100 ms after the revoke"
