@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import openai
@@ -78,8 +79,12 @@ def test_a_populated_sqlite_store_moves_to_postgresql_and_keeps_working(
         assert STORED_SECRET in {r.headers.get("authorization", "")[7:] for r in mock.requests}
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=new.url, api_key=revoked["key"], max_retries=0).models.list()
-        usage = json.loads(new.cli("usage", "--json").stdout)
-        assert sum(u["requests"] for u in usage) >= usage_rows + len(keys) + 1
+        # The new requests' rows join the copied ones (written in batches: wait for the flush).
+        want = usage_rows + len(keys) + 2  # + the pinned key's and the revoked key's requests
+        deadline = time.monotonic() + 5
+        while sum(u["requests"] for u in json.loads(new.cli("usage", "--json").stdout)) != want:
+            assert time.monotonic() < deadline, "the new usage rows were not written"
+            time.sleep(0.02)
 
 
 def test_a_target_with_rows_of_its_own_is_refused_unless_asked(
