@@ -49,3 +49,23 @@ def records() -> Iterator[list[logging.LogRecord]]:
     """Everything logged under ``keygate`` during the test."""
     with logged("keygate") as got:
         yield got
+
+
+# -- PostgreSQL (tests/postgres.py) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own (random name), dropped after it."""
+    from . import postgres
+
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture
+def shared_secrets() -> dict[str, str]:
+    """The pepper and master key every instance on one PostgreSQL database shares (as env)."""
+    from . import postgres
+
+    return postgres.shared_secrets()

@@ -347,3 +347,70 @@ def test_a_ca_bundle_that_is_not_pem_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, {"K": "sk-x", **PEPPER})
     assert info.value.message.startswith("upstreams.a.ca_bundle:")
+
+
+# -- a networked database (PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://keygate:hunter2@db:5432/keygate", "no literal password"),
+        ("postgresql://keygate:@db/keygate", "no literal password"),
+        ("postgresql://keygate@db/keygate?password=hunter2", "no password in the query string"),
+        ("postgresql://keygate@db", "expected postgresql://USER@HOST:PORT/DATABASE"),
+        ("postgresql://keygate@db:port/keygate", "the port is not a number"),
+        ("mysql://keygate@db/keygate", "expected sqlite:///PATH or postgresql://"),
+    ],
+)
+def test_a_database_url_never_holds_a_literal_password(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="database_url") as raised:
+        load_settings(write(tmp_path, f"database_url: {url}\n"), {})
+    assert message in raised.value.message and "hunter2" not in raised.value.message
+    with pytest.raises(ConfigError, match="KEYGATE_DATABASE_URL"):
+        load_settings(None, {"KEYGATE_DATABASE_URL": url})
+
+
+def test_a_password_by_reference_is_kept_apart_from_the_url(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "database_url: postgresql://keygate:${DB_PASSWORD}@db:5432/keygate\n")
+    s = load_settings(cfg, {"DB_PASSWORD": "s3cret", "KEYGATE_PEPPER": "p" * 40})
+    assert s.database_password is not None and s.database_password.reveal() == "s3cret"
+    assert s.networked_database and s.database_label == "postgresql://keygate@db:5432/keygate"
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ConfigError, match="DB_PASSWORD is not set"):
+        load_settings(cfg, {})
+    # libpq's own variables (PGPASSWORD, ~/.pgpass) need nothing in the URL.
+    plain = load_settings(None, {"KEYGATE_DATABASE_URL": "postgresql://keygate@db/keygate"})
+    assert plain.database_password is None and plain.database_label == "postgresql://keygate@db/keygate"
+
+
+def test_a_networked_database_needs_the_shared_pepper_and_master_key(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "database_url: postgresql://keygate@db/keygate\n")
+    with pytest.raises(ConfigError, match="pepper: with a networked database") as no_pepper:
+        ensure_pepper(load_settings(cfg, {}))
+    assert "KEYGATE_PEPPER" in no_pepper.value.message and "pepper_file" in no_pepper.value.message
+    with pytest.raises(ConfigError, match="master_key: with a networked database") as no_key:
+        ensure_pepper(load_settings(cfg, {"KEYGATE_PEPPER": "p" * 40}))
+    assert "master_key_file" in no_key.value.message
+    assert list(tmp_path.iterdir()) == [cfg]  # no pepper file was made
+    env = {"KEYGATE_PEPPER": "p" * 40, "KEYGATE_MASTER_KEY": "k" * 44}
+    assert ensure_pepper(load_settings(cfg, env)).pepper.reveal() == "p" * 40
+    # A pepper file by reference works too (and must be private).
+    pepper = tmp_path / "shared.pepper"
+    pepper.write_text("q" * 40 + "\n")
+    pepper.chmod(0o600)
+    cfg.write_text(cfg.read_text() + "pepper_file: shared.pepper\n")
+    s = ensure_pepper(load_settings(cfg, {"KEYGATE_MASTER_KEY": "k" * 44}))
+    assert s.pepper.reveal() == "q" * 40
+    pepper.chmod(0o644)
+    with pytest.raises(ConfigError, match="must not be readable by group or others"):
+        load_settings(cfg, {})
+    pepper.unlink()
+    with pytest.raises(ConfigError, match=r"pepper_file: .* does not exist"):
+        load_settings(cfg, {})
+
+
+def test_the_revision_poll_is_bounded(tmp_path: Path) -> None:
+    assert load_settings(None, {}).database_poll_interval == 1.0
+    with pytest.raises(ConfigError, match="database_poll_interval: expected a number > 0 and at most 5"):
+        load_settings(write(tmp_path, "database_poll_interval: 6\n"), {})

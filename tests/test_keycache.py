@@ -117,3 +117,38 @@ def test_a_rotated_secret_works_until_its_grace_expiry(
     # A grace period already over when the cache loads is not loaded at all.
     theirs.rotate_key_secret("key_1", "newer", "kg_...nwr", now + 30, {}, AUDIT)
     assert cache.lookup("new") is None and cache.lookup("newer") is not None
+
+
+class Unreachable(Counting):
+    """The real store, whose key reads fail while ``down`` (a networked database away)."""
+
+    down = False
+
+    def list_keys(self) -> list[KeyRecord]:
+        if self.down:
+            from keygate.errors import StoreUnavailable
+
+            raise StoreUnavailable("The database is unreachable; try again when it is back.")
+        return super().list_keys()
+
+
+def test_a_reload_that_fails_keeps_the_snapshot_and_is_retried(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine, theirs = stores
+    theirs.insert_key(record("key_1", "h1"), AUDIT)
+    flaky = Unreachable(mine)
+    cache = KeyCache(flaky)  # type: ignore[arg-type]
+    flaky.down = True
+    theirs.insert_key(record("key_2", "h2"), AUDIT)  # a change it cannot read yet
+    clock = [100.0]
+    monkeypatch.setattr(keycache, "time", types.SimpleNamespace(time=time.time, monotonic=lambda: clock[0]))
+    found = cache.lookup("h1")  # never raises: the old snapshot answers
+    assert found is not None and found.id == "key_1" and cache.lookup("h2") is None
+    reads = flaky.reads
+    for _ in range(50):
+        cache.lookup("h1")
+    assert flaky.reads == reads  # no retry on every request
+    flaky.down = False
+    clock[0] += keycache.RETRY
+    assert cache.lookup("h2") is not None  # retried once the second passed, without a new change

@@ -210,3 +210,31 @@ def test_sighup_reopens_the_access_log_after_logrotate_moved_it(tmp_path: Path, 
         assert len(old) >= 1
         assert {e["request_id"] for e in old}.isdisjoint(e["request_id"] for e in fresh)
         assert gw.proc.poll() is None  # still serving
+
+
+def test_the_buffer_is_bounded_and_drops_the_oldest_loudly(
+    tmp_path: Path, store: SQLiteStore, records: list[logging.LogRecord]
+) -> None:
+    other = sqlite3.connect(tmp_path / "kg.db", isolation_level=None)
+
+    async def go() -> Recorder:
+        rec = Recorder(store, str(tmp_path / "access.log"), flush_interval=60, max_pending=5)
+        other.execute("ALTER TABLE usage RENAME TO usage_away")  # the database is away
+        for i in range(4):
+            rec.record(row(i))
+        await rec.flush()
+        for i in range(4, 8):
+            rec.record(row(i))
+        await rec.flush()  # 8 kept would exceed 5: the 3 oldest go
+        assert rec.dropped == 3
+        other.execute("ALTER TABLE usage_away RENAME TO usage")
+        await rec.flush()
+        await rec.close()
+        return rec
+
+    rec = asyncio.run(go())
+    other.close()
+    assert stored(tmp_path) == [f"kg-test-{i}" for i in range(3, 8)] and not rec.pending
+    full = [r for r in records if r.getMessage() == "write-behind buffer full: oldest records dropped"]
+    assert [(r.levelno, getattr(r, "dropped_now", None)) for r in full] == [(logging.ERROR, 3)]
+    assert any(r.getMessage() == "write-behind buffer written again after failures" for r in records)

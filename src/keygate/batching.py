@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -62,14 +63,23 @@ class WriteBehind:
 class ListWriteBehind(WriteBehind, Generic[T]):
     """A write-behind buffer of records in a list: the request path appends to ``_pending``; a
     flush hands the whole list to :meth:`_write` in the writer thread and, if that fails, keeps
-    the records for the next attempt (logged on ``failure_log`` with ``failure_message``)."""
+    the records for the next attempt (logged on ``failure_log`` with ``failure_message``).
+
+    What is kept is bounded: at most ``max_pending`` records (checked at each flush, so between
+    two flushes it may exceed that by one interval's worth). Beyond it the oldest are dropped,
+    counted in :attr:`dropped` and logged as errors: a database that stays away longer than the
+    bound loses its oldest records rather than the process its memory.
+    """
 
     failure_log = log
     failure_message = "write-behind flush failed; will retry"
 
-    def __init__(self, interval: float, name: str) -> None:
+    def __init__(self, interval: float, name: str, max_pending: int = 100_000) -> None:
         super().__init__(interval, name)
         self._pending: list[T] = []
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._failing_since: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -78,12 +88,42 @@ class ListWriteBehind(WriteBehind, Generic[T]):
     async def flush(self) -> None:
         if not self._pending:
             return
+        self._bound()
         batch, self._pending = self._pending, []
         try:
             await self._in_writer(self._write, batch)
-        except Exception:
-            self.failure_log.exception(self.failure_message, extra={"rows": len(batch)})
+        except Exception as exc:
             self._pending[:0] = batch
+            self._bound()
+            self._failed(exc, len(batch))
+        else:
+            if self._failing_since is not None:
+                self.failure_log.warning(
+                    "write-behind buffer written again after failures",
+                    extra={"writer": self._name, "rows": len(batch), "dropped": self.dropped},
+                )
+                self._failing_since = None
+
+    def _failed(self, exc: Exception, rows: int) -> None:
+        # Every failure is logged; the traceback only with the first of a run of them.
+        first = self._failing_since is None
+        if first:
+            self._failing_since = time.monotonic()
+        self.failure_log.error(
+            self.failure_message,
+            exc_info=exc if first else None,
+            extra={"rows": rows, "buffered": len(self._pending), "dropped": self.dropped},
+        )
+
+    def _bound(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess > 0:
+            del self._pending[:excess]
+            self.dropped += excess
+            self.failure_log.error(
+                "write-behind buffer full: oldest records dropped",
+                extra={"writer": self._name, "dropped_now": excess, "dropped": self.dropped},
+            )
 
     def _write(self, batch: list[T]) -> None:
         raise NotImplementedError

@@ -7,6 +7,12 @@ This is the only module that reads the environment. Sources, later ones winning:
 2. a YAML file: ``--config FILE`` or ``KEYGATE_CONFIG``;
 3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``.
 
+The database is SQLite (``sqlite:///PATH``) or PostgreSQL (``postgresql://USER@HOST:PORT/DB``,
+see :func:`postgres_url`): never with a literal password, which would sit in the file and in
+every process listing; a ``${VAR}`` reference or libpq's own variables (``PGPASSWORD``,
+``PGPASSFILE``) instead. With a networked database every instance and the CLI must share the
+pepper and the master key, so :func:`ensure_pepper` refuses to make a local pepper file there.
+
 Each setting is declared once, below, as a field of its section with its default and its check
 (``schema.setting``); :func:`load_settings` reads the file through them and fails fast with a
 :class:`~keygate.errors.ConfigError` naming the field. Secrets never appear literally in the file:
@@ -26,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -76,11 +83,74 @@ def sqlite_path(url: str, where: str = "database_url") -> Path:
     return Path(url[len("sqlite:///") :])
 
 
-def _database_url(value: object, where: str) -> str:
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_networked(url: str) -> bool:
+    """Whether the database URL names a database server (shared by several gateways)."""
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def postgres_url(value: str, where: str) -> str:
+    """``postgresql://USER@HOST:PORT/DB``: a host and a database, and no literal password, in the
+    URL or its query (``?password=``); ``USER:${VAR}@`` names the variable holding it."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - parses the port, raising on a bad one
+    except ValueError:
+        raise ConfigError(f"{where}: the port is not a number") from None
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ConfigError(f"{where}: expected postgresql://USER@HOST:PORT/DATABASE")
+    if parts.password is not None and not schema.ENV_REF.match(parts.password):
+        raise ConfigError(
+            f"{where}: no literal password in the database URL (it would show in the config file and "
+            "in process listings); write USER:${VAR}@HOST with the password in that environment "
+            "variable, or set PGPASSWORD / use a ~/.pgpass file"
+        )
+    if any(k.lower() == "password" for k, _ in parse_qsl(parts.query)):
+        raise ConfigError(f"{where}: no password in the query string; use PGPASSWORD or USER:${{VAR}}@HOST")
+    if parts.fragment:
+        raise ConfigError(f"{where}: no fragment allowed in the database URL")
+    return value
+
+
+def parse_database_url(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string such as sqlite:///keygate.db")
-    sqlite_path(value, where)
+    if is_networked(value):
+        return postgres_url(value, where)
+    try:
+        sqlite_path(value, where)
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB, "
+            f"got {value.split(':', 1)[0]!r}"
+        ) from None
     return value
+
+
+def database_password(url: str, env: Mapping[str, str], where: str = "database_url") -> Secret | None:
+    """The password a ``USER:${VAR}@`` database URL refers to (None without one)."""
+    password = urlsplit(url).password if is_networked(url) else None
+    if password is None:
+        return None
+    m = schema.ENV_REF.match(password)
+    assert m is not None  # postgres_url refused anything else
+    found = env.get(m.group(1))
+    if not found:
+        raise ConfigError(f"{where}: the password variable {m.group(1)} is not set")
+    return Secret(found)
+
+
+def without_password(url: str) -> str:
+    """The database URL with any password reference removed: what libpq is given (the password
+    itself goes separately) and what may be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
 
 
 def _header_names(value: object, where: str) -> tuple[str, ...]:
@@ -198,7 +268,16 @@ class Settings:
     admin_listen: Address = setting(
         Address("127.0.0.1", 8081), parse_listen, env="KEYGATE_ADMIN_LISTEN", doc="the admin API"
     )
-    database_url: str = setting(DEFAULT_DATABASE_URL, _database_url, env="KEYGATE_DATABASE_URL")
+    database_url: str = setting(DEFAULT_DATABASE_URL, parse_database_url, env="KEYGATE_DATABASE_URL")
+    database_poll_interval: float = setting(
+        1.0, positive(maximum=5.0), doc="PostgreSQL: the revision poll behind LISTEN/NOTIFY (seconds)"
+    )
+    pepper_file: str | None = setting(None, schema.optional_text, doc="the shared pepper (chmod 600)")
+    write_buffer_rows: int = setting(
+        100_000,
+        positive(integer=True, maximum=10_000_000),
+        doc="usage rows (and audit rows) kept while the database is unreachable, per buffer",
+    )
     upstreams: Mapping[str, Upstream] = setting(dict, caller)
     default_upstream: str = setting("", schema.text, doc="the first upstream when not given")
     max_body_bytes: int = setting(10 * 1024 * 1024, positive(integer=True))
@@ -224,6 +303,7 @@ class Settings:
     alerts: tuple[AlertSink, ...] = setting((), caller)
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
+    database_password: Secret | None = None
     config_path: Path | None = None
 
     @property
@@ -247,12 +327,26 @@ class Settings:
         return AccessSettings(self.network, self.auth, self.tls)
 
     @property
+    def networked_database(self) -> bool:
+        return is_networked(self.database_url)
+
+    @property
+    def database_label(self) -> str:
+        """The database, as it may be shown: the SQLite file, or the URL without a password."""
+        return without_password(self.database_url) if self.networked_database else str(self.database_path)
+
+    @property
     def database_path(self) -> Path:
         """The SQLite file the database URL names."""
         return sqlite_path(self.database_url)
 
     @property
     def pepper_path(self) -> Path:
+        """The pepper file: ``pepper_file``, else (SQLite) the one next to the database."""
+        if self.pepper_file is not None:
+            return schema.beside(
+                Path(self.pepper_file), self.config_path.parent if self.config_path else None
+            )
         return self.database_path.parent / PEPPER_FILE
 
 
@@ -293,7 +387,11 @@ def load_settings(
         # server find the same database wherever they are started from.
         changes["database_url"] = "sqlite:///" + str((cfg_path.parent / url[len("sqlite:///") :]).resolve())
     settings = dataclasses.replace(settings, **changes) if changes else settings
-    return dataclasses.replace(settings, pepper=_read_pepper(settings, env))
+    return dataclasses.replace(
+        settings,
+        pepper=_read_pepper(settings, env),
+        database_password=database_password(settings.database_url, env),
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -344,10 +442,14 @@ def _read_pepper(settings: Settings, env: Mapping[str, str]) -> Secret:
     """``KEYGATE_PEPPER``, else the pepper file next to the database if it exists (else empty)."""
     if env.get("KEYGATE_PEPPER"):
         return Secret(env["KEYGATE_PEPPER"])
+    if settings.networked_database and settings.pepper_file is None:
+        return Secret("")
     path = settings.pepper_path
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
+        if settings.pepper_file is not None:
+            raise ConfigError(f"pepper_file: {path} does not exist") from None
         return Secret("")
     except OSError as exc:
         raise ConfigError(f"pepper: cannot read {path}: {exc.strerror}") from None
@@ -360,7 +462,14 @@ def _read_pepper(settings: Settings, env: Mapping[str, str]) -> Secret:
 
 
 def ensure_pepper(settings: Settings) -> Settings:
-    """The settings with a pepper: on first run, create the pepper file (mode 0600, 256 random bits)."""
+    """The settings with a pepper: on first run, create the pepper file (mode 0600, 256 random bits).
+
+    With a networked database nothing is created: the pepper and the master key must be the ones
+    every other instance has, so their absence is a :class:`ConfigError` saying so.
+    """
+    if settings.networked_database:
+        check_shared_secrets(settings)
+        return settings
     if settings.pepper:
         return settings
     path = settings.pepper_path
@@ -372,6 +481,29 @@ def ensure_pepper(settings: Settings) -> Settings:
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_urlsafe(32) + "\n")
     return dataclasses.replace(settings, pepper=_read_pepper(settings, {}))
+
+
+def check_shared_secrets(settings: Settings) -> None:
+    """With a networked database, refuse to go on without the shared pepper and master key."""
+    why = (
+        "with a networked database (postgresql://) every gateway instance and the CLI must use the "
+        "same {what}; keygate does not generate one locally, because the other instances would not "
+        "have it"
+    )
+    if not settings.pepper:
+        raise ConfigError(
+            "pepper: "
+            + why.format(what="pepper")
+            + ". Set KEYGATE_PEPPER (32+ random characters, e.g. `openssl rand -base64 32`) or "
+            "pepper_file (chmod 600) on every instance"
+        )
+    if settings.master_key is None:
+        raise ConfigError(
+            "master_key: "
+            + why.format(what="master key")
+            + ". Run `keygate master-key generate --out FILE` once and give every instance "
+            "master_key_file (or KEYGATE_MASTER_KEY)"
+        )
 
 
 def admin_token_from_env(env: Mapping[str, str] | None = None) -> Secret | None:

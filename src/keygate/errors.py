@@ -15,6 +15,7 @@
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamUnavailable       503 upstream_unavailable
     │   └── UpstreamTimeout           504 upstream_timeout
+    ├── StoreUnavailable              503 store_unavailable     (the database cannot be reached)
     └── ConfigError                   (start-up only, never sent to a client)
 
     ClientGone                        the client went away (not an answer: nobody is left to read it)
@@ -129,6 +130,14 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     default_code = "upstream_timeout"
+
+
+class StoreUnavailable(KeygateError):
+    """The database cannot be reached (a networked store): the change was not made; retry later."""
+
+    status = 503
+    type = "server_error"
+    default_code = "store_unavailable"
 
 
 class ConfigError(KeygateError):

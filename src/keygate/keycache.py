@@ -4,15 +4,23 @@ The hot path never queries the database for a key: it asks :meth:`KeyCache.looku
 asks the store whether key records changed since the last look (a ~3 µs shared-memory check in
 SQLite) and reloads them only then. A revoke from the CLI or admin API therefore takes effect on
 the very next request.
+
+With a networked store the database may be unreachable for a while: the cache then keeps serving
+the snapshot it has (a failed reload is logged and retried at most once a second), so requests
+that need nothing else from the database keep working.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 
 from .store import Store
 from .types import KeyRecord, Team
+
+log = logging.getLogger("keygate.keys")
+RETRY = 1.0  # seconds between reload attempts while the store cannot be read
 
 
 class KeyCache:
@@ -23,6 +31,7 @@ class KeyCache:
         # Secrets replaced by `keygate keys rotate`, still accepted until their grace expiry.
         self._grace: dict[str, tuple[str, float]] = {}
         self._by_id: dict[str, KeyRecord] = {}
+        self._retry_at = 0.0  # a reload failed: try again after this (monotonic), else 0
         self.refresh()
 
     def refresh(self) -> None:
@@ -32,22 +41,39 @@ class KeyCache:
         self._grace = {h: (kid, exp) for h, kid, exp in self._store.list_grace_secrets(time.time())}
         self._teams = {t.id: t for t in self._store.list_teams()}
 
+    def _changed(self) -> bool:
+        """Whether to reload now: the store says so, or a failed reload is due again."""
+        if self._store.keys_changed():
+            return True
+        return bool(self._retry_at) and time.monotonic() >= self._retry_at
+
+    def _reload(self) -> None:
+        try:
+            self.refresh()
+        except Exception as exc:  # the store is unreachable: keep serving this snapshot
+            if not self._retry_at:
+                log.warning("key reload failed; serving the cached keys", extra={"error": type(exc).__name__})
+            self._retry_at = time.monotonic() + RETRY
+        else:
+            self._retry_at = 0.0
+
     def team(self, team_id: str | None) -> Team | None:
         """The team record of a key just looked up (same snapshot as the key)."""
         return self._teams.get(team_id) if team_id is not None else None
 
     def find_team(self, id_or_name: str) -> Team | None:
         """A team by id or name, from the current snapshot (refreshed if the store changed)."""
-        if self._store.keys_changed():
-            self.refresh()
+        if self._changed():
+            self._reload()
         team = self._teams.get(id_or_name)
         if team is not None:
             return team
         return next((t for t in self._teams.values() if t.name == id_or_name), None)
 
     def lookup(self, key_hash: str) -> KeyRecord | None:
-        if self._store.keys_changed():
-            self.refresh()
+        # (_changed() inlined: this runs on every request)
+        if self._store.keys_changed() or (self._retry_at and time.monotonic() >= self._retry_at):
+            self._reload()
         record = self._by_hash.get(key_hash)
         if record is None:
             return self._lookup_grace(key_hash)
@@ -63,8 +89,8 @@ class KeyCache:
 
     def records(self) -> list[KeyRecord]:
         """Every key record (current snapshot, refreshed if the store changed)."""
-        if self._store.keys_changed():
-            self.refresh()
+        if self._changed():
+            self._reload()
         return list(self._by_id.values())
 
     def __len__(self) -> int:

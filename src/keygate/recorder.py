@@ -4,8 +4,10 @@ The request path only appends a :class:`~keygate.types.UsageRow` to a list (well
 microsecond). A background task hands the batch to a dedicated writer thread every
 ``usage_flush_interval`` seconds, which writes it to the store in one transaction and appends one
 JSON line per request to the access log (reopened by :meth:`Recorder.reopen`, on SIGHUP, for
-logrotate; its fields are listed in docs/audit.md). A failed write keeps its rows for the next attempt, and
-:meth:`Recorder.close` flushes everything at shutdown, so nothing counted is lost.
+logrotate; its fields are listed in docs/audit.md). A failed write keeps its rows for the next
+attempt, and :meth:`Recorder.close` flushes everything at shutdown, so nothing counted is lost.
+While the store cannot be written (a networked database away) at most ``write_buffer_rows`` rows
+are kept, the oldest dropped beyond that (``batching.ListWriteBehind``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ class Recorder(ListWriteBehind[UsageRow]):
     failure_log = log
     failure_message = "usage flush failed; will retry"
 
-    def __init__(self, store: Store, access_log: str = "-", flush_interval: float = 0.5) -> None:
-        super().__init__(flush_interval, "keygate-recorder")
+    def __init__(
+        self, store: Store, access_log: str = "-", flush_interval: float = 0.5, max_pending: int = 100_000
+    ) -> None:
+        super().__init__(flush_interval, "keygate-recorder", max_pending)
         self._store = store
         self._path = access_log
         self._reopen = False

@@ -23,6 +23,7 @@ from granian.server.embed import Server
 
 from . import __version__
 from .admin.listener import ADMIN_BACKLOG, admin_server, announce_first_token
+from .admin.readiness import Check
 from .alerts import Alerter
 from .app import Gateway
 from .chain import Chain
@@ -66,7 +67,9 @@ def build(settings: Settings) -> Parts:
     settings = ensure_pepper(settings)
     store = open_store(settings)
     try:
-        recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
+        recorder = Recorder(
+            store, settings.access_log, settings.usage_flush_interval, settings.write_buffer_rows
+        )
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
@@ -157,8 +160,14 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
+    # /readyz asks the store; a shared-counters backend adds ("counters", its check) here.
+    readiness: list[Check] = []
     admin = admin_server(
-        settings, parts.store, admin_listener, parts.events.alerter if parts.events is not None else None
+        settings,
+        parts.store,
+        admin_listener,
+        parts.events.alerter if parts.events is not None else None,
+        readiness,
     )
     server = OwnSocketServer(
         parts.gateway,
@@ -219,7 +228,7 @@ async def serve(
             extra={
                 "url": f"{'https' if settings.access.tls.enabled else 'http'}://{settings.listen_host}:{settings.listen_port}/v1",
                 "admin_url": f"http://{settings.admin_host}:{settings.admin_port}/",
-                "database": str(settings.database_path),
+                "database": settings.database_label,
                 "keys": len(parts.keys),
                 "upstreams": parts.pool.names(),
                 # What runs: this package's Python, interpreted (no compiled build; docs/HOTPATH.md).

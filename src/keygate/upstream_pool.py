@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings, Upstream
-from .errors import ConfigError, KeygateError, RateLimited, UpstreamUnavailable
+from .errors import ConfigError, KeygateError, RateLimited, StoreUnavailable, UpstreamUnavailable
 from .events import SecurityEvents
 from .schema import read_secret_file
 from .store import Store
@@ -349,7 +349,14 @@ class UpstreamPool:
                 log.info("upstream keys reloaded", extra={"upstreams": self.names()})
             if self.used:
                 used, self.used = self.used, {}
-                self._store.touch_upstream_keys(used)
+                try:
+                    self._store.touch_upstream_keys(used)
+                except StoreUnavailable:  # kept for the next round (newest time per key wins)
+                    for key_id, ts in used.items():
+                        self.used[key_id] = max(ts, self.used.get(key_id, 0.0))
+                    raise
+        except StoreUnavailable:
+            log.debug("upstream key refresh skipped: the database is unreachable")
         except Exception:
             log.exception("upstream key refresh failed")
 

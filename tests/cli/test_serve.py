@@ -46,3 +46,22 @@ def test_no_secret_is_written_anywhere(tmp_path: Path, upstream: MockUpstream, m
     assert any(p.name == "stdout.log" and p.stat().st_size > 0 for p in written)
     assert any(p.name == "keygate.db" for p in written)
     assert_no_secret_written(written, [*gw.secrets, pepper])
+
+
+def test_serve_and_the_cli_refuse_a_networked_database_without_the_shared_secrets(
+    tmp_path: Path, upstream: MockUpstream, pg_url: str
+) -> None:
+    from ..helpers import Gateway, process_cli
+
+    gw = Gateway(tmp_path, upstream.url, extra={"database_url": pg_url})
+    # `serve` as a process of its own: in process it would configure this process's logging.
+    for refused in (process_cli(gw, "serve"), gw.cli("keys", "list", check=False)):
+        assert refused.returncode == 2, refused.args
+        assert "pepper: with a networked database (postgresql://)" in refused.stderr
+        assert "KEYGATE_PEPPER" in refused.stderr
+    assert not (tmp_path / "keygate.pepper").exists()
+    # The schema (and a copy, `migrate --from`) needs neither: hashes and sealed keys move as stored.
+    assert "up to date" in gw.cli("migrate").stdout
+    gw.env["KEYGATE_PEPPER"] = "p" * 43
+    refused = gw.cli("keys", "list", check=False)
+    assert refused.returncode == 2 and "master_key: with a networked database" in refused.stderr

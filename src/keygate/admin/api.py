@@ -1,6 +1,7 @@
 """The admin API: a Starlette app on its own listener, never on the public one.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer kga_...`` with a role allowed to do
+Every route but ``/healthz`` and ``/readyz`` (:mod:`keygate.admin.readiness`) needs
+``Authorization: Bearer kga_...`` with a role allowed to do
 what the route does (see :mod:`keygate.admin.tokens`). Store work runs in a worker thread, so
 the data plane sharing this event loop is never blocked by an admin write. Every error, also
 404 and 405 from routing, is OpenAI's error JSON. Input is checked before anything is stored
@@ -15,7 +16,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -42,6 +43,7 @@ from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
 from .openapi import openapi_document
+from .readiness import Check, readyz
 
 log = logging.getLogger("keygate.admin")
 
@@ -130,12 +132,15 @@ def _bearer(request: Request) -> str | None:
 class AdminAPI:
     """Builds the Starlette app; holds the settings and store it serves from."""
 
-    def __init__(self, settings: Settings, store: Store, alerter: Alerter | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, alerter: Alerter | None = None, checks: Sequence[Check] = ()
+    ) -> None:
         self.settings = settings
         self.store = store
         self.alerter = alerter  # the gateway's, for audit_verify_failed and admin_auth_failures
         audit = settings.audit
         self._failures = Burst(audit.admin_auth_failures, audit.admin_auth_failures_window)
+        self.checks: list[Check] = [("store", store.ping), *checks]
 
     def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
         if presented is None:
@@ -223,6 +228,7 @@ class AdminAPI:
 
         return [
             Route("/healthz", healthz, methods=GET),
+            Route("/readyz", readyz(self.checks), methods=GET),
             Route("/openapi.json", ep("keys:read", lambda c: openapi_document()), methods=GET),
             Route("/admin/keys", ep("keys:read", lambda c: keys.list_views(s)), methods=GET),
             Route(
@@ -352,6 +358,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(KeygateError("The admin API hit an internal error."))
 
 
-def build_admin_app(settings: Settings, store: Store, alerter: Alerter | None = None) -> Starlette:
-    """The admin ASGI app for these settings and this store."""
-    return AdminAPI(settings, store, alerter).app()
+def build_admin_app(
+    settings: Settings, store: Store, alerter: Alerter | None = None, checks: Sequence[Check] = ()
+) -> Starlette:
+    """The admin ASGI app for these settings and this store (``checks``: more for ``/readyz``)."""
+    return AdminAPI(settings, store, alerter, checks).app()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from granian.constants import HTTPModes, Interfaces
@@ -23,6 +24,7 @@ from ..ops.audit import SERVE
 from ..sockets import OwnSocketServer
 from ..store import Store
 from .api import build_admin_app
+from .readiness import Check
 
 log = logging.getLogger("keygate")
 
@@ -30,12 +32,17 @@ ADMIN_BACKLOG = 128
 
 
 def admin_server(
-    settings: Settings, store: Store, sock: socket.socket, alerter: Alerter | None = None
+    settings: Settings,
+    store: Store,
+    sock: socket.socket,
+    alerter: Alerter | None = None,
+    checks: Sequence[Check] = (),
 ) -> OwnSocketServer:
     """The granian server for the admin API on ``sock``, the listener that ``server.py`` bound on
-    ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``)."""
+    ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``); ``checks`` are
+    the dependencies ``/readyz`` asks about besides the store."""
     return OwnSocketServer(
-        without_server_banner(build_admin_app(settings, store, alerter)),
+        without_server_banner(build_admin_app(settings, store, alerter, checks)),
         sock,
         interface=Interfaces.ASGINL,
         http=HTTPModes.http1,

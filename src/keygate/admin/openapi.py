@@ -42,6 +42,16 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _ERROR = _json(_ref("Error"), "an error, in OpenAI's error shape")
 
 
+_READY: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+
+
 def _op(
     op_id: str,
     summary: str,
@@ -259,6 +269,12 @@ def openapi_document() -> dict[str, Any]:
             "/healthz": {
                 "get": {
                     **_op("healthz", "liveness", _obj({"status": {"type": "string"}}, ["status"])),
+                    "security": [],
+                }
+            },
+            "/readyz": {
+                "get": {
+                    **_op("readyz", "readiness: each dependency (503 when one is down)", _READY),
                     "security": [],
                 }
             },

@@ -19,13 +19,14 @@ from . import (
     audit,
     keys,
     master_key,
+    migrate,
     serve,
     teams,
     upstreams,
     usage,
 )
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit, migrate)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 

@@ -52,9 +52,9 @@ def run_init(args: argparse.Namespace) -> int:
     with local_store(args) as (settings, store):
         if ops.has_admin(store):
             if args.json:
-                print_json({"database": str(settings.database_path), "created": False})
+                print_json({"database": settings.database_label, "created": False})
             else:
-                print(f"keygate is initialised ({settings.database_path}); an admin token exists already.")
+                print(f"keygate is initialised ({settings.database_label}); an admin token exists already.")
             return 0
         view = ops.create(store, settings.pepper, actor(), {"role": "admin", "name": "first admin"})
     _show(args, view)

@@ -55,7 +55,11 @@ def default_guards(parts: Parts) -> list[Guard]:
     """
     settings = parts.settings
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
-    trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
+    trail = (
+        AuditTrail(parts.store, settings.usage_flush_interval, settings.write_buffer_rows)
+        if parts.store is not None
+        else None
+    )
     return [
         Record(parts.recorder, parts.events),
         RotationWatch(parts.keys, settings.rotation_warning_days),

@@ -63,7 +63,6 @@ writer_log = logging.getLogger("keygate.prompt_scan")
 # Strictness of the modes (access_config.SCAN_MODES): the stricter of key and team wins.
 _RANK: Final = {"off": 0, "log": 1, "mask": 2, "block": 3}
 _SEP: Final = "\x00"  # between the strings of a body when they are scanned as one text
-_MAX_PENDING: Final = 10_000  # audit rows buffered at most; beyond that they are counted, not kept
 
 
 class AuditTrail(ListWriteBehind[AuditRecord]):
@@ -72,20 +71,19 @@ class AuditTrail(ListWriteBehind[AuditRecord]):
     failure_log = writer_log
     failure_message = "prompt-scan audit write failed; will retry"
 
-    def __init__(self, store: Store, interval: float) -> None:
-        super().__init__(interval, "keygate-prompt-scan")
+    def __init__(self, store: Store, interval: float, max_pending: int = 10_000) -> None:
+        super().__init__(interval, "keygate-prompt-scan", max_pending)
         self._store = store
-        self.dropped = 0
 
     def add(self, record: AuditRecord) -> None:
-        if len(self._pending) >= _MAX_PENDING:
-            self.dropped += 1
-            return
         self._pending.append(record)
 
     def _write(self, batch: list[AuditRecord]) -> None:
-        for record in batch:
-            self._store.write_audit(record)
+        # Written one by one; each one written leaves the batch, so after a failure only the
+        # records not yet written go back to the buffer (none is written twice).
+        while batch:
+            self._store.write_audit(batch[0])
+            del batch[0]
 
 
 def _strings(value: Any, out: list[str]) -> list[str]:

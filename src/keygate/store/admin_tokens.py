@@ -1,19 +1,19 @@
-"""Admin tokens in SQLite.
+"""Admin tokens, in SQL both stores run.
 
-A mixin of :class:`~keygate.store.sqlite.SQLiteStore`. Only ``HMAC-SHA256(pepper, token)`` is
+A mixin of both stores (see :mod:`keygate.store.sql`). Only ``HMAC-SHA256(pepper, token)`` is
 stored. Audit entries are written by ``_insert_audit`` (:mod:`keygate.store.audit_sql`) inside the
 transaction of the change they describe.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..types import AuditRecord
 from .base import AdminToken
+from .sql import SqlConn
 
 ADMIN_TOKENS_MIGRATION = """
     CREATE TABLE IF NOT EXISTS admin_tokens (
@@ -29,6 +29,20 @@ ADMIN_TOKENS_MIGRATION = """
     CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)
 """
 
+PG_ADMIN_TOKENS_MIGRATION = """
+    CREATE TABLE IF NOT EXISTS admin_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        revoked_at DOUBLE PRECISION
+    );
+    CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)
+"""
+
 _COLUMNS = "id, name, token_hash, hint, role, created_at, status, revoked_at"
 
 
@@ -37,13 +51,13 @@ def _token(row: Sequence[Any]) -> AdminToken:
 
 
 class AdminTokensMixin:
-    """Admin token and audit queries; the connection handling comes from the store class."""
+    """Admin token queries; the connection handling comes from the store class."""
 
     if TYPE_CHECKING:
 
-        def _conn(self) -> sqlite3.Connection: ...
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _insert_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> object: ...
+        def _conn(self) -> SqlConn: ...
+        def _tx(self) -> AbstractContextManager[SqlConn]: ...
+        def _insert_audit(self, conn: SqlConn, record: AuditRecord) -> object: ...
 
     def insert_admin_token(self, token: AdminToken, audit: AuditRecord) -> None:
         with self._tx() as conn:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..audit_chain import GENESIS, ChainRow, seal
 from ..types import AuditRecord
 from .base import AuditEntry
+from .sql import SqlConn
 
 # The chain columns and the head (whose hash starts as audit_chain.GENESIS, 64 zeros). The head
 # row starts after the entries already stored (they predate the chain; ``chain_start`` says from
@@ -101,8 +101,8 @@ class AuditMixin:
 
     if TYPE_CHECKING:
 
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _conn(self) -> sqlite3.Connection: ...
+        def _tx(self) -> AbstractContextManager[SqlConn]: ...
+        def _conn(self) -> SqlConn: ...
 
     @property
     def _audit_local(self) -> threading.local:

@@ -1,7 +1,9 @@
 """The Store protocol: everything the gateway, the CLI and the admin API need from persistence.
 
-:class:`~keygate.store.sqlite.SQLiteStore` implements it; a networked store implements the same
-methods and nothing else is needed. Two rules every implementation keeps:
+:class:`~keygate.store.sqlite.SQLiteStore` and :class:`~keygate.store.postgres.PostgresStore`
+implement it (sharing their SQL, :mod:`keygate.store.sql`); nothing else is needed. A networked
+store raises :class:`~keygate.errors.StoreUnavailable` when its database cannot be reached, and
+its ``keys_changed`` never raises. Two rules every implementation keeps:
 
 - **A change and its audit entry commit together.** Every method that changes what an operator
   manages (keys, teams, admin tokens, upstreams) takes the :class:`~keygate.types.AuditRecord`
@@ -114,6 +116,9 @@ KEY_FIELDS = frozenset({"name", "team_id", "upstream", "metadata", "policy"})
 class Store(Protocol):
     def migrate(self) -> None: ...
     def close(self) -> None: ...
+    def ping(self) -> None:
+        """Raise unless the database answers now (``/readyz``); cheap."""
+        ...
 
     # -- client keys (a change to a key or team counts for keys_changed) -------------------------
     def insert_key(self, record: KeyRecord, audit: AuditRecord) -> None: ...

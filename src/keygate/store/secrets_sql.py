@@ -1,6 +1,6 @@
-"""SQLite tables for stored upstream keys, store-defined upstreams and client-key grace secrets.
+"""Stored upstream keys, store-defined upstreams and client-key grace secrets, in SQL both stores run.
 
-Mixed into :class:`~keygate.store.sqlite.SQLiteStore`. Upstream key rows hold only sealed
+Mixed into both stores (see :mod:`keygate.store.sql`). Upstream key rows hold only sealed
 material (see :mod:`keygate.vault`); a retired key's sealed material is wiped (crypto-shredded).
 Every change bumps ``meta.upstreams_rev`` so a running gateway reloads its key pool.
 """
@@ -8,7 +8,6 @@ Every change bumps ``meta.upstreams_rev`` so a running gateway reloads its key p
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..types import AuditRecord
 from ..vault import Sealed
 from .base import UpstreamDef, UpstreamKeyRow
+from .sql import SqlConn
 
 MIGRATION = (
     "0003_upstream_secrets",
@@ -51,6 +51,40 @@ MIGRATION = (
     """,
 )
 
+PG_MIGRATION = (
+    "0003_upstream_secrets",
+    """
+    INSERT INTO meta (k, v) VALUES ('upstreams_rev', '0') ON CONFLICT (k) DO NOTHING;
+    CREATE TABLE IF NOT EXISTS upstream_defs (
+        name TEXT PRIMARY KEY,
+        base_url TEXT NOT NULL,
+        allow_insecure INTEGER NOT NULL DEFAULT 0,
+        fallback TEXT,
+        ca_bundle TEXT,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS upstream_keys (
+        id TEXT PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        last4 TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION,
+        status TEXT NOT NULL DEFAULT 'active',
+        retire_at DOUBLE PRECISION,
+        kek_id TEXT,
+        wrapped_key BYTEA,
+        ciphertext BYTEA
+    );
+    CREATE INDEX IF NOT EXISTS upstream_keys_upstream ON upstream_keys (upstream);
+    CREATE TABLE IF NOT EXISTS key_grace_secrets (
+        key_hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+)
+
 
 ENABLES_MIGRATION = (
     "0004_upstream_key_enables",
@@ -59,6 +93,17 @@ ENABLES_MIGRATION = (
         key_id TEXT PRIMARY KEY,
         upstream TEXT NOT NULL,
         enabled_at REAL NOT NULL
+    )
+    """,
+)
+
+PG_ENABLES_MIGRATION = (
+    "0004_upstream_key_enables",
+    """
+    CREATE TABLE IF NOT EXISTS upstream_key_enables (
+        key_id TEXT PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        enabled_at DOUBLE PRECISION NOT NULL
     )
     """,
 )
@@ -78,14 +123,14 @@ def _uk_row(r: Any) -> UpstreamKeyRow:
 class SecretsMixin:
     if TYPE_CHECKING:
 
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _conn(self) -> sqlite3.Connection: ...
-        def _insert_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> object: ...
+        def _tx(self) -> AbstractContextManager[SqlConn]: ...
+        def _conn(self) -> SqlConn: ...
+        def _insert_audit(self, conn: SqlConn, record: AuditRecord) -> object: ...
         @staticmethod
-        def _bump_keys_rev(conn: sqlite3.Connection) -> None: ...
+        def _bump_keys_rev(conn: SqlConn) -> None: ...
 
     @staticmethod
-    def _bump_upstreams_rev(conn: sqlite3.Connection) -> None:
+    def _bump_upstreams_rev(conn: SqlConn) -> None:
         conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'upstreams_rev'")
 
     def upstreams_rev(self) -> str:
@@ -98,7 +143,10 @@ class SecretsMixin:
         d = definition
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO upstream_defs VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO upstream_defs (name, base_url, allow_insecure, fallback, ca_bundle, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET base_url = excluded.base_url,"
+                " allow_insecure = excluded.allow_insecure, fallback = excluded.fallback,"
+                " ca_bundle = excluded.ca_bundle, created_at = excluded.created_at",
                 (d.name, d.base_url, int(d.allow_insecure), d.fallback, d.ca_bundle, d.created_at),
             )
             self._insert_audit(conn, audit)
@@ -190,15 +238,19 @@ class SecretsMixin:
             return
         with self._tx() as conn:
             conn.executemany(
-                "UPDATE upstream_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-                [(ts, kid) for kid, ts in used.items()],
+                "UPDATE upstream_keys SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at < ?)",
+                # In id order: two writers touching the same rows take their locks in one order.
+                [(ts, kid, ts) for kid, ts in sorted(used.items())],
             )
 
     def enable_upstream_key(self, upstream: str, key_id: str, now: float, audit: AuditRecord) -> None:
         """Ask running gateways to put a key rejected (401/403) before ``now`` back into rotation."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO upstream_key_enables (key_id, upstream, enabled_at) VALUES (?, ?, ?)",
+                "INSERT INTO upstream_key_enables (key_id, upstream, enabled_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_id) DO UPDATE SET upstream = excluded.upstream,"
+                " enabled_at = excluded.enabled_at",
                 (key_id, upstream, now),
             )
             self._insert_audit(conn, audit)
@@ -230,7 +282,9 @@ class SecretsMixin:
             if row is None:
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO key_grace_secrets (key_hash, key_id, expires_at) VALUES (?, ?, ?)",
+                "INSERT INTO key_grace_secrets (key_hash, key_id, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_hash) DO UPDATE SET key_id = excluded.key_id,"
+                " expires_at = excluded.expires_at",
                 (row[0], key_id, grace_until),
             )
             conn.execute(

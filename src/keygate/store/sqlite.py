@@ -8,21 +8,19 @@ transaction; :meth:`SQLiteStore.keys_changed` notices another process's change t
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from ..types import AuditRecord, KeyRecord, Team
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
 from .audit_sql import MIGRATION as _AUDIT_CHAIN_MIGRATION
 from .audit_sql import AuditMixin
-from .base import KEY_FIELDS
+from .keys_sql import KeysMixin
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
@@ -111,33 +109,8 @@ _MIGRATIONS: list[tuple[str, str]] = [
     _AUDIT_CHAIN_MIGRATION,
 ]
 
-_KEY_COLUMNS = (
-    "id, name, key_hash, hint, created_at, status, team_id, upstream, last_used_at, metadata, policy"
-)
-_TEAM_COLUMNS = "id, name, created_at, policy"
 
-
-def _key_from_row(row: Sequence[Any]) -> KeyRecord:
-    return KeyRecord(
-        id=row[0],
-        name=row[1],
-        key_hash=row[2],
-        hint=row[3],
-        created_at=row[4],
-        status=row[5],
-        team_id=row[6],
-        upstream=row[7],
-        last_used_at=row[8],
-        metadata=json.loads(row[9]),
-        policy=json.loads(row[10]),
-    )
-
-
-def _team_from_row(row: Sequence[Any]) -> Team:
-    return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
-
-
-class SQLiteStore(AuditMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
+class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path, audit_key: bytes | None = None) -> None:
@@ -231,97 +204,8 @@ class SQLiteStore(AuditMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
             self._wal_file.close()
             self._wal_file = None
 
-    # -- client keys -------------------------------------------------------------------------
-
-    @staticmethod
-    def _bump_keys_rev(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'keys_rev'")
-
-    def insert_key(self, record: KeyRecord, audit: AuditRecord) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    record.id,
-                    record.name,
-                    record.key_hash,
-                    record.hint,
-                    record.created_at,
-                    record.status,
-                    record.team_id,
-                    record.upstream,
-                    record.last_used_at,
-                    json.dumps(record.metadata),
-                    json.dumps(record.policy),
-                ),
-            )
-            self._insert_audit(conn, audit)
-            self._bump_keys_rev(conn)
-
-    def update_key(self, key_id: str, changes: Mapping[str, Any], audit: AuditRecord) -> KeyRecord | None:
-        if set(changes) - KEY_FIELDS:
-            raise ValueError(f"cannot update {sorted(set(changes) - KEY_FIELDS)}")
-        with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone() is None:
-                return None
-            for column, value in changes.items():
-                if column in ("metadata", "policy"):
-                    value = json.dumps(value)
-                # column is one of KEY_FIELDS (checked above), never client text
-                conn.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (value, key_id))  # noqa: S608
-            self._insert_audit(conn, audit)
-            self._bump_keys_rev(conn)
-        return self.get_key(key_id)
-
-    # -- teams ------------------------------------------------------------------------------
-
-    def insert_team(self, team: Team, audit: AuditRecord) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO teams (id, name, created_at, policy) VALUES (?, ?, ?, ?)",
-                (team.id, team.name, team.created_at, json.dumps(team.policy)),
-            )
-            self._insert_audit(conn, audit)
-            self._bump_keys_rev(conn)
-
-    def get_team(self, ref: str) -> Team | None:
-        sql = f"SELECT {_TEAM_COLUMNS} FROM teams WHERE id = ? OR name = ?"  # noqa: S608 (constant columns)
-        row = self._conn().execute(sql, (ref, ref)).fetchone()
-        return _team_from_row(row) if row else None
-
-    def list_teams(self) -> list[Team]:
-        sql = f"SELECT {_TEAM_COLUMNS} FROM teams ORDER BY created_at, id"  # noqa: S608 (constant columns)
-        return [_team_from_row(r) for r in self._conn().execute(sql).fetchall()]
-
-    def update_team(self, team_id: str, policy: Mapping[str, Any], audit: AuditRecord) -> Team | None:
-        with self._tx() as conn:
-            cur = conn.execute("UPDATE teams SET policy = ? WHERE id = ?", (json.dumps(policy), team_id))
-            if not cur.rowcount:
-                return None
-            self._insert_audit(conn, audit)
-            self._bump_keys_rev(conn)
-        return self.get_team(team_id)
-
-    def get_key(self, key_id: str) -> KeyRecord | None:
-        sql = f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?"  # noqa: S608 (constant columns)
-        row = self._conn().execute(sql, (key_id,)).fetchone()
-        return _key_from_row(row) if row else None
-
-    def list_keys(self) -> list[KeyRecord]:
-        sql = f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id"  # noqa: S608 (constant columns)
-        rows = self._conn().execute(sql).fetchall()
-        return [_key_from_row(r) for r in rows]
-
-    def revoke_key(self, key_id: str, when: float, audit: AuditRecord) -> bool:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE keys SET status = 'revoked', revoked_at = ? WHERE id = ? AND status != 'revoked'",
-                (when, key_id),
-            )
-            if cur.rowcount:
-                self._insert_audit(conn, audit)
-                self._bump_keys_rev(conn)
-            return cur.rowcount > 0
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
 
     def keys_changed(self) -> bool:
         # Fast path, no system call and no GIL release: every commit by any connection rewrites
