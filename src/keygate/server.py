@@ -26,11 +26,13 @@ from .admin.listener import ADMIN_BACKLOG, admin_server, announce_first_token
 from .app import Gateway
 from .chain import Chain
 from .config import Address, Settings, ensure_pepper
-from .counters import MemoryCounters
+from .counters import Counters, MemoryCounters
+from .counters.redis import RedisCounters
 from .errors import ConfigError
 from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
+from .guards.per_instance import check_config as check_shared_limits
 from .keycache import KeyCache
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
@@ -55,6 +57,7 @@ class Parts:
     keys: KeyCache
     gateway: Gateway
     pool: UpstreamPool
+    counters: Counters | None = None
 
 
 def build(settings: Settings) -> Parts:
@@ -65,7 +68,7 @@ def build(settings: Settings) -> Parts:
     try:
         recorder = Recorder(store, settings.access_log, settings.usage_flush_interval)
         keys = KeyCache(store)
-        counters = MemoryCounters()  # in process; a networked implementation plugs in here
+        counters = make_counters(settings, store)
         spend = SpendBook(counters, store, settings.usage_flush_interval)
         chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store)))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
@@ -75,7 +78,26 @@ def build(settings: Settings) -> Parts:
         store.close()
         raise
     gateway = Gateway(settings, chain, Forwarder(settings, pool))
-    return Parts(settings, store, recorder, keys, gateway, pool)
+    return Parts(settings, store, recorder, keys, gateway, pool, counters)
+
+
+def make_counters(settings: Settings, store: Store) -> Counters:
+    """Redis counters shared by every instance when ``redis_url`` is set, else in process (refused
+    with a networked database when limits, budgets or lockouts are configured)."""
+    if settings.redis_url is None:
+        network = settings.network
+        check_shared_limits(settings.database_url, settings.limits, network.lockout.enabled)
+        return MemoryCounters()
+
+    def load_spend() -> dict[str, float]:
+        return {name: spent + held for name, (spent, held) in store.load_spend().items()}
+
+    return RedisCounters(
+        settings.redis_url,
+        password=settings.redis_password,
+        lease=settings.counter_lease,
+        load_spend=load_spend,
+    )
 
 
 def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
@@ -221,6 +243,8 @@ async def serve(
 
     announcer = asyncio.ensure_future(_when_serving((server, admin), started))
     await parts.recorder.start()
+    if isinstance(parts.counters, RedisCounters):
+        await parts.counters.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
     if own_process:
@@ -267,6 +291,8 @@ async def serve(
             stopper.cancel()
         await parts.pool.stop()
         await parts.gateway.chain.stop()
+        if isinstance(parts.counters, RedisCounters):
+            await parts.counters.close()  # after the chain: the spend book's last flush reads it
         await parts.recorder.close()
         parts.gateway.forwarder.close()
         for sock in sockets:

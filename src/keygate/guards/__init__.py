@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..chain import Guard
 from ..config import Settings
-from ..counters import Counters
+from ..counters import Counters, SharedCounters
 from ..keycache import KeyCache
 from ..recorder import Recorder
 from ..spend import SpendBook
@@ -22,11 +22,13 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
+from .per_instance import NeedsSharedCounters, networked
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
 from .ratelimit import rate_limit
 from .record import Record
 from .rotation_watch import RotationWatch
+from .shared_limits import SharedLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +51,37 @@ def default_guards(parts: Parts) -> list[Guard]:
     → prompt scan → rate limits → budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
-    a refused request costs no quota and a masked body is the one they estimate.
+    a refused request costs no quota and a masked body is the one they estimate. On counters
+    shared by several instances, one guard (``shared_limits``) decides rate limits, budget and
+    global caps together, so a request costs one round trip to admit and one to settle.
     """
     settings = parts.settings
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
     trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
+    counters = parts.counters
+    limit_guards: list[Guard]
+    if isinstance(counters, SharedCounters):
+        limit_guards = [SharedLimits(counters, limits, parts.spend, settings.on_counter_failure)]
+    else:
+        # A networked database without shared counters: limits stored on keys and teams are
+        # refused rather than kept per instance (the settings were checked at start-up).
+        alone: list[Guard] = [NeedsSharedCounters()] if networked(settings.database_url) else []
+        limit_guards = [
+            *alone,
+            rate_limit(counters, limits),
+            budget_guard(counters, limits, parts.spend),
+            global_limit(limits.global_),
+        ]
     return [
         Record(parts.recorder),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
-        AuthLockout(access.network.lockout),
+        *([AuthLockout(access.network.lockout, counters)] if access.network.lockout.enabled else []),
         build_authenticate(settings, parts.keys),
         Honeytoken(),
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
         PromptScan(scan.secrets, scan.pii, trail),
-        rate_limit(parts.counters, limits),
-        budget_guard(parts.counters, limits, parts.spend),
-        global_limit(limits.global_),
+        *limit_guards,
     ]
