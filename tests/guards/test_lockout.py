@@ -12,8 +12,8 @@ import pytest
 from keygate import keys, schema
 from keygate.access_config import Lockout
 from keygate.context import Context
-from keygate.errors import AuthenticationFailed, KeygateError, PermissionDenied, RateLimited
 from keygate.counters import lockouts as lockout_module
+from keygate.errors import AuthenticationFailed, KeygateError, PermissionDenied, RateLimited
 from keygate.guards.auth import UNKNOWN
 from keygate.guards.lockout import AuthLockout
 from keygate.testing import MockUpstream, context, key_record, run_complete

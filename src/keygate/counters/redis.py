@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -83,7 +85,7 @@ class RedisCounters:
         password: Secret | None = None,
         prefix: str = "keygate:",
         lease: float = 15.0,
-        timeout: float = 1.0,
+        timeout: float = 2.0,
         load_spend: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self._prefix = prefix
@@ -98,6 +100,11 @@ class RedisCounters:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
+            # A pooled connection found dead (Redis restarted) is replaced and the command sent
+            # once more. (Should a connection break after Redis ran a script, the script runs
+            # twice: docs/redis.md says what that can cost.)
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._shas: dict[str, str] = {}

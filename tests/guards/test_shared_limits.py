@@ -1,0 +1,223 @@
+"""Limits exact across gateway instances: two real keygates sharing one Redis and one database.
+
+The Redis is a private ``redis-server`` of this module (nothing on disk), so tests can stop it and
+start it again empty. What a refusal looks like and what each limit means is tested on one
+in-process gateway in test_ratelimit.py and test_budget.py; here: that two instances together
+allow exactly what one would, and what happens when Redis goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from keygate.counters import Ask
+from keygate.counters.redis import RedisCounters
+from keygate.testing import MockUpstream
+
+from ..helpers import Gateway
+from ..redis_helpers import PrivateRedis
+from .common import CHAT, post_chat
+
+BUDGET = "key:{}|tokens|lifetime"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    s = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+def _extra(server: PrivateRedis, shared: Path, **more: Any) -> dict[str, Any]:
+    return {
+        "database_url": f"sqlite:///{shared / 'keygate.db'}",
+        "redis_url": server.url,
+        "counter_lease": 1.0,
+        **more,
+    }
+
+
+@pytest.fixture(scope="module")
+def pair(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    a = Gateway(tmp_path_factory.mktemp("a"), upstream.url, extra=_extra(server, shared)).start()
+    b = Gateway(tmp_path_factory.mktemp("b"), upstream.url, extra=_extra(server, shared)).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture
+def redis_up(server: PrivateRedis) -> Iterator[PrivateRedis]:
+    if server.proc is None:
+        server.start()
+    yield server
+    if server.proc is None:
+        server.start()
+
+
+def _post_spread(urls: list[str], key: str, n: int, body: dict[str, Any]) -> list[httpx.Response]:
+    """``n`` requests at once, spread in turn over ``urls``, each on its own connection."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
+            headers = {"authorization": f"Bearer {key}"}
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(f"{urls[i % len(urls)]}/chat/completions", json=body, headers=headers)
+                        for i in range(n)
+                    )
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def _wait(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+    return found
+
+
+def test_exactly_ten_of_a_hundred_across_two_instances(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    key = a.create_key("rpm10", "--rpm", "10")["key"]
+    _wait(lambda: post_chat(b.url, "kg_unknown").status_code == 401)  # b serves
+    responses = _post_spread([a.url, b.url], key, 100, dict(CHAT))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 10 and statuses.count(429) == 90
+    assert len(mock.requests) == 10  # only those reached the upstream
+    # Both instances let some through and refused some: the limit is one, not one each.
+    by_gw = {
+        url: [r.status_code for i, r in enumerate(responses) if i % 2 == n]
+        for n, url in enumerate((a.url, b.url))
+    }
+    assert all(429 in codes for codes in by_gw.values())
+
+
+def test_a_token_budget_holds_under_concurrent_streams_on_two_instances(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("streams", "--budget-tokens", "300/lifetime")
+    body = {**CHAT, "stream": True, "max_tokens": 40}
+    responses = _post_spread([a.url, b.url], made["key"], 24, body)
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert ok and refused and len(ok) + len(refused) == 24
+    assert all(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
+    client = redis_up.client()
+
+    def settled() -> tuple[float, float] | None:
+        s, h = client.hmget("keygate:b:" + BUDGET.format(made["id"]), "s", "h")
+        return (float(s), float(h or 0)) if s is not None and float(h or 0) == 0 else None
+
+    spent, _ = _wait(settled)
+    assert spent <= 300  # never beyond the budget: every stream held its worst case first
+    assert len(mock.requests) == len(ok)
+
+
+def test_slots_of_a_vanished_instance_free_within_the_lease(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("conc1", "--max-concurrent", "1")
+
+    async def vanish() -> None:
+        # Another instance takes the key's slot and dies without giving it back (as after kill -9).
+        lost = RedisCounters(redis_up.url, lease=1.0)
+        await lost.admit(Ask(gates=[(f"k:{made['id']}:conc", 1)]), 0.0)
+        await lost.close()
+
+    asyncio.run(vanish())
+    t0 = time.monotonic()
+    refused = post_chat(b.url, made["key"])
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+    _wait(lambda: post_chat(b.url, made["key"]).status_code == 200, timeout=5.0)
+    assert time.monotonic() - t0 < 2.5  # the lease is 1 s
+
+
+def test_redis_down_refuses_limited_keys_with_503_and_serves_the_others(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    limited = a.create_key("limited", "--rpm", "100")["key"]
+    free = a.create_key("free")["key"]
+    assert post_chat(b.url, limited).status_code == 200
+    redis_up.stop()
+    refused = post_chat(b.url, limited)
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "counters_unavailable" and error["type"] == "server_error"
+    assert refused.headers["retry-after"] == "1"
+    assert post_chat(b.url, free).status_code == 200  # a key without limits never asks Redis
+    assert any("shared counters unavailable" in e.get("event", "") for e in b.log_entries())
+    redis_up.start()  # back, empty: the gateway reconnects by itself
+    _wait(lambda: post_chat(b.url, limited).status_code == 200)
+
+
+def test_a_budget_is_still_enforced_after_redis_restarted_empty(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("rebuilt", "--budget-tokens", "300/lifetime")
+    words = {**CHAT, "messages": [{"role": "user", "content": " ".join(["word"] * 200)}], "max_tokens": 1}
+    assert post_chat_body(a.url, made["key"], words).status_code == 200  # 200 + 1 of 300 spent
+    # Persisted in its batch, then Redis loses everything.
+    _wait(lambda: _stored_spend(a, made["id"]) >= 201)
+    redis_up.stop()
+    redis_up.start()
+    again = post_chat_body(b.url, made["key"], words)  # 201 + 201 > 300: refused, from the store's count
+    assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"
+    assert len(mock.requests) == 1
+
+
+def test_open_on_failure_admits_without_limits_and_says_so(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    extra = _extra(server, shared, on_counter_failure="open")
+    with Gateway(tmp_path / "open", upstream.url, extra=extra) as gw:
+        key = gw.create_key("open", "--rpm", "1")["key"]
+        assert post_chat(gw.url, key).status_code == 200
+        assert post_chat(gw.url, key).status_code == 429
+        server.stop()
+        try:
+            assert post_chat(gw.url, key).status_code == 200  # admitted: Redis cannot say no
+            assert post_chat(gw.url, key).status_code == 200
+            logged = [e for e in gw.log_entries() if "WITHOUT limits" in e.get("event", "")]
+            assert len(logged) == 1 and logged[0]["level"] == "error"  # loud, and rate-limited
+        finally:
+            server.start()
+
+
+def post_chat_body(url: str, key: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{url}/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+def _stored_spend(gw: Gateway, key_id: str) -> float:
+    path = gw.settings().database_path
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT spent FROM spend WHERE name = ?", (BUDGET.format(key_id),)).fetchone()
+    return float(row[0]) if row else 0.0
