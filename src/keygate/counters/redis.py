@@ -32,13 +32,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ..types import Secret
 from . import scripts
 from .base import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Rate, Refused, Settled, Taken
 from .lockouts import LocalLockouts
+from .resp import ReplyError, RespClient, RespConnectionError
 
 log = logging.getLogger("keygate.counters")
 
@@ -106,7 +106,8 @@ class RedisCounters:
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = aioredis.Redis(connection_pool=pool)  # for pub/sub only (not per request)
+        self._resp = RespClient(url, password.reveal() if password is not None else None, timeout)
         self._shas: dict[str, str] = {}
         self._instance = secrets.token_hex(6)
         self._seq = 0
@@ -123,6 +124,7 @@ class RedisCounters:
         self._channel = prefix + "locks"
         self._marker = prefix + "loaded"
         self._closing = False
+        self.round_trips = 0  # EVALSHAs and pipelines sent (for measuring; never reset)
 
     # -- the connection and the scripts --------------------------------------------------------
 
@@ -146,6 +148,7 @@ class RedisCounters:
             # (a read inside redis-py may swallow one cancellation: the loops also see _closing)
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
+        self._resp.close()
         await self._redis.aclose()
 
     async def drain(self) -> None:
@@ -159,26 +162,31 @@ class RedisCounters:
     async def ready(self) -> bool:
         """Redis answers a PING now (the readiness check)."""
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            return bool(await self._resp.call("PING") == "PONG")
+        except (RespConnectionError, ReplyError):
             return False
 
     async def _sha(self, name: str) -> str:
         sha = self._shas.get(name)
         if sha is None:
-            sha = self._shas[name] = str(await self._redis.script_load(_SCRIPTS[name]))
+            sha = self._shas[name] = str(await self._resp.call("SCRIPT", "LOAD", _SCRIPTS[name]))
         return sha
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """One script, one round trip (two after Redis lost its script cache)."""
+        self.round_trips += 1
         try:
-            try:
-                return await self._redis.evalsha(await self._sha(name), len(keys), *keys, *args)
-            except NoScriptError:
+            for _ in range(2):
+                sha = await self._sha(name)
+                reply = (await self._resp.pipeline([("EVALSHA", sha, len(keys), *keys, *args)]))[0]
+                if not isinstance(reply, ReplyError):
+                    return reply
+                if not str(reply).startswith("NOSCRIPT"):
+                    raise CountersUnavailable(f"redis: script {name} failed: {reply}")
                 self._shas.clear()
-                return await self._redis.evalsha(await self._sha(name), len(keys), *keys, *args)
-        except (RedisError, OSError) as exc:
-            raise CountersUnavailable(f"redis: {type(exc).__name__}") from None
+            raise CountersUnavailable("redis: scripts cannot be loaded")
+        except (RespConnectionError, ReplyError) as exc:
+            raise CountersUnavailable(f"redis: {exc}") from None
 
     def _lease(self) -> str:
         self._seq += 1
@@ -233,8 +241,11 @@ class RedisCounters:
     async def _rebuild(self) -> None:
         """Redis has no budget counters (it restarted empty): add the persisted spend, once."""
         async with self._rebuilding:
-            if await self._redis.exists(self._marker):
-                return
+            try:
+                if await self._resp.call("EXISTS", self._marker):
+                    return
+            except (RespConnectionError, ReplyError) as exc:
+                raise CountersUnavailable(f"redis: {exc}") from None
             spent = dict(self._load_spend()) if self._load_spend is not None else {}
             keys = [self._marker] + [self._prefix + "b:" + n for n in spent]
             done = await self._call("rebuild", keys, [repr(float(v)) for v in spent.values()])
@@ -282,13 +293,13 @@ class RedisCounters:
                 batch = list(self._queue)
                 try:
                     results = await self._send(batch)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                except (RespConnectionError, OSError) as exc:
                     self._loud.warn("redis unreachable: counter updates queued", error=type(exc).__name__)
                     self._idle.set()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
-                except RedisError:  # not the connection: an answer that will not change
+                except ReplyError:  # not the connection: an answer that will not change
                     log.exception("counter updates refused by redis; dropped")
                     results = [None] * len(batch)
                 backoff = 0.05
@@ -307,24 +318,27 @@ class RedisCounters:
     async def _send(self, batch: list[_Op]) -> list[Any]:
         """One pipeline of EVALSHAs; after Redis lost its script cache, the refused ones (which
         changed nothing) are sent once more with the scripts loaded again."""
-        for name, _, _, _ in batch:
-            await self._sha(name)
         results: list[Any] = [None] * len(batch)
         todo = list(range(len(batch)))
         for _ in range(2):
-            pipe = self._redis.pipeline(transaction=False)
+            for name, _, _, _ in batch:
+                await self._sha(name)
+            commands = []
             for i in todo:
                 name, keys, args, _ = batch[i]
-                pipe.evalsha(self._shas[name], len(keys), *keys, *args)
-            got: list[Any] = await pipe.execute(raise_on_error=False)
+                commands.append(("EVALSHA", self._shas[name], len(keys), *keys, *args))
+            self.round_trips += 1
+            got = await self._resp.pipeline(commands)
             for i, r in zip(todo, got, strict=True):
                 results[i] = r
-            todo = [i for i, r in zip(todo, got, strict=True) if isinstance(r, NoScriptError)]
+            todo = [
+                i
+                for i, r in zip(todo, got, strict=True)
+                if isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT")
+            ]
             if not todo:
                 break
             self._shas.clear()
-            for name, _, _, _ in batch:
-                await self._sha(name)
         return results
 
     async def _renewer(self) -> None:
