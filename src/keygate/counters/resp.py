@@ -38,6 +38,21 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.out: list[bytes] = []  # commands of this event-loop turn, written together at its end
+        self.writes = 0  # (for measuring: writes made, each answered by the replies it asked for)
+
+    def write_soon(self, data: bytes) -> None:
+        """Queue ``data``; everything queued in this turn of the event loop goes out in one write
+        (so concurrent requests' commands share a system call, and their replies a read)."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.closed and out:
+            self.transport.write(b"".join(out))
+            self.writes += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -119,8 +134,7 @@ class RespClient:
         loop = asyncio.get_running_loop()
         futs = [loop.create_future() for _ in commands]
         proto.waiting.extend(futs)
-        assert proto.transport is not None
-        proto.transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+        proto.write_soon(b"".join([hiredis.pack_command(c) for c in commands]))
         last = futs[-1]
         timer = loop.call_later(self._timeout, _expire, proto, last)
         try:
@@ -144,6 +158,11 @@ class RespClient:
         if isinstance(reply, ReplyError):
             raise reply
         return reply
+
+    @property
+    def writes(self) -> int:
+        """Writes sent on the current connection (for measuring round trips)."""
+        return self._proto.writes if self._proto is not None else 0
 
     def close(self) -> None:
         if self._proto is not None:
