@@ -47,6 +47,8 @@ def _extra(server: PrivateRedis, shared: Path, **more: Any) -> dict[str, Any]:
         "database_url": f"sqlite:///{shared / 'keygate.db'}",
         "redis_url": server.url,
         "counter_lease": 1.0,
+        # Client addresses from X-Forwarded-For, so the lockout test locks out an address of its own.
+        "network": {"trusted_proxies": ["127.0.0.1/32"], "lockout": {"max_failures": 3}},
         **more,
     }
 
@@ -113,6 +115,51 @@ def test_exactly_ten_of_a_hundred_across_two_instances(
         for n, url in enumerate((a.url, b.url))
     }
     assert all(429 in codes for codes in by_gw.values())
+    ok = next(r for r in responses if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == "10"
+    assert 0 <= int(ok.headers["x-ratelimit-remaining-requests"]) < 10
+    refused = next(r for r in responses if r.status_code == 429)
+    assert (
+        refused.json()["error"]["code"] == "rate_limit_exceeded" and int(refused.headers["retry-after"]) >= 1
+    )
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_failed_authentications_on_both_instances_lock_the_address_out_on_both(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    key = a.create_key("locked-out")["key"]
+    xff = {"x-forwarded-for": "203.0.113.77"}
+    assert post_chat(a.url, "kg_" + "A" * 38, **xff).status_code == 401
+    assert post_chat(b.url, "kg_" + "B" * 38, **xff).status_code == 401
+    assert post_chat(a.url, "kg_" + "C" * 38, **xff).status_code == 401  # the third, over two instances
+
+    def locked(gw: Gateway) -> bool:
+        r = post_chat(gw.url, key, **xff)
+        return r.status_code == 429 and r.json()["error"]["code"] == "auth_locked_out"
+
+    _wait(lambda: locked(a) and locked(b), timeout=3.0)  # even with a valid key, on both
+    assert post_chat(b.url, key, **{"x-forwarded-for": "203.0.113.78"}).status_code == 200
+
+
+def test_global_caps_are_one_for_all_instances(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    extra = _extra(server, shared, limits={"global": {"rps": 3}})
+    g1 = Gateway(tmp_path / "g1", upstream.url, extra=extra)
+    g2 = Gateway(tmp_path / "g2", upstream.url, extra=extra)
+    with g1, g2:
+        key = g1.create_key("global")["key"]
+        t0 = time.monotonic()
+        responses = _post_spread([g1.url, g2.url], key, 30, dict(CHAT))
+        elapsed = time.monotonic() - t0
+        ok = [r.status_code for r in responses].count(200)
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy and busy[0].json()["error"]["code"] == "gateway_busy"
+        # One bucket of 3 per second for both (refilling while the burst was answered), not 3 each.
+        assert 3 <= ok <= 3 + int(3 * elapsed)
+        assert len(mock.requests) == ok
 
 
 def test_a_token_budget_holds_under_concurrent_streams_on_two_instances(
