@@ -41,9 +41,10 @@ class PrivateRedis:
     """``redis-server --port N --save '' --appendonly no`` of this test: nothing on disk, so a
     restart comes back empty."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.port = _free_port()
         self.workdir = workdir
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,6 +67,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,7 +75,7 @@ class PrivateRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+                client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
                 if client.ping():
                     client.close()
                     return
@@ -88,12 +90,12 @@ class PrivateRedis:
             self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
 
 @contextmanager
-def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(workdir)
+def private_redis(workdir: Path, password: str | None = None) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(workdir, password)
     server.start()
     try:
         yield server

@@ -15,6 +15,7 @@ import redis
 
 from keygate.counters import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Rate, Refused
 from keygate.counters.redis import RedisCounters
+from keygate.types import Secret
 
 from ..redis_helpers import SHARED_URL, drop_prefix, fresh_prefix, private_redis
 
@@ -231,5 +232,24 @@ def test_unreachable_redis_refuses_to_decide_and_queued_updates_wait_for_it(tmp_
                 assert isinstance(again, Admitted)
             finally:
                 await c.close()
+
+        run(body)
+
+
+def test_a_password_is_sent_and_never_shown(tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis", password="pw-under-test-1234") as server:
+
+        async def body() -> None:
+            good = await started("kg:", server.url, password=Secret("pw-under-test-1234"), timeout=0.5)
+            bad = await started("kg:", server.url, password=Secret("wrong-pw-5678"), timeout=0.5)
+            try:
+                assert isinstance(await good.admit(Ask([RPM], [1.0]), 0.0), Admitted)
+                assert await good.ready() and not await bad.ready()
+                with pytest.raises(CountersUnavailable) as info:
+                    await bad.admit(Ask([RPM], [1.0]), 0.0)
+                assert "wrong-pw" not in str(info.value) and "WRONGPASS" in str(info.value)
+            finally:
+                await good.close()
+                await bad.close()
 
         run(body)
