@@ -24,7 +24,7 @@ from keygate.testing import MockUpstream
 
 from ..helpers import Gateway
 from ..redis_helpers import PrivateRedis
-from .common import CHAT, post_chat
+from .common import CHAT, Hook, post_chat
 
 BUDGET = "key:{}|tokens|lifetime"
 
@@ -268,3 +268,20 @@ def _stored_spend(gw: Gateway, key_id: str) -> float:
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT spent FROM spend WHERE name = ?", (BUDGET.format(key_id),)).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def test_the_soft_threshold_notice_is_sent_once_settled_on_shared_counters(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    hook = Hook()
+    try:
+        limits = {"soft_threshold": 0.5, "webhook_url": hook.url}
+        with Gateway(tmp_path / "soft", upstream.url, extra=_extra(server, shared, limits=limits)) as gw:
+            made = gw.create_key("soft", "--budget-tokens", "300/lifetime")
+            wordy = {**CHAT, "messages": [{"role": "user", "content": "a " * 200}], "max_tokens": 1}
+            assert post_chat_body(gw.url, made["key"], wordy).status_code == 200  # 201 of 300: past 50%
+            calls = _wait(lambda: [h for h in list(hook.received) if h.get("id") == made["id"]])
+            assert len(calls) == 1 and calls[0]["event"] == "budget.soft_threshold"
+            assert calls[0]["spent"] == 201 and calls[0]["budget"] == 300
+    finally:
+        hook.close()
