@@ -6,6 +6,7 @@ Redis is unreachable. Two RedisCounters on one prefix stand for two gateway inst
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -251,5 +252,29 @@ def test_a_password_is_sent_and_never_shown(tmp_path: Path) -> None:
             finally:
                 await good.close()
                 await bad.close()
+
+        run(body)
+
+
+def test_a_hung_redis_fails_a_call_within_the_timeout_and_recovers(tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis") as server:
+
+        async def body() -> None:
+            c = await started("kg:", server.url, timeout=0.3)
+            try:
+                assert isinstance(await c.admit(Ask([RPM], [1.0]), 0.0), Admitted)
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGSTOP)  # alive, connected, silent
+                try:
+                    t0 = time.monotonic()
+                    with pytest.raises(CountersUnavailable):
+                        await c.admit(Ask([RPM], [1.0]), 0.0)
+                    assert time.monotonic() - t0 < 0.6  # one timeout, not one per retry
+                finally:
+                    server.proc.send_signal(signal.SIGCONT)
+                await until(c.ready)
+                assert isinstance(await c.admit(Ask([RPM], [1.0]), 0.0), Admitted)
+            finally:
+                await c.close()
 
         run(body)

@@ -32,6 +32,13 @@ class RespConnectionError(ConnectionError):
     """The connection is gone, or Redis did not answer in time."""
 
 
+class RespTimeout(RespConnectionError):
+    """Redis did not answer in time (not sent again: a hung server would double the wait)."""
+
+
+RETRY_CONNECT = 0.5  # seconds after a failed connect during which calls fail at once
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
@@ -94,6 +101,7 @@ class RespClient:
         self._timeout = timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._down_until = 0.0  # (loop time) a connect failed: fail at once until then
 
     async def _connection(self) -> _Protocol:
         proto = self._proto
@@ -106,6 +114,9 @@ class RespClient:
             if proto is not None and not proto.closed:
                 return proto
             loop = asyncio.get_running_loop()
+            if loop.time() < self._down_until:
+                # Callers queued behind a failed connect do not each wait for their own timeout.
+                raise RespConnectionError("cannot connect to redis (retrying shortly)")
             hostname = self._host if self._ssl else None
             try:
                 _, made = await asyncio.wait_for(
@@ -115,6 +126,7 @@ class RespClient:
                     self._timeout,
                 )
             except (OSError, TimeoutError) as exc:
+                self._down_until = loop.time() + RETRY_CONNECT
                 raise RespConnectionError(f"cannot connect to redis: {type(exc).__name__}") from None
             hello: list[tuple[Any, ...]] = []
             if self._password is not None:
@@ -147,6 +159,8 @@ class RespClient:
         """Each command's reply, in order; an error reply is a :data:`ReplyError` in the list."""
         try:
             return await self._send(await self._connection(), commands)
+        except RespTimeout:
+            raise
         except RespConnectionError:
             # A connection found dead (Redis restarted): once more on a new one. (A connection that
             # broke after Redis ran the commands runs them twice: docs/redis.md.)
@@ -172,9 +186,10 @@ class RespClient:
 
 def _expire(proto: _Protocol, fut: asyncio.Future[Any]) -> None:
     """No answer in time: the replies still due would answer the wrong calls, so drop the line."""
-    if not fut.done():
-        proto.close()
-        proto.connection_lost(None)
-        for waiting in (fut,):
-            if not waiting.done():
-                waiting.set_exception(RespConnectionError("redis did not answer in time"))
+    if fut.done():
+        return
+    while proto.waiting:
+        waiting = proto.waiting.popleft()
+        if not waiting.done():
+            waiting.set_exception(RespTimeout("redis did not answer in time"))
+    proto.close()
