@@ -414,3 +414,41 @@ def test_the_revision_poll_is_bounded(tmp_path: Path) -> None:
     assert load_settings(None, {}).database_poll_interval == 1.0
     with pytest.raises(ConfigError, match="database_poll_interval: expected a number > 0 and at most 5"):
         load_settings(write(tmp_path, "database_poll_interval: 6\n"), {})
+
+
+# -- shared counters (Redis) -----------------------------------------------------------------------
+
+
+def _redis_cfg(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> object:
+    cfg = tmp_path / "keygate.yaml"
+    cfg.write_text(text)
+    return load_settings(cfg, env or {})
+
+
+def test_redis_url_takes_its_password_only_by_reference(tmp_path: Path) -> None:
+    s = _redis_cfg(tmp_path, "redis_url: redis://:${RPW}@cache:6380/2\n", {"RPW": "s3cret-pw"})
+    assert s.redis_url == "redis://cache:6380/2" and s.redis_password is not None  # type: ignore[attr-defined]
+    assert s.redis_password.reveal() == "s3cret-pw"  # type: ignore[attr-defined]
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ConfigError, match="literal passwords are not allowed") as info:
+        _redis_cfg(tmp_path, "redis_url: rediss://app:hunter2@cache:6380/0\n")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"redis_url: \$\{RPW\} is not set"):
+        _redis_cfg(tmp_path, "redis_url: redis://:${RPW}@cache:6380/2\n")
+    secret = tmp_path / "redis.pw"
+    secret.write_text("from-a-file\n")
+    s = _redis_cfg(tmp_path, f"redis_url: rediss://app@cache/0\nredis_password: file:{secret}\n")
+    assert s.redis_url == "rediss://app@cache/0" and s.redis_password.reveal() == "from-a-file"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="redis_password: literal secrets are not allowed"):
+        _redis_cfg(tmp_path, "redis_url: redis://cache/0\nredis_password: hunter2\n")
+    with pytest.raises(ConfigError, match="redis_url: expected redis://"):
+        _redis_cfg(tmp_path, "redis_url: http://cache:6379\n")
+
+
+def test_counter_failure_mode_and_lease_are_checked(tmp_path: Path) -> None:
+    s = _redis_cfg(tmp_path, "redis_url: redis://cache/0\n")
+    assert s.on_counter_failure == "closed" and s.counter_lease == 15.0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="on_counter_failure"):
+        _redis_cfg(tmp_path, "on_counter_failure: maybe\n")
+    with pytest.raises(ConfigError, match="counter_lease"):
+        _redis_cfg(tmp_path, "counter_lease: 60\n")  # a dead instance's slots must free within 30 s

@@ -205,7 +205,7 @@ def test_load_counts_holds_of_a_crashed_run_as_spent(store: SQLiteStore) -> None
     counters = MemoryCounters()
     with logged("keygate.budget") as records:
         SpendBook(counters, store, 60.0).load()
-    assert counters.snapshot(["key:k|usd|lifetime", "key:k|tokens|2025-08-18"]) == {
+    assert counters.snapshot_now(["key:k|usd|lifetime", "key:k|tokens|2025-08-18"]) == {
         "key:k|usd|lifetime": (5.0, 0.0),  # spent + what was held when the last run died
         "key:k|tokens|2025-08-18": (10.0, 0.0),
     }
@@ -216,7 +216,7 @@ def test_load_counts_holds_of_a_crashed_run_as_spent(store: SQLiteStore) -> None
     again = MemoryCounters()
     with logged("keygate.budget") as records:
         SpendBook(again, store, 60.0).load()
-    assert again.snapshot(["key:k|usd|lifetime"]) == {"key:k|usd|lifetime": (5.0, 0.0)} and records == []
+    assert again.snapshot_now(["key:k|usd|lifetime"]) == {"key:k|usd|lifetime": (5.0, 0.0)} and records == []
 
 
 def test_a_failed_flush_is_retried_by_the_next_one(store: SQLiteStore) -> None:
@@ -274,7 +274,7 @@ def test_without_a_store_nothing_is_pending_or_written() -> None:
         await book.close()
 
     asyncio.run(run())
-    assert counters.snapshot(["a"]) == {"a": (1.0, 0.0)}
+    assert counters.snapshot_now(["a"]) == {"a": (1.0, 0.0)}
 
 
 # -- Notifier: the soft-threshold webhook --------------------------------------------------------

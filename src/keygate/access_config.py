@@ -30,6 +30,7 @@ ALLOWED_JWT_ALGORITHMS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Lockout:
+    enabled: bool = setting(True, schema.flag)
     max_failures: int = setting(20, positive(integer=True))
     window: float = setting(60.0, positive())
     duration: float = setting(300.0, positive())

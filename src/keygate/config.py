@@ -153,6 +153,42 @@ def without_password(url: str) -> str:
     return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
 
 
+def _redis_url(value: object, where: str) -> str:
+    """``redis://[user@]host:port/db`` or ``rediss://`` (TLS); a password only as a reference."""
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"{where}: expected redis://HOST:PORT/DB (or rediss:// for TLS)")
+    netloc = value.split("://", 1)[1].split("/", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo and schema.ENV_REF.match(userinfo.split(":", 1)[1]) is None:
+        raise ConfigError(
+            f"{where}: literal passwords are not allowed; write redis://:${{REDIS_PASSWORD}}@HOST:PORT/DB "
+            "or set redis_password to ${VAR} or file:/path"
+        )
+    if not netloc.rpartition("@")[2]:
+        raise ConfigError(f"{where}: expected redis://HOST:PORT/DB (no host given)")
+    return value
+
+
+def redis_connection(url: str, password_ref: object, env: Mapping[str, str]) -> tuple[str, Secret | None]:
+    """The URL to connect to, without any password, and the password its reference names."""
+    scheme, rest = url.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    userinfo, _, host = netloc.rpartition("@")
+    password: Secret | None = None
+    if ":" in userinfo:
+        user, ref = userinfo.split(":", 1)
+        password = schema.secret_ref(ref, "redis_url", env, files=False)
+        if password is None:
+            raise ConfigError(f"redis_url: {ref} is not set")
+        userinfo = user
+    if password_ref is not None:
+        password = schema.secret_ref(password_ref, "redis_password", env)
+        if password is None:
+            raise ConfigError(f"redis_password: {password_ref} names nothing (unset or missing)")
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    return f"{scheme}://{netloc}{slash}{path}", password
+
+
 def _header_names(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(h, str) and h for h in value):
         raise ConfigError(f"{where}: expected a list of header names")
@@ -286,6 +322,13 @@ class Settings:
     upstream_timeout: float = setting(600.0, positive())
     access_log: str = setting("-", _access_log)
     usage_flush_interval: float = setting(0.5, positive())
+    # Counters shared by every instance (docs/redis.md); None: in process.
+    redis_url: str | None = setting(None, _redis_url, env="KEYGATE_REDIS_URL")
+    redis_password: Secret | None = setting(None, caller)
+    on_counter_failure: str = setting("closed", schema.choice("closed", "open"))
+    counter_lease: float = setting(
+        15.0, positive(maximum=30.0), doc="seconds a slot or hold outlives its instance"
+    )
     extra_request_headers: tuple[str, ...] = setting((), _header_names)
     master_key: Secret | None = setting(None, caller, key="master_key_file")
     previous_master_key: Secret | None = setting(None, caller, key="previous_master_key_file")
@@ -374,8 +417,14 @@ def load_settings(
         "tls": parse_tls(raw.get("tls"), base),
         "alerts": parse_alerts(raw.get("alerts"), env),
         "config_path": cfg_path,
+        "redis_password": None,
     }
     settings = schema.build(Settings, raw, "", env, **given)
+    if settings.redis_url is not None:
+        url, password = redis_connection(settings.redis_url, raw.get("redis_password"), env)
+        settings = dataclasses.replace(settings, redis_url=url, redis_password=password)
+    elif raw.get("redis_password") is not None:
+        raise ConfigError("redis_password: set only with redis_url")
     if settings.admin_listen == settings.listen and settings.listen.port != 0:
         raise ConfigError("admin_listen: must differ from listen (the public listener never serves admin)")
     changes: dict[str, Any] = {}

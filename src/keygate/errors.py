@@ -12,6 +12,7 @@
     ├── Conflict                      409 conflict
     ├── RateLimited                   429 rate_limit_exceeded   (carries Retry-After)
     │   └── BudgetExceeded            429 insufficient_quota    (x-should-retry: false)
+    ├── ServiceUnavailable            503 server_error          (keygate's own state unreachable)
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamUnavailable       503 upstream_unavailable
     │   └── UpstreamTimeout           504 upstream_timeout
@@ -114,6 +115,13 @@ class BudgetExceeded(RateLimited):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: object) -> None:
         super().__init__(message, retry_after=retry_after, **kwargs)
         self.headers.append(("x-should-retry", "false"))
+
+
+class ServiceUnavailable(KeygateError):
+    """keygate cannot decide a request now (its shared counters are unreachable): retry shortly."""
+
+    status = 503
+    default_code = "service_unavailable"
 
 
 class UpstreamError(KeygateError):

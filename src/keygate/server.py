@@ -28,12 +28,14 @@ from .alerts import Alerter
 from .app import Gateway
 from .chain import Chain
 from .config import Address, Settings, ensure_pepper
-from .counters import MemoryCounters
+from .counters import Counters, MemoryCounters
+from .counters.redis import RedisCounters
 from .errors import ConfigError
 from .events import SecurityEvents
 from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
+from .guards.per_instance import check_config as check_shared_limits
 from .keycache import KeyCache
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
@@ -59,6 +61,7 @@ class Parts:
     gateway: Gateway
     pool: UpstreamPool
     events: SecurityEvents | None = None
+    counters: Counters | None = None
 
 
 def build(settings: Settings) -> Parts:
@@ -71,7 +74,7 @@ def build(settings: Settings) -> Parts:
             store, settings.access_log, settings.usage_flush_interval, settings.write_buffer_rows
         )
         keys = KeyCache(store)
-        counters = MemoryCounters()  # in process; a networked implementation plugs in here
+        counters = make_counters(settings, store)
         spend = SpendBook(counters, store, settings.usage_flush_interval)
         events = SecurityEvents(
             store, Alerter(settings.alerts), settings.audit, settings.usage_flush_interval
@@ -85,7 +88,26 @@ def build(settings: Settings) -> Parts:
         store.close()
         raise
     gateway = Gateway(settings, chain, Forwarder(settings, pool))
-    return Parts(settings, store, recorder, keys, gateway, pool, events)
+    return Parts(settings, store, recorder, keys, gateway, pool, events, counters)
+
+
+def make_counters(settings: Settings, store: Store) -> Counters:
+    """Redis counters shared by every instance when ``redis_url`` is set, else in process (refused
+    with a networked database when limits, budgets or lockouts are configured)."""
+    if settings.redis_url is None:
+        network = settings.network
+        check_shared_limits(settings.database_url, settings.limits, network.lockout.enabled)
+        return MemoryCounters()
+
+    def load_spend() -> dict[str, float]:
+        return {name: spent + held for name, (spent, held) in store.load_spend().items()}
+
+    return RedisCounters(
+        settings.redis_url,
+        password=settings.redis_password,
+        lease=settings.counter_lease,
+        load_spend=load_spend,
+    )
 
 
 def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
@@ -160,8 +182,16 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    # /readyz asks the store; a shared-counters backend adds ("counters", its check) here.
+    # /readyz asks the store, and the shared counters when there are any.
     readiness: list[Check] = []
+    if isinstance(parts.counters, RedisCounters):
+        shared = parts.counters
+
+        async def counters_ready() -> None:
+            if not await shared.ready():
+                raise ConnectionError("Redis does not answer")
+
+        readiness.append(("counters", counters_ready))
     admin = admin_server(
         settings,
         parts.store,
@@ -243,6 +273,8 @@ async def serve(
     await parts.recorder.start()
     if parts.events is not None:
         await parts.events.start()
+    if isinstance(parts.counters, RedisCounters):
+        await parts.counters.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
     if own_process:
@@ -289,6 +321,8 @@ async def serve(
             stopper.cancel()
         await parts.pool.stop()
         await parts.gateway.chain.stop()
+        if isinstance(parts.counters, RedisCounters):
+            await parts.counters.close()  # after the chain: the spend book's last flush reads it
         await parts.recorder.close()
         if parts.events is not None:
             await parts.events.close()  # the last security entries, and queued alerts (2 s at most)

@@ -25,7 +25,7 @@ import orjson
 
 from . import outbound
 from .batching import WriteBehind
-from .counters import Counters
+from .counters import Counters, CountersUnavailable
 from .limitconf import BUDGET_KINDS
 from .types import KeyRecord, Team
 
@@ -140,7 +140,10 @@ class SpendBook(WriteBehind):
         return bool(self._dirty) and self._store is not None
 
     def load(self) -> None:
-        if self._store is None:
+        if self._store is None or self._counters.shared:
+            # Shared counters (Redis) live on while instances come and go: holds persisted there
+            # belong to other instances' requests in flight, not to a run that died. Redis rebuilds
+            # its counters from the store itself when it is found empty (docs/redis.md).
             return
         rows = self._store.load_spend()
         self._counters.load({n: spent + held for n, (spent, held) in rows.items()})
@@ -159,12 +162,18 @@ class SpendBook(WriteBehind):
             return
         names = sorted(self._dirty)
         self._dirty.clear()
-        snap = self._counters.snapshot(names)
-        rows = [(n, spent, held) for n, (spent, held) in snap.items()]
         try:
+            snap = await self._counters.snapshot(names)
+            if snap is None:  # the shared counters lost their state: never persist what is left
+                self._dirty.update(names)
+                return
+            rows = [(n, spent, held) for n, (spent, held) in snap.items()]
             await self._in_writer(self._store.save_spend, rows, time.time())
-        except Exception:
-            log.exception("spend flush failed; will retry")
+        except Exception as exc:
+            if isinstance(exc, CountersUnavailable):
+                log.warning("spend flush waits for the counters", extra={"error": str(exc)})
+            else:
+                log.exception("spend flush failed; will retry")
             self._dirty.update(names)
 
 

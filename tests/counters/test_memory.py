@@ -198,7 +198,7 @@ def test_settle_releases_the_hold_adds_the_spend_and_never_holds_less_than_nothi
     assert c.settle("a", 5.0, 1.0) == (3.0, 4.0)  # releasing more than is held: held stays 0
     assert c.available_now(["a"]) == [(4.0, 0.0)]
     assert c.settle("never-held", 0.0, 2.5) == (0.0, 2.5)  # a counter settled before any hold
-    assert c.snapshot(["a", "never-held", "unknown"]) == {
+    assert c.snapshot_now(["a", "never-held", "unknown"]) == {
         "a": (4.0, 0.0),
         "never-held": (2.5, 0.0),
         "unknown": (0.0, 0.0),
@@ -211,5 +211,5 @@ def test_load_seeds_spend_and_never_lowers_it() -> None:
     c.load({"a": 3.0, "b": 7.0})  # persisted spend older than what this process counted: kept max
     assert c.available_now(["a", "b"]) == [(5.0, 0.0), (7.0, 0.0)]
     c.load({"a": 9.0})
-    assert c.snapshot(["a"]) == {"a": (9.0, 0.0)}
+    assert c.snapshot_now(["a"]) == {"a": (9.0, 0.0)}
     assert c.reserve_now(["a"], [10.0], [1.0]) is None and c.reserve_now(["a"], [10.0], [0.5]) == 0

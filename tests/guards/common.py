@@ -111,8 +111,16 @@ class AwaitingCounters:
     def load(self, spent: Mapping[str, float]) -> None:
         self.inner.load(spent)
 
-    def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
-        return self.inner.snapshot(names)
+    async def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+        return self.inner.snapshot_now(names)
+
+    shared = False
+
+    def fail(self, *args: Any, **kwargs: Any) -> bool:
+        return self.inner.fail(*args, **kwargs)
+
+    def locked(self, name: str) -> float:
+        return self.inner.locked(name)
 
 
 def decide(guard: Guard, ctx: Context) -> KeygateError | None:

@@ -81,7 +81,7 @@ class Budgets:
         return self.counters.available_now(res.names)
 
     def state(self, name: str) -> tuple[float, float]:
-        return self.counters.snapshot([name])[name]
+        return self.counters.snapshot_now([name])[name]
 
 
 def _prompt(ctx: Context) -> int:

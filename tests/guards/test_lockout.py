@@ -12,8 +12,8 @@ import pytest
 from keygate import keys, schema
 from keygate.access_config import Lockout
 from keygate.context import Context
+from keygate.counters import lockouts as lockout_module
 from keygate.errors import AuthenticationFailed, KeygateError, PermissionDenied, RateLimited
-from keygate.guards import lockout as lockout_module
 from keygate.guards.auth import UNKNOWN
 from keygate.guards.lockout import AuthLockout
 from keygate.testing import MockUpstream, context, key_record, run_complete
@@ -146,7 +146,7 @@ def test_expired_lockouts_do_not_pile_up_under_a_spray(monkeypatch: pytest.Monke
     time.sleep(0.06)  # every one of those lockouts is over
     for n in range(10, 20):
         _attempt(guard, f"2001:db8::{n:x}")
-    held = len(guard._locked)
+    held = len(guard._counters.lockouts._locked)  # type: ignore[attr-defined]
     assert held <= 10, f"{held} lockouts held, 10 of them long over"
 
 

@@ -30,7 +30,7 @@ def test_an_outage_under_load_loses_no_usage_row_and_fails_no_request_that_did_n
     tmp_path: Path, mock: MockUpstream, shared_secrets: dict[str, str]
 ) -> None:
     with pg.PrivatePostgres() as server:
-        extra = {"database_url": server.url, "database_poll_interval": 0.2}
+        extra = {**pg.on_postgres(server.url), "database_poll_interval": 0.2}
         gw = Gateway(tmp_path, mock.url, extra=extra, env=shared_secrets)
         token = json.loads(gw.cli("admin-tokens", "create", "--role", "admin", "--json").stdout)["token"]
         gw.secrets.append(token)

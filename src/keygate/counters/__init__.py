@@ -1,6 +1,31 @@
-"""Counters: rate limits, concurrency gates and budgets in flight, behind one protocol."""
+"""Counters: rate limits, concurrency gates, budgets in flight and lockouts, behind one protocol."""
 
-from .base import Counters, Rate, Refused, SyncCounters, Taken
+from .base import (
+    Admitted,
+    Ask,
+    BudgetShort,
+    Counters,
+    CountersUnavailable,
+    Done,
+    Rate,
+    Refused,
+    SharedCounters,
+    SyncCounters,
+    Taken,
+)
 from .memory import MemoryCounters
 
-__all__ = ["Counters", "MemoryCounters", "Rate", "Refused", "SyncCounters", "Taken"]
+__all__ = [
+    "Admitted",
+    "Ask",
+    "BudgetShort",
+    "Counters",
+    "CountersUnavailable",
+    "Done",
+    "MemoryCounters",
+    "Rate",
+    "Refused",
+    "SharedCounters",
+    "SyncCounters",
+    "Taken",
+]

@@ -17,11 +17,17 @@ burst across: in any interval of length ``d`` at most ``limit + d * limit / peri
 An implementation that never needs to wait (the in-process one) also offers :class:`SyncCounters`:
 the same decisions as plain ``*_now`` methods. The limit guards use those when present, so the
 common case pays for no coroutine at all; a networked implementation simply leaves them out.
+
+An implementation shared by several gateway instances (Redis) also offers :class:`SharedCounters`:
+one :meth:`~SharedCounters.admit` decides a request's gates, rates (key, team and global) and
+budgets together, in one round trip, and one :meth:`~SharedCounters.release` settles all of it.
+What it admits is held under a *lease* that expires unless renewed, so an instance that dies
+frees what it held within the lease time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -68,6 +74,10 @@ class Refused:
     gate: str | None = None
 
 
+class CountersUnavailable(Exception):
+    """Networked counters could not decide (the server is unreachable or did not answer in time)."""
+
+
 class Counters(Protocol):
     async def take(
         self, rates: Sequence[Rate], costs: Sequence[float], now: float, gates: Sequence[tuple[str, int]] = ()
@@ -103,17 +113,43 @@ class Counters(Protocol):
         """``(spent, held)`` of each budget counter."""
         ...
 
-    def settle(self, name: str, held: float, spent: float) -> tuple[float, float]:
-        """Release ``held`` and add ``spent``; returns the counter's spent before and after."""
+    def settle(self, name: str, held: float, spent: float) -> tuple[float, float] | None:
+        """Release ``held`` and add ``spent``; returns the counter's spent before and after (None
+        from counters that settle in the background)."""
         ...
 
     def load(self, spent: Mapping[str, float]) -> None:
         """Seed budget counters with spend persisted by an earlier run."""
         ...
 
-    def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
-        """``(spent, held)`` of the given budget counters, for persisting."""
+    async def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+        """``(spent, held)`` of the given budget counters, for persisting; None when the counters
+        do not hold the whole truth (shared counters that lost their state and were not rebuilt)."""
         ...
+
+    # Lockouts: failed authentications per client address.
+
+    def fail(
+        self,
+        name: str,
+        window: float,
+        max_failures: int,
+        duration: float,
+        on_locked: Callable[[str], None] | None = None,
+    ) -> bool:
+        """Count one failed authentication of ``name``; once ``max_failures`` fall within
+        ``window`` seconds it is locked out for ``duration`` seconds and ``on_locked(name)`` is
+        called (by the instance that counted the last failure). True when this call locked it
+        out (counters that decide in the background return False and call ``on_locked`` later)."""
+        ...
+
+    def locked(self, name: str) -> float:
+        """Seconds left of ``name``'s lockout, 0.0 when it is not locked out (never waits)."""
+        ...
+
+    # Whether several gateway instances share these counters (persisted holds then belong to
+    # requests of other instances still in flight, not to a crashed run of this one).
+    shared: bool
 
 
 @runtime_checkable
@@ -129,3 +165,79 @@ class SyncCounters(Protocol):
     ) -> int | None: ...
 
     def available_now(self, names: Sequence[str]) -> list[tuple[float, float]]: ...
+
+
+@dataclass(slots=True)
+class Ask:
+    """Everything one request asks of shared counters, decided in one call.
+
+    Budgets: request ``i`` holds ``base[i] + unit[i] * k`` on ``budgets[i]`` (spent + held + hold
+    <= ``budget_limits[i]``), where ``k`` is the largest output up to ``output`` that every budget
+    affords (rounded down to a multiple of ``step`` when it is less); at least ``need`` must fit.
+    """
+
+    rates: Sequence[Rate] = ()
+    costs: Sequence[float] = ()
+    gates: Sequence[tuple[str, int]] = ()
+    budgets: Sequence[str] = ()
+    budget_limits: Sequence[float] = ()
+    base: Sequence[float] = ()
+    unit: Sequence[float] = ()
+    output: int = 0
+    need: int = 0
+    step: int = 1
+
+
+@dataclass(slots=True)
+class Admitted:
+    """An admitted request: its lease, each rate's bucket time (as :data:`Taken`, in the time base
+    of the ``now`` passed in) and the output its budget holds cover."""
+
+    lease: str
+    afters: Taken
+    output: int
+    holds: list[str] = field(default_factory=list)  # the hold of each budget, for its release
+    now: float = 0.0  # the ``now`` the afters are relative to
+
+
+@dataclass(slots=True)
+class BudgetShort:
+    """A request refused because budget ``index`` (of :attr:`Ask.budgets`) cannot afford it."""
+
+    index: int
+
+
+@dataclass(slots=True)
+class Done:
+    """What a finished request gives back: its gates, a correction of its token rates, and per
+    budget the hold released and the spend added."""
+
+    lease: str | None
+    gates: Sequence[str] = ()
+    rates: Sequence[Rate] = ()
+    delta: float = 0.0
+    budgets: Sequence[str] = ()
+    holds: Sequence[str] = ()
+    spent: Sequence[float] = ()
+
+
+Settled = Callable[[list[tuple[float, float]]], None]
+"""Called with each budget's spent before and after a :class:`Done` was applied."""
+
+
+@runtime_checkable
+class SharedCounters(Protocol):
+    """Counters several gateway instances share: one call to admit a request, one to settle it."""
+
+    async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
+        """Take every gate, rate and budget hold of ``ask``, or nothing (raises
+        :class:`CountersUnavailable` when it cannot decide)."""
+        ...
+
+    def release(self, done: Done, settled: Settled | None = None) -> None:
+        """Give back what a request admitted held (queued, sent in the background, in order)."""
+        ...
+
+    async def ready(self) -> bool:
+        """Whether the counters can decide now (a readiness check)."""
+        ...

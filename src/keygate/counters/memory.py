@@ -14,15 +14,22 @@ from collections.abc import Mapping, Sequence
 from math import ceil
 
 from .base import Rate, Refused, Taken
+from .lockouts import LocalLockouts
 
 
 class MemoryCounters:
-    __slots__ = ("_budgets", "_gates", "_tat")
+    __slots__ = ("_budgets", "_gates", "_tat", "fail", "locked", "lockouts")
+
+    shared = False  # one process's counters: persisted holds are its own, from a run that died
 
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}  # rate name -> theoretical arrival time (monotonic s)
         self._gates: dict[str, int] = {}
         self._budgets: dict[str, list[float]] = {}  # name -> [spent, held]
+        self.lockouts = LocalLockouts()
+        # The lockout methods of the Counters protocol are the local lockouts' own.
+        self.fail = self.lockouts.fail
+        self.locked = self.lockouts.locked
 
     # -- rates (GCRA) and concurrency gates ----------------------------------------------------
 
@@ -151,7 +158,10 @@ class MemoryCounters:
             entry = self._budgets.setdefault(name, [0.0, 0.0])
             entry[0] = max(entry[0], value)
 
-    def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    async def snapshot(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+        return self.snapshot_now(names)
+
+    def snapshot_now(self, names: Sequence[str]) -> dict[str, tuple[float, float]]:
         return {n: self._pair(n) for n in names}
 
     def _pair(self, name: str) -> tuple[float, float]:

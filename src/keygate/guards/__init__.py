@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..chain import Guard
 from ..config import Settings
-from ..counters import Counters
+from ..counters import Counters, SharedCounters
 from ..events import SecurityEvents
 from ..keycache import KeyCache
 from ..recorder import Recorder
@@ -23,11 +23,13 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
+from .per_instance import NeedsSharedCounters, networked
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
 from .ratelimit import rate_limit
 from .record import Record
 from .rotation_watch import RotationWatch
+from .shared_limits import SharedLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,9 @@ def default_guards(parts: Parts) -> list[Guard]:
     → prompt scan → rate limits → budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
-    a refused request costs no quota and a masked body is the one they estimate.
+    a refused request costs no quota and a masked body is the one they estimate. On counters
+    shared by several instances, one guard (``shared_limits``) decides rate limits, budget and
+    global caps together, so a request costs one round trip to admit and one to settle.
     """
     settings = parts.settings
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
@@ -60,18 +64,36 @@ def default_guards(parts: Parts) -> list[Guard]:
         if parts.store is not None
         else None
     )
+    counters = parts.counters
+    limit_guards: list[Guard]
+    if isinstance(counters, SharedCounters):
+        limit_guards = [
+            SharedLimits(counters, limits, parts.spend, settings.on_counter_failure, parts.events)
+        ]
+    else:
+        # A networked database without shared counters: limits stored on keys and teams are
+        # refused rather than kept per instance (the settings were checked at start-up).
+        alone: list[Guard] = [NeedsSharedCounters()] if networked(settings.database_url) else []
+        limit_guards = [
+            *alone,
+            rate_limit(counters, limits),
+            budget_guard(counters, limits, parts.spend, parts.events),
+            global_limit(limits.global_),
+        ]
     return [
         Record(parts.recorder, parts.events),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
-        AuthLockout(access.network.lockout, parts.events),
+        *(
+            [AuthLockout(access.network.lockout, counters, parts.events)]
+            if access.network.lockout.enabled
+            else []
+        ),
         build_authenticate(settings, parts.keys),
         Honeytoken(parts.events),
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
         PromptScan(scan.secrets, scan.pii, trail),
-        rate_limit(parts.counters, limits),
-        budget_guard(parts.counters, limits, parts.spend, parts.events),
-        global_limit(limits.global_),
+        *limit_guards,
     ]

@@ -359,11 +359,35 @@ class BudgetGuardBase(Guard):
         i = 0
         for name in res.names:
             b = budgets[i]
-            before, after = settle(name, amounts[i], tokens if b.kind == "tokens" else usd)
+            got = settle(name, amounts[i], tokens if b.kind == "tokens" else usd)
             touch(name)
-            if before < soft[i] <= after:
-                self._crossed(b, name, after)
+            if got is not None and got[0] < soft[i] <= got[1]:
+                self._crossed(b, name, got[1])
             i += 1  # noqa: SIM113
+
+    def spends(self, ctx: Context, res: Reservation) -> list[float]:
+        """What the request cost on each of its budgets (the same as :meth:`complete` works out
+        inline, for the plain path): for guards that settle all budgets in one call."""
+        usage = ctx.usage
+        if not usage.reported:
+            charge_unreported(ctx, res.prompt, res.output)
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        price = res.price
+        usd = 0.0
+        if price is not None:
+            usd = price.cost(prompt, usage.cached_tokens, completion)
+        tokens = float(prompt + completion)
+        return [tokens if b.kind == "tokens" else usd for b in res.plan.budgets]
+
+    def crossed(self, res: Reservation, settled: list[tuple[float, float]]) -> None:
+        """``res`` was settled, each budget's spent going from ``settled[i][0]`` to ``[1]``: mark
+        them to be persisted and send the soft-threshold notice of each that crossed it."""
+        plan, touch = res.plan, self._book.touch
+        for i, (before, after) in enumerate(settled):
+            name = res.names[i]
+            touch(name)
+            if before < plan.soft[i] <= after:
+                self._crossed(plan.budgets[i], name, after)
 
     def _crossed(self, b: Budget, counter: str, spent: float) -> None:
         """Settled spend crossed the soft threshold: tell once per budget period and process."""

@@ -3,48 +3,47 @@
 Runs before authentication. Failures are counted in the ``complete`` phase (any 401 from a
 request that did not authenticate); once ``max_failures`` fall within ``window`` seconds, that IP
 gets 429 with Retry-After for ``duration`` seconds, and the lockout is logged once (and, with
-:class:`~keygate.events.SecurityEvents`, audited and alerted once).
+:class:`~keygate.events.SecurityEvents`, audited and alerted once). The counts
+live in the counters (``Counters.fail`` and ``Counters.locked``): in process by default, shared by
+every instance on Redis, where the check itself still never waits (each instance mirrors the
+lockouts that any of them announces).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 
 from ..access_config import Lockout
 from ..chain import Guard
 from ..context import Context
+from ..counters import Counters, MemoryCounters
 from ..errors import AuthenticationFailed, KeygateError, RateLimited
 from ..events import SecurityEvents
 from .auth import UNKNOWN
 
 log = logging.getLogger("keygate.access")
-_MAX_TRACKED = 100_000  # bound memory under a spray from many addresses
 
 
 class AuthLockout(Guard):
     name = "lockout"
     needs = frozenset({"client_ip"})
 
-    def __init__(self, settings: Lockout, events: SecurityEvents | None = None) -> None:
+    def __init__(
+        self, settings: Lockout, counters: Counters | None = None, events: SecurityEvents | None = None
+    ) -> None:
         self._settings = settings
         self._events = events
-        self._failures: dict[str, deque[float]] = {}
-        self._locked: dict[str, float] = {}
+        self._counters: Counters = MemoryCounters() if counters is None else counters
+        self._locked = self._counters.locked
 
     def request(self, ctx: Context) -> KeygateError | None:
-        until = self._locked.get(ctx.client_ip)
-        if until is None:
-            return None
-        now = time.monotonic()
-        if now >= until:
-            del self._locked[ctx.client_ip]
+        left = self._locked(ctx.client_ip)
+        if not left:
             return None
         return RateLimited(
             "Too many failed authentication attempts from your address; try again later.",
             code="auth_locked_out",
-            retry_after=until - now,
+            retry_after=left,
         )
 
     def complete(self, ctx: Context) -> None:
@@ -55,41 +54,19 @@ class AuthLockout(Guard):
         # key (the same UNKNOWN value), which must count the same, or its holder could tell.
         if ctx.key is not None and error is not UNKNOWN:
             return
-        ip = ctx.client_ip
-        now = time.monotonic()
-        window = self._failures.get(ip)
-        if window is None:
-            if len(self._failures) >= _MAX_TRACKED:
-                self._prune(now)
-            window = self._failures[ip] = deque()
-        window.append(now)
-        while window and window[0] <= now - self._settings.window:
-            window.popleft()
-        if len(window) >= self._settings.max_failures and ip not in self._locked:
-            if len(self._locked) >= _MAX_TRACKED:
-                self._prune(now)
-            self._locked[ip] = now + self._settings.duration
-            del self._failures[ip]
-            log.warning(
-                "client locked out after repeated authentication failures",
-                extra={
-                    "client_ip": ip,
-                    "failures": self._settings.max_failures,
-                    "window_s": self._settings.window,
-                    "lockout_s": self._settings.duration,
-                },
-            )
-            if self._events is not None:  # an audit entry and an alert, written off this path
-                s = self._settings
-                self._events.lockout(ip, s.max_failures, s.window, s.duration)
+        s = self._settings
+        self._counters.fail(ctx.client_ip, s.window, s.max_failures, s.duration, self._announce)
 
-    def _prune(self, now: float) -> None:
-        """Forget failures past their window and lockouts that are over (a spray from many
-        addresses must not grow either without bound)."""
-        horizon = now - self._settings.window
-        for ip in [ip for ip, w in self._failures.items() if not w or w[-1] <= horizon]:
-            del self._failures[ip]
-        if len(self._failures) >= _MAX_TRACKED:
-            self._failures.clear()
-        for ip in [ip for ip, until in self._locked.items() if until <= now]:
-            del self._locked[ip]
+    def _announce(self, ip: str) -> None:
+        s = self._settings
+        log.warning(
+            "client locked out after repeated authentication failures",
+            extra={
+                "client_ip": ip,
+                "failures": s.max_failures,
+                "window_s": s.window,
+                "lockout_s": s.duration,
+            },
+        )
+        if self._events is not None:  # an audit entry and an alert, written off this path
+            self._events.lockout(ip, s.max_failures, s.window, s.duration)

@@ -1,0 +1,415 @@
+"""Counters in Redis, shared by every gateway instance: exact limits and budgets across all of them.
+
+Every decision is one Lua script (``scripts.py``), loaded once and called by EVALSHA (loaded again
+when Redis answers NOSCRIPT, after a restart), on Redis's clock. :meth:`RedisCounters.admit`
+decides all of a request's gates, rates and budget holds in one round trip; what finished requests
+give back (:meth:`RedisCounters.release`, and failed authentications) is queued and sent by one
+background task, in order, as a pipeline: one round trip for everything queued at that moment.
+
+Concurrency slots and budget holds are leases: they expire ``lease`` seconds after they were taken
+or last renewed, and a background task renews the leases of this instance's requests in flight
+every ``lease / 3`` seconds (one script call for all of them), so an instance that dies frees its
+slots, and has its holds charged, within ``lease`` seconds.
+
+When the server cannot be reached (or does not answer within ``timeout``), deciding calls raise
+:class:`~keygate.counters.base.CountersUnavailable` and the guards answer 503 (or admit, with
+``on_counter_failure: open``); queued releases wait and are sent when it is back. The client
+reconnects by itself on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from ..types import Secret
+from . import scripts
+from .base import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Refused, Settled
+from .lockouts import LocalLockouts
+from .redis_calls import CallByCall
+from .resp import ReplyError, RespClient, RespConnectionError
+
+log = logging.getLogger("keygate.counters")
+
+MAX_QUEUED = 100_000  # releases and failures waiting for Redis; past this the oldest are dropped
+_SCRIPTS = {
+    "admit": scripts.ADMIT,
+    "release": scripts.RELEASE,
+    "renew": scripts.RENEW,
+    "state": scripts.STATE,
+    "rebuild": scripts.REBUILD,
+    "fail": scripts.FAIL,
+    "locks": scripts.LOCKS,
+}
+_Op = tuple[str, list[str], list[Any], Callable[[Any], None] | None]
+
+
+class _Loud:
+    """A warning logged at most once per ``every`` seconds, with how many were left out."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last = -1e9
+        self._skipped = 0
+
+    def warn(self, message: str, **extra: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._skipped += 1
+            return
+        log.warning(message, extra={**extra, "suppressed": self._skipped})
+        self._last, self._skipped = now, 0
+
+
+class RedisCounters(CallByCall):
+    """The :class:`~keygate.counters.base.Counters` and
+    :class:`~keygate.counters.base.SharedCounters` protocols on a Redis server."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: Secret | None = None,
+        prefix: str = "keygate:",
+        lease: float = 15.0,
+        timeout: float = 2.0,
+        load_spend: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
+        self._prefix = prefix
+        self.lease = lease
+        self._lease_ms = int(lease * 1000)
+        self._load_spend = load_spend
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            password=password.reveal() if password is not None else None,
+            max_connections=64,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            # A pooled connection found dead (Redis restarted) is replaced and the command sent
+            # once more. (Should a connection break after Redis ran a script, the script runs
+            # twice: docs/redis.md says what that can cost.)
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)  # for pub/sub only (not per request)
+        self._resp = RespClient(url, password.reveal() if password is not None else None, timeout)
+        self._shas: dict[str, str] = {}
+        self._instance = secrets.token_hex(6)
+        self._seq = 0
+        self._queue: deque[_Op] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._active: dict[str, list[tuple[str, str, bool]]] = {}  # lease -> (key, member, is gate)
+        self._mine: dict[str, list[str]] = {}  # gate or budget -> leases / holds taken by take/reserve
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rebuilding = asyncio.Lock()
+        self.lockouts = LocalLockouts()  # the locks every instance announced, and a fallback count
+        self._loud = _Loud()
+        self._channel = prefix + "locks"
+        self._marker = prefix + "loaded"
+        self._closing = False
+        self.round_trips = 0  # EVALSHAs and pipelines sent (for measuring; never reset)
+
+    # -- the connection and the scripts --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background work; Redis need not be up yet (it is retried)."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._flusher(), name="keygate-counters-flush"),
+            loop.create_task(self._renewer(), name="keygate-counters-renew"),
+            loop.create_task(self._watch_locks(), name="keygate-counters-locks"),
+        ]
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Send what is queued (waiting at most ``grace`` seconds), then stop and disconnect."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), grace)
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # (a read inside redis-py may swallow one cancellation: the loops also see _closing)
+            await asyncio.wait(self._tasks, timeout=3.0)
+        self._tasks = []
+        self._resp.close()
+        await self._redis.aclose()
+
+    async def drain(self) -> None:
+        """Wait until every queued release and failure was sent."""
+        while self._queue or not self._idle.is_set():
+            self._wake.set()
+            await self._idle.wait()
+            if self._queue:
+                await asyncio.sleep(0.01)
+
+    async def ready(self) -> bool:
+        """Redis answers a PING now (the readiness check)."""
+        try:
+            return bool(await self._resp.call("PING") == "PONG")
+        except (RespConnectionError, ReplyError):
+            return False
+
+    async def _sha(self, name: str) -> str:
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = str(await self._resp.call("SCRIPT", "LOAD", _SCRIPTS[name]))
+        return sha
+
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script, one round trip (two after Redis lost its script cache)."""
+        self.round_trips += 1
+        try:
+            for _ in range(2):
+                sha = await self._sha(name)
+                reply = (await self._resp.pipeline([("EVALSHA", sha, len(keys), *keys, *args)]))[0]
+                if not isinstance(reply, ReplyError):
+                    return reply
+                if not str(reply).startswith("NOSCRIPT"):
+                    raise CountersUnavailable(f"redis: script {name} failed: {reply}")
+                self._shas.clear()
+            raise CountersUnavailable("redis: scripts cannot be loaded")
+        except (RespConnectionError, ReplyError) as exc:
+            raise CountersUnavailable(f"redis: {exc}") from None
+
+    def _lease(self) -> str:
+        self._seq += 1
+        return f"{self._instance}.{self._seq}"
+
+    # -- deciding: one round trip ---------------------------------------------------------------
+
+    async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
+        p = self._prefix
+        lease = self._lease()
+        rates, gates, budgets = ask.rates, ask.gates, ask.budgets
+        keys = [p + "r:" + r.name for r in rates]
+        keys += [p + "c:" + name for name, _ in gates]
+        for name in budgets:
+            keys += (p + "b:" + name, p + "bh:" + name)
+        if budgets:
+            keys.append(self._marker)
+        args: list[Any] = [lease, self._lease_ms, len(rates), len(gates), len(budgets)]
+        args += (ask.output, ask.need, ask.step)
+        for rate, cost in zip(rates, ask.costs, strict=True):
+            args += (rate.limit, repr(float(rate.period)), repr(float(cost)))
+        args += [cap for _, cap in gates]
+        for i in range(len(budgets)):
+            args += (repr(float(ask.budget_limits[i])), repr(float(ask.base[i])), repr(float(ask.unit[i])))
+        got = await self._call("admit", keys, args)
+        if got[0] == "noload":
+            await self._rebuild()
+            got = await self._call("admit", keys, args)
+        kind = got[0]
+        if kind == "ok":
+            afters = [now + float(x) for x in got[3 : 3 + len(rates)]]
+            holds = list(got[3 + len(rates) :])
+            held = [(p + "c:" + name, lease, True) for name, _ in gates]
+            held += [(p + "bh:" + name, m, False) for name, m in zip(budgets, holds, strict=True)]
+            if held:
+                self._active[lease] = held
+            return Admitted(lease, afters, int(got[2]), holds, now)
+        if kind == "gate":
+            return Refused(gate=gates[int(got[1]) - 1][0])
+        if kind == "rate":
+            pairs = got[3:]
+            return Refused(
+                float(got[2]),
+                rates[int(got[1]) - 1],
+                [int(pairs[i]) for i in range(0, len(pairs), 2)],
+                [float(pairs[i]) for i in range(1, len(pairs), 2)],
+            )
+        if kind == "budget":
+            return BudgetShort(int(got[1]) - 1)
+        raise CountersUnavailable(f"redis: unexpected answer {kind!r}")  # (the budgets were not loaded)
+
+    async def _rebuild(self) -> None:
+        """Redis has no budget counters (it restarted empty): add the persisted spend, once."""
+        async with self._rebuilding:
+            try:
+                if await self._resp.call("EXISTS", self._marker):
+                    return
+            except (RespConnectionError, ReplyError) as exc:
+                raise CountersUnavailable(f"redis: {exc}") from None
+            spent = dict(self._load_spend()) if self._load_spend is not None else {}
+            keys = [self._marker] + [self._prefix + "b:" + n for n in spent]
+            done = await self._call("rebuild", keys, [repr(float(v)) for v in spent.values()])
+            if done:
+                log.warning("budget counters rebuilt from the store", extra={"counters": len(spent)})
+
+    # -- settling: queued, sent in the background -----------------------------------------------
+
+    def release(self, done: Done, settled: Settled | None = None) -> None:
+        if done.lease is not None:
+            self._active.pop(done.lease, None)
+        p = self._prefix
+        keys = [p + "c:" + g for g in done.gates] + [p + "r:" + r.name for r in done.rates]
+        for name in done.budgets:
+            keys += (p + "b:" + name, p + "bh:" + name)
+        args: list[Any] = [done.lease or "", len(done.gates), len(done.rates), len(done.budgets)]
+        args.append(repr(float(done.delta)))
+        for rate in done.rates:
+            args += (rate.limit, repr(float(rate.period)))
+        for i in range(len(done.budgets)):
+            args += (done.holds[i] if i < len(done.holds) else "", repr(float(done.spent[i])))
+        then = None
+        if settled is not None:
+
+            def then(got: Any) -> None:
+                settled([(float(got[i]), float(got[i + 1])) for i in range(0, len(got), 2)])
+
+        self._enqueue(("release", keys, args, then))
+
+    def _enqueue(self, op: _Op) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            self._queue.popleft()
+            self._loud.warn("counter updates dropped: Redis has been unreachable too long")
+        self._queue.append(op)
+        self._wake.set()
+
+    async def _flusher(self) -> None:
+        """Send what is queued, in order, one pipeline at a time; keep it while Redis is away."""
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                self._idle.clear()
+                batch = list(self._queue)
+                try:
+                    results = await self._send(batch)
+                except (RespConnectionError, OSError) as exc:
+                    self._loud.warn("redis unreachable: counter updates queued", error=type(exc).__name__)
+                    self._idle.set()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                except ReplyError:  # not the connection: an answer that will not change
+                    log.exception("counter updates refused by redis; dropped")
+                    results = [None] * len(batch)
+                backoff = 0.05
+                for _ in batch:
+                    self._queue.popleft()
+                for (name, _, _, then), got in zip(batch, results, strict=True):
+                    if isinstance(got, Exception):
+                        log.error("counter update failed", extra={"script": name, "error": str(got)})
+                    elif then is not None and got is not None:
+                        try:
+                            then(got)
+                        except Exception:
+                            log.exception("counter update callback failed")
+            self._idle.set()
+
+    async def _send(self, batch: list[_Op]) -> list[Any]:
+        """One pipeline of EVALSHAs; after Redis lost its script cache, the refused ones (which
+        changed nothing) are sent once more with the scripts loaded again."""
+        results: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for _ in range(2):
+            for name, _, _, _ in batch:
+                await self._sha(name)
+            commands = []
+            for i in todo:
+                name, keys, args, _ = batch[i]
+                commands.append(("EVALSHA", self._shas[name], len(keys), *keys, *args))
+            self.round_trips += 1
+            got = await self._resp.pipeline(commands)
+            for i, r in zip(todo, got, strict=True):
+                results[i] = r
+            todo = [
+                i
+                for i, r in zip(todo, got, strict=True)
+                if isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT")
+            ]
+            if not todo:
+                break
+            self._shas.clear()
+        return results
+
+    async def _renewer(self) -> None:
+        """Every ``lease / 3`` seconds, extend the leases of this instance's requests in flight."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = [entry for entries in list(self._active.values()) for entry in entries]
+            for start in range(0, len(held), 1000):
+                chunk = held[start : start + 1000]
+                args: list[Any] = [self._lease_ms]
+                for _, member, gate in chunk:
+                    args += (member, "1" if gate else "0")
+                try:
+                    await self._call("renew", [key for key, _, _ in chunk], args)
+                except CountersUnavailable:
+                    self._loud.warn("redis unreachable: leases not renewed")
+                    break
+
+    # -- lockouts ------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        name: str,
+        window: float,
+        max_failures: int,
+        duration: float,
+        on_locked: Callable[[str], None] | None = None,
+    ) -> bool:
+        # Counted here too: while Redis is away, the lockout still holds per instance.
+        self.lockouts.fail(name, window, max_failures, duration)
+        p = self._prefix
+        args = [name, int(window * 1000), max_failures, int(duration * 1000), self._lease(), self._channel]
+
+        def then(ms: Any) -> None:
+            if int(ms) > 0:
+                self.lockouts.lock(name, int(ms) / 1000)
+                if on_locked is not None:
+                    on_locked(name)
+
+        self._enqueue(("fail", [p + "lf:" + name, p + "lk"], args, then))
+        return False
+
+    def locked(self, name: str) -> float:
+        return self.lockouts.locked(name)
+
+    async def _watch_locks(self) -> None:
+        """Mirror the lockouts every instance announces: the current ones on (re)connecting, then
+        each new one as it is published; and every 5 s as a safety net for a lost message."""
+        while not self._closing:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._load_locks()
+                last = time.monotonic()
+                while not self._closing:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        name, _, ms = str(message["data"]).rpartition(" ")
+                        self.lockouts.lock(name, int(ms) / 1000)
+                    if time.monotonic() - last >= 5.0:
+                        await self._load_locks()
+                        last = time.monotonic()
+            except (RedisError, OSError, CountersUnavailable, ValueError):
+                self._loud.warn("redis unreachable: lockouts not shared until it is back")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _load_locks(self) -> None:
+        got = await self._call("locks", [self._prefix + "lk"], [])
+        for i in range(0, len(got), 2):
+            self.lockouts.lock(got[i], int(got[i + 1]) / 1000)

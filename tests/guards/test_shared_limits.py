@@ -1,0 +1,287 @@
+"""Limits exact across gateway instances: two real keygates sharing one Redis and one database.
+
+The Redis is a private ``redis-server`` of this module (nothing on disk), so tests can stop it and
+start it again empty. What a refusal looks like and what each limit means is tested on one
+in-process gateway in test_ratelimit.py and test_budget.py; here: that two instances together
+allow exactly what one would, and what happens when Redis goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from keygate.counters import Ask
+from keygate.counters.redis import RedisCounters
+from keygate.testing import MockUpstream
+
+from ..helpers import Gateway
+from ..redis_helpers import PrivateRedis
+from .common import CHAT, Hook, post_chat
+
+BUDGET = "key:{}|tokens|lifetime"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    s = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+def _extra(server: PrivateRedis, shared: Path, **more: Any) -> dict[str, Any]:
+    return {
+        "database_url": f"sqlite:///{shared / 'keygate.db'}",
+        "redis_url": server.url,
+        "counter_lease": 1.0,
+        # Client addresses from X-Forwarded-For, so the lockout test locks out an address of its own.
+        "network": {"trusted_proxies": ["127.0.0.1/32"], "lockout": {"max_failures": 3}},
+        **more,
+    }
+
+
+@pytest.fixture(scope="module")
+def pair(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    a = Gateway(tmp_path_factory.mktemp("a"), upstream.url, extra=_extra(server, shared)).start()
+    b = Gateway(tmp_path_factory.mktemp("b"), upstream.url, extra=_extra(server, shared)).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture
+def redis_up(server: PrivateRedis) -> Iterator[PrivateRedis]:
+    if server.proc is None:
+        server.start()
+    yield server
+    if server.proc is None:
+        server.start()
+
+
+def _post_spread(urls: list[str], key: str, n: int, body: dict[str, Any]) -> list[httpx.Response]:
+    """``n`` requests at once, spread in turn over ``urls``, each on its own connection."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
+            headers = {"authorization": f"Bearer {key}"}
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(f"{urls[i % len(urls)]}/chat/completions", json=body, headers=headers)
+                        for i in range(n)
+                    )
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def _wait(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+    return found
+
+
+def test_exactly_ten_of_a_hundred_across_two_instances(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    key = a.create_key("rpm10", "--rpm", "10")["key"]
+    _wait(lambda: post_chat(b.url, "kg_unknown").status_code == 401)  # b serves
+    responses = _post_spread([a.url, b.url], key, 100, dict(CHAT))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 10 and statuses.count(429) == 90
+    assert len(mock.requests) == 10  # only those reached the upstream
+    # Both instances let some through and refused some: the limit is one, not one each.
+    by_gw = {
+        url: [r.status_code for i, r in enumerate(responses) if i % 2 == n]
+        for n, url in enumerate((a.url, b.url))
+    }
+    assert all(429 in codes for codes in by_gw.values())
+    ok = next(r for r in responses if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == "10"
+    assert 0 <= int(ok.headers["x-ratelimit-remaining-requests"]) < 10
+    refused = next(r for r in responses if r.status_code == 429)
+    assert (
+        refused.json()["error"]["code"] == "rate_limit_exceeded" and int(refused.headers["retry-after"]) >= 1
+    )
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_failed_authentications_on_both_instances_lock_the_address_out_on_both(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    key = a.create_key("locked-out")["key"]
+    xff = {"x-forwarded-for": "203.0.113.77"}
+    assert post_chat(a.url, "kg_" + "A" * 38, **xff).status_code == 401
+    assert post_chat(b.url, "kg_" + "B" * 38, **xff).status_code == 401
+    assert post_chat(a.url, "kg_" + "C" * 38, **xff).status_code == 401  # the third, over two instances
+
+    def locked(gw: Gateway) -> bool:
+        r = post_chat(gw.url, key, **xff)
+        return r.status_code == 429 and r.json()["error"]["code"] == "auth_locked_out"
+
+    _wait(lambda: locked(a) and locked(b), timeout=3.0)  # even with a valid key, on both
+    assert post_chat(b.url, key, **{"x-forwarded-for": "203.0.113.78"}).status_code == 200
+
+
+def test_global_caps_are_one_for_all_instances(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    extra = _extra(server, shared, limits={"global": {"rps": 3}})
+    g1 = Gateway(tmp_path / "g1", upstream.url, extra=extra)
+    g2 = Gateway(tmp_path / "g2", upstream.url, extra=extra)
+    with g1, g2:
+        key = g1.create_key("global")["key"]
+        t0 = time.monotonic()
+        responses = _post_spread([g1.url, g2.url], key, 30, dict(CHAT))
+        elapsed = time.monotonic() - t0
+        ok = [r.status_code for r in responses].count(200)
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy and busy[0].json()["error"]["code"] == "gateway_busy"
+        # One bucket of 3 per second for both (refilling while the burst was answered), not 3 each.
+        assert 3 <= ok <= 3 + int(3 * elapsed)
+        assert len(mock.requests) == ok
+
+
+def test_a_token_budget_holds_under_concurrent_streams_on_two_instances(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("streams", "--budget-tokens", "300/lifetime")
+    body = {**CHAT, "stream": True, "max_tokens": 40}
+    responses = _post_spread([a.url, b.url], made["key"], 24, body)
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert ok and refused and len(ok) + len(refused) == 24
+    assert all(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
+    client = redis_up.client()
+
+    def settled() -> tuple[float, float] | None:
+        s, h = client.hmget("keygate:b:" + BUDGET.format(made["id"]), "s", "h")
+        return (float(s), float(h or 0)) if s is not None and float(h or 0) == 0 else None
+
+    spent, _ = _wait(settled)
+    assert spent <= 300  # never beyond the budget: every stream held its worst case first
+    assert len(mock.requests) == len(ok)
+
+
+def test_slots_of_a_vanished_instance_free_within_the_lease(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("conc1", "--max-concurrent", "1")
+
+    async def vanish() -> None:
+        # Another instance takes the key's slot and dies without giving it back (as after kill -9).
+        lost = RedisCounters(redis_up.url, lease=1.0)
+        await lost.admit(Ask(gates=[(f"k:{made['id']}:conc", 1)]), 0.0)
+        await lost.close()
+
+    asyncio.run(vanish())
+    t0 = time.monotonic()
+    refused = post_chat(b.url, made["key"])
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+    _wait(lambda: post_chat(b.url, made["key"]).status_code == 200, timeout=5.0)
+    assert time.monotonic() - t0 < 2.5  # the lease is 1 s
+
+
+def test_redis_down_refuses_limited_keys_with_503_and_serves_the_others(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    limited = a.create_key("limited", "--rpm", "100")["key"]
+    free = a.create_key("free")["key"]
+    assert post_chat(b.url, limited).status_code == 200
+    redis_up.stop()
+    refused = post_chat(b.url, limited)
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "counters_unavailable" and error["type"] == "server_error"
+    assert refused.headers["retry-after"] == "1"
+    assert post_chat(b.url, free).status_code == 200  # a key without limits never asks Redis
+    assert any("shared counters unavailable" in e.get("event", "") for e in b.log_entries())
+    redis_up.start()  # back, empty: the gateway reconnects by itself
+    _wait(lambda: post_chat(b.url, limited).status_code == 200)
+
+
+def test_a_budget_is_still_enforced_after_redis_restarted_empty(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("rebuilt", "--budget-tokens", "300/lifetime")
+    words = {**CHAT, "messages": [{"role": "user", "content": " ".join(["word"] * 200)}], "max_tokens": 1}
+    assert post_chat_body(a.url, made["key"], words).status_code == 200  # 200 + 1 of 300 spent
+    # Persisted in its batch, then Redis loses everything.
+    _wait(lambda: _stored_spend(a, made["id"]) >= 201)
+    redis_up.stop()
+    redis_up.start()
+    again = post_chat_body(b.url, made["key"], words)  # 201 + 201 > 300: refused, from the store's count
+    assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"
+    assert len(mock.requests) == 1
+
+
+def test_open_on_failure_admits_without_limits_and_says_so(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    extra = _extra(server, shared, on_counter_failure="open")
+    with Gateway(tmp_path / "open", upstream.url, extra=extra) as gw:
+        key = gw.create_key("open", "--rpm", "1")["key"]
+        assert post_chat(gw.url, key).status_code == 200
+        assert post_chat(gw.url, key).status_code == 429
+        server.stop()
+        try:
+            assert post_chat(gw.url, key).status_code == 200  # admitted: Redis cannot say no
+            assert post_chat(gw.url, key).status_code == 200
+            logged = [e for e in gw.log_entries() if "WITHOUT limits" in e.get("event", "")]
+            assert len(logged) == 1 and logged[0]["level"] == "error"  # loud, and rate-limited
+        finally:
+            server.start()
+
+
+def post_chat_body(url: str, key: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{url}/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+def _stored_spend(gw: Gateway, key_id: str) -> float:
+    path = gw.settings().database_path
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT spent FROM spend WHERE name = ?", (BUDGET.format(key_id),)).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def test_the_soft_threshold_notice_is_sent_once_settled_on_shared_counters(
+    server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    hook = Hook()
+    try:
+        limits = {"soft_threshold": 0.5, "webhook_url": hook.url}
+        with Gateway(tmp_path / "soft", upstream.url, extra=_extra(server, shared, limits=limits)) as gw:
+            made = gw.create_key("soft", "--budget-tokens", "300/lifetime")
+            wordy = {**CHAT, "messages": [{"role": "user", "content": "a " * 200}], "max_tokens": 1}
+            assert post_chat_body(gw.url, made["key"], wordy).status_code == 200  # 201 of 300: past 50%
+            calls = _wait(lambda: [h for h in list(hook.received) if h.get("id") == made["id"]])
+            assert len(calls) == 1 and calls[0]["event"] == "budget.soft_threshold"
+            assert calls[0]["spent"] == 201 and calls[0]["budget"] == 300
+    finally:
+        hook.close()
