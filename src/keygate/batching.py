@@ -70,10 +70,16 @@ class ListWriteBehind(WriteBehind, Generic[T]):
     def __init__(self, interval: float, name: str) -> None:
         super().__init__(interval, name)
         self._pending: list[T] = []
+        self.failures = 0  # failed writes so far (for the metrics)
 
     @property
     def pending(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer thread (for the metrics)."""
+        return len(self._pending)
 
     async def flush(self) -> None:
         if not self._pending:
@@ -82,6 +88,7 @@ class ListWriteBehind(WriteBehind, Generic[T]):
         try:
             await self._in_writer(self._write, batch)
         except Exception:
+            self.failures += 1
             self.failure_log.exception(self.failure_message, extra={"rows": len(batch)})
             self._pending[:0] = batch
 

@@ -5,7 +5,8 @@ This is the only module that reads the environment. Sources, later ones winning:
 1. built-in defaults (upstream ``https://api.openai.com/v1`` keyed by ``${OPENAI_API_KEY}``,
    database ``./keygate.db``, listener ``127.0.0.1:8080``);
 2. a YAML file: ``--config FILE`` or ``KEYGATE_CONFIG``;
-3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``.
+3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``;
+4. the standard ``OTEL_*`` variables, for tracing (read by ``observe_config.parse_tracing``).
 
 Each setting is declared once, below, as a field of its section with its default and its check
 (``schema.setting``); :func:`load_settings` reads the file through them and fails fast with a
@@ -41,6 +42,7 @@ from .access_config import (
 )
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
+from .observe_config import MetricsSettings, TracingSettings, parse_tracing
 from .schema import caller, positive, setting
 from .types import Secret
 
@@ -219,6 +221,8 @@ class Settings:
     prompt_scan: PromptScanSettings = setting(
         PromptScanSettings, lambda v, w: schema.build(PromptScanSettings, v, w)
     )
+    metrics: MetricsSettings = setting(MetricsSettings, lambda v, w: schema.build(MetricsSettings, v, w))
+    tracing: TracingSettings = setting(TracingSettings, caller)  # tracing: and the OTEL_* variables
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     config_path: Path | None = None
@@ -275,6 +279,7 @@ def load_settings(
         ),
         "auth": parse_auth(raw.get("auth"), env, base),
         "tls": parse_tls(raw.get("tls"), base),
+        "tracing": parse_tracing(raw.get("tracing"), env),
         "config_path": cfg_path,
     }
     settings = schema.build(Settings, raw, "", env, **given)

@@ -32,11 +32,13 @@ from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
 from .keycache import KeyCache
+from .metrics import Metrics, Sources
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
 from .store import Store, open_store
 from .tls import CertWatcher, confirm_reload, server_options
+from .tracing import Tracing
 from .upstream_pool import UpstreamPool
 from .vault import Keyring
 
@@ -55,6 +57,8 @@ class Parts:
     keys: KeyCache
     gateway: Gateway
     pool: UpstreamPool
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
 
 
 def build(settings: Settings) -> Parts:
@@ -67,15 +71,20 @@ def build(settings: Settings) -> Parts:
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
-        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store)))
+        metrics = Metrics(settings)
+        chain = Chain(
+            default_guards(GuardParts(settings, keys, recorder, counters, spend, store, metrics.observe))
+        )
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring)
         check_ready_to_serve(settings, pool)
     except BaseException:
         store.close()
         raise
-    gateway = Gateway(settings, chain, Forwarder(settings, pool))
-    return Parts(settings, store, recorder, keys, gateway, pool)
+    tracing = Tracing(settings) if settings.tracing.enabled else None
+    gateway = Gateway(settings, chain, Forwarder(settings, pool), tracing)
+    metrics.sources = Sources(pool, keys, recorder, counters, lambda: gateway.arrivals)
+    return Parts(settings, store, recorder, keys, gateway, pool, metrics, tracing)
 
 
 def check_ready_to_serve(settings: Settings, pool: UpstreamPool) -> None:
@@ -150,7 +159,7 @@ async def serve(
         raise
     listener, admin_listener = sockets
     announce_first_token(settings, parts.store)
-    admin = admin_server(settings, parts.store, admin_listener)
+    admin = admin_server(settings, parts.store, admin_listener, parts.metrics)
     server = OwnSocketServer(
         parts.gateway,
         listener,
@@ -221,6 +230,8 @@ async def serve(
 
     announcer = asyncio.ensure_future(_when_serving((server, admin), started))
     await parts.recorder.start()
+    if parts.metrics is not None:
+        await parts.metrics.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
     if own_process:
@@ -268,6 +279,10 @@ async def serve(
         await parts.pool.stop()
         await parts.gateway.chain.stop()
         await parts.recorder.close()
+        if parts.metrics is not None:
+            await parts.metrics.close()
+        if parts.tracing is not None:
+            await asyncio.to_thread(parts.tracing.shutdown)  # the spans still queued, exported
         parts.gateway.forwarder.close()
         for sock in sockets:
             sock.close()

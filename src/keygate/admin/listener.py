@@ -17,6 +17,7 @@ from granian.constants import HTTPModes, Interfaces
 
 from ..config import Settings
 from ..headers import without_server_banner
+from ..metrics import Metrics
 from ..ops import tokens
 from ..ops.audit import SERVE
 from ..sockets import OwnSocketServer
@@ -28,11 +29,13 @@ log = logging.getLogger("keygate")
 ADMIN_BACKLOG = 128
 
 
-def admin_server(settings: Settings, store: Store, sock: socket.socket) -> OwnSocketServer:
+def admin_server(
+    settings: Settings, store: Store, sock: socket.socket, metrics: Metrics | None = None
+) -> OwnSocketServer:
     """The granian server for the admin API on ``sock``, the listener that ``server.py`` bound on
     ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``)."""
     return OwnSocketServer(
-        without_server_banner(build_admin_app(settings, store)),
+        without_server_banner(build_admin_app(settings, store, metrics)),
         sock,
         interface=Interfaces.ASGINL,
         http=HTTPModes.http1,

@@ -124,7 +124,7 @@ _AUDIT = _obj(
     },
     ["id", "ts", "actor", "action", "target", "origin", "details"],
 )
-_ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor"]}
+_ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor", "metrics"]}
 _TOKEN = _obj(
     {
         "id": {"type": "string"},
@@ -285,6 +285,20 @@ def openapi_document() -> dict[str, Any]:
                     status="201",
                     body="AdminTokenCreate",
                 ),
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text format; the metrics or admin role, or a "
+                    "network of metrics.scrape_without_token_from)",
+                    "responses": {
+                        "200": {
+                            "description": "success",
+                            "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                        },
+                        "default": _ERROR,
+                    },
+                }
             },
             "/admin/tokens/{token_id}/revoke": {
                 "post": _op(

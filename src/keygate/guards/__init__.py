@@ -6,7 +6,9 @@ injects (:class:`Parts`): nothing here opens a store or picks a counters impleme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..chain import Guard
 from ..config import Settings
@@ -39,6 +41,7 @@ class Parts:
     counters: Counters  # rate limits, concurrency gates, budgets in flight
     spend: SpendBook  # budget spend, persisted in batches
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
+    observe: Callable[[Any], None] | None = None  # each finished request, for the metrics (metrics.py)
 
 
 def default_guards(parts: Parts) -> list[Guard]:
@@ -55,7 +58,7 @@ def default_guards(parts: Parts) -> list[Guard]:
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
     trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
     return [
-        Record(parts.recorder),
+        Record(parts.recorder, parts.observe),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
         AuthLockout(access.network.lockout),

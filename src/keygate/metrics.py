@@ -1,0 +1,335 @@
+"""Prometheus metrics, counted off the request path.
+
+The request path pays for two things only: the app counts arrivals (one integer increment), and
+the record guard appends one tuple per finished request (:data:`Fact`: the usage row it built
+anyway, and four ``perf_counter`` readings taken by the forwarder and the relay). Like the usage
+recorder, :class:`Metrics` hands those facts to its own writer thread in batches, which turns them
+into counts and histogram buckets kept in plain dicts under one lock per batch (prometheus_client's
+own metric objects take a lock per observation, several microseconds a request for the dozen
+observations made here). What only exists at scrape time (upstream key health, budgets left, the
+key cache, the usage queue, requests in flight) is read when ``/metrics`` is scraped, on the event
+loop that owns it. Exposition is prometheus_client's (``generate_latest`` over a registry holding
+this collector). Names and labels: docs/observability.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from .batching import ListWriteBehind
+from .config import Settings
+from .counters import Counters
+from .keycache import KeyCache
+from .outcomes import outcome, status_class
+from .spend import budgets_of, counter_name
+from .types import UsageRow
+from .upstream_pool import UpstreamPool
+
+Fact = tuple[UsageRow, float, float, float, float, float]
+"""One finished request: its usage row, then ``perf_counter`` readings of its start, the first
+upstream attempt sent, the upstream's answer read to its end, the first piece of a stream
+relayed, and its end (0.0 for what did not happen)."""
+
+# Bucket bounds: the OpenTelemetry GenAI conventions' advice for durations, time to first token
+# and token counts; finer ones for keygate's own time.
+DURATION_BUCKETS: Final = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+TTFT_BUCKETS: Final = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+TOKEN_BUCKETS: Final = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67,108,864
+KEY_STATES: Final = ("up", "cooling_down", "rejected", "retired")
+_DATED: Final = re.compile(r"^(.+?)-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+class _Hist:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * (size + 1)  # the last one: above the largest bound (+Inf only)
+        self.sum = 0.0
+
+
+class _HistFamily:
+    """One histogram's buckets per label set, filled in the writer thread."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.series: dict[tuple[str, ...], _Hist] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        h = self.series.get(labels)
+        if h is None:
+            h = self.series[labels] = _Hist(len(self.bounds))
+        h.counts[bisect.bisect_left(self.bounds, value)] += 1
+        h.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, h in self.series.items():
+            running, buckets = 0, []
+            for bound, n in zip(self.bounds, h.counts, strict=False):
+                running += n
+                buckets.append((_bound(bound), running))
+            buckets.append(("+Inf", running + h.counts[-1]))
+            fam.add_metric(list(labels), buckets, h.sum)
+        return fam
+
+
+def _bound(value: float) -> str:
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+@dataclass
+class Sources:
+    """Where the scrape-time gauges come from (given by ``server.py``; each part stays its own)."""
+
+    pool: UpstreamPool | None = None
+    keys: KeyCache | None = None
+    recorder: ListWriteBehind[Any] | None = None
+    counters: Counters | None = None
+    arrivals: Callable[[], int] = lambda: 0
+
+
+class Metrics(ListWriteBehind[Fact]):
+    """The metrics of one gateway: facts in, Prometheus text out."""
+
+    def __init__(self, settings: Settings, sources: Sources | None = None) -> None:
+        super().__init__(settings.usage_flush_interval, "keygate-metrics")
+        self.sources = sources or Sources()
+        self._limits = settings.limits
+        self._per_key = settings.metrics.per_key_labels
+        self._known = frozenset(settings.limits.prices) | frozenset(settings.metrics.models)
+        self._labels: dict[str | None, str] = {None: "none"}
+        self._lock = threading.Lock()
+        self._done = 0  # facts counted so far
+        key = ("key_id",) if self._per_key else ()
+        self._requests: dict[tuple[str, ...], int] = {}
+        self._request_labels = ("route", "model", "status_class", "outcome", *key)
+        self._spend: dict[tuple[str, ...], float] = {}
+        self._spend_labels = ("model", *key)
+        self._duration = _HistFamily(
+            "keygate_gen_ai_server_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer (gen_ai.server.request.duration).",
+            ("route", "model", "status_class"),
+            DURATION_BUCKETS,
+        )
+        self._upstream = _HistFamily(
+            "keygate_gen_ai_client_operation_duration_seconds",
+            "Time from the first upstream attempt to the end of the upstream's answer, retries "
+            "included (gen_ai.client.operation.duration).",
+            ("upstream", "route", "model"),
+            DURATION_BUCKETS,
+        )
+        self._ttft = _HistFamily(
+            "keygate_gen_ai_server_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first piece of the stream relayed "
+            "(gen_ai.server.time_to_first_token).",
+            ("route", "model"),
+            TTFT_BUCKETS,
+        )
+        self._overhead = _HistFamily(
+            "keygate_gateway_overhead_seconds",
+            "Time a forwarded request spent in keygate rather than waiting on the upstream.",
+            ("route",),
+            OVERHEAD_BUCKETS,
+        )
+        self._tokens = _HistFamily(
+            "keygate_gen_ai_client_token_usage",
+            "Tokens per request, by type input or output (gen_ai.client.token.usage).",
+            ("route", "model", "token_type", *key),
+            TOKEN_BUCKETS,
+        )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def observe(self, fact: Fact) -> None:
+        """Called by the record guard for every finished request."""
+        self._pending.append(fact)
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def model_label(self, model: str | None) -> str:
+        """The model as a label value: a name of the price table or ``metrics.models`` (a dated
+        snapshot name counts as its base name), else ``other``; ``none`` for no model."""
+        found = self._labels.get(model)
+        if found is not None:
+            return found
+        assert model is not None
+        label = "other"
+        if model in self._known:
+            label = model
+        else:
+            dated = _DATED.match(model)
+            if dated is not None and dated.group(1) in self._known:
+                label = dated.group(1)
+        if label != "other" or len(self._labels) < 4096:  # only bounded names are remembered
+            self._labels[model] = label
+        return label
+
+    def _write(self, batch: list[Fact]) -> None:
+        per_key, price_for = self._per_key, self._limits.price_for
+        with self._lock:
+            requests, spend = self._requests, self._spend
+            for row, started, up_start, up_end, first, end in batch:
+                model = self.model_label(row.model)
+                route, sc = row.route if row.route != "-" else "none", status_class(row.status)
+                forwarded = up_start != 0.0
+                labels: tuple[str, ...] = (route, model, sc, outcome(row.status, row.error_code, forwarded))
+                key = (row.key_id or "none",) if per_key else ()
+                if per_key:
+                    labels += key
+                requests[labels] = requests.get(labels, 0) + 1
+                self._duration.observe((route, model, sc), end - started)
+                if forwarded:
+                    upstream_end = up_end or end
+                    self._upstream.observe((row.upstream or "none", route, model), upstream_end - up_start)
+                    self._overhead.observe((route,), max(0.0, (end - started) - (upstream_end - up_start)))
+                if first:
+                    self._ttft.observe((route, model), first - started)
+                if row.prompt_tokens or row.completion_tokens:
+                    self._tokens.observe((route, model, "input", *key), row.prompt_tokens)
+                    self._tokens.observe((route, model, "output", *key), row.completion_tokens)
+                    price = price_for(row.model)
+                    if price is not None:
+                        cost = price.cost(row.prompt_tokens, row.cached_tokens, row.completion_tokens)
+                        sk = (model, *key)
+                        spend[sk] = spend.get(sk, 0.0) + cost
+            self._done += len(batch)
+
+    # -- scrape time (on the event loop) -------------------------------------------------------
+
+    async def exposition(self) -> bytes:
+        """The Prometheus text of every metric, with the requests finished so far counted."""
+        await self.flush()
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            requests = CounterMetricFamily(
+                "keygate_requests",
+                "Requests finished, by route, model, status class and outcome.",
+                labels=self._request_labels,
+            )
+            for labels, n in self._requests.items():
+                requests.add_metric(list(labels), n)
+            spend = CounterMetricFamily(
+                "keygate_spend_usd",
+                "What finished requests cost at the price table's list prices, in US dollars.",
+                labels=self._spend_labels,
+            )
+            for labels, usd in self._spend.items():
+                spend.add_metric(list(labels), usd)
+            families: list[Metric] = [requests, spend]
+            families += [
+                h.family() for h in (self._duration, self._upstream, self._ttft, self._overhead, self._tokens)
+            ]
+            done = self._done
+        yield from families
+        yield from self._gauges(done)
+
+    def _gauges(self, done: int) -> Iterator[Metric]:
+        src = self.sources
+        in_flight = GaugeMetricFamily("keygate_requests_in_flight", "Requests arrived and not yet finished.")
+        in_flight.add_metric([], max(0, src.arrivals() - done - len(self._pending)))
+        yield in_flight
+        if src.recorder is not None:
+            yield GaugeMetricFamily(
+                "keygate_usage_queue_depth",
+                "Usage rows waiting for the writer thread.",
+                value=src.recorder.queued,
+            )
+            yield CounterMetricFamily(
+                "keygate_usage_write_failures",
+                "Failed usage writes (each batch is kept and tried again).",
+                value=src.recorder.failures,
+            )
+        if src.keys is not None:
+            yield GaugeMetricFamily(
+                "keygate_key_cache_keys", "Client keys in the cache.", value=len(src.keys)
+            )
+            yield CounterMetricFamily(
+                "keygate_key_cache_reloads",
+                "Times the key cache was reloaded from the store after a change.",
+                value=src.keys.reloads,
+            )
+        if src.pool is not None:
+            yield self._key_states(src.pool)
+        if src.keys is not None and src.counters is not None:
+            yield from self._budgets(src.keys, src.counters)
+
+    def _key_states(self, pool: UpstreamPool) -> Metric:
+        fam = GaugeMetricFamily(
+            "keygate_upstream_key_state",
+            "1 for each upstream key's current state (up, cooling_down, rejected, retired), else 0.",
+            labels=("upstream", "key_id", "state"),
+        )
+        for upstream, key_id, state in pool.key_states():
+            for s in KEY_STATES:
+                fam.add_metric([upstream, key_id, s], 1.0 if s == state else 0.0)
+        return fam
+
+    def _budgets(self, keys: KeyCache, counters: Counters) -> Iterator[Metric]:
+        now, defaults = time.time(), self._limits.defaults
+        names: dict[str, tuple[str, str, str, float]] = {}
+        for record in keys.records():
+            if not record.active:
+                continue
+            for b in budgets_of(record, keys.team(record.team_id), defaults):
+                names[counter_name(b.scope, b.kind, b.period, now)] = (b.scope, b.kind, b.period, b.amount)
+        used = counters.snapshot(list(names)) if names else {}
+        out = {
+            kind: GaugeMetricFamily(
+                f"keygate_budget_remaining_{unit}",
+                f"What a budget has left this period, in {unit} (its amount less spent and held).",
+                labels=("budget", "period"),
+            )
+            for kind, unit in (("usd", "usd"), ("tokens", "tokens"))
+        }
+        for name, (scope, kind, period, amount) in names.items():
+            spent, held = used.get(name, (0.0, 0.0))
+            out[kind].add_metric([scope, period], max(0.0, amount - spent - held))
+        yield from out.values()
