@@ -30,6 +30,7 @@ from .batching import ListWriteBehind
 from .config import Settings
 from .counters import Counters
 from .keycache import KeyCache
+from .limitconf import Price
 from .outcomes import outcome, status_class
 from .spend import budgets_of, counter_name
 from .types import UsageRow
@@ -97,12 +98,11 @@ class _HistFamily:
         self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
         self.series: dict[tuple[str, ...], _Hist] = {}
 
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
+    def series_for(self, labels: tuple[str, ...]) -> _Hist:
         h = self.series.get(labels)
         if h is None:
             h = self.series[labels] = _Hist(len(self.bounds))
-        h.counts[bisect.bisect_left(self.bounds, value)] += 1
-        h.sum += value
+        return h
 
     def family(self) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
@@ -119,6 +119,44 @@ class _HistFamily:
 def _bound(value: float) -> str:
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
+
+
+class _Series:
+    """Where one kind of request is counted: its request counter, the buckets of each histogram
+    and its spend cell, and the price that applies (found once per kind by ``Metrics._series``)."""
+
+    __slots__ = (
+        "count",
+        "duration",
+        "overhead",
+        "price",
+        "spend",
+        "tokens_in",
+        "tokens_out",
+        "ttft",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        count: list[int],
+        duration: _Hist,
+        upstream: _Hist,
+        overhead: _Hist,
+        ttft: _Hist,
+        tokens_in: _Hist,
+        tokens_out: _Hist,
+        spend: list[float],
+        price: Price | None,
+    ) -> None:
+        self.count, self.duration, self.upstream, self.overhead, self.ttft = (
+            count,
+            duration,
+            upstream,
+            overhead,
+            ttft,
+        )
+        self.tokens_in, self.tokens_out, self.spend, self.price = tokens_in, tokens_out, spend, price
 
 
 @dataclass
@@ -145,9 +183,10 @@ class Metrics(ListWriteBehind[Fact]):
         self._lock = threading.Lock()
         self._done = 0  # facts counted so far
         key = ("key_id",) if self._per_key else ()
-        self._requests: dict[tuple[str, ...], int] = {}
+        self._requests: dict[tuple[str, ...], list[int]] = {}
+        self._cache: dict[tuple[Any, ...], _Series] = {}
         self._request_labels = ("route", "model", "status_class", "outcome", *key)
-        self._spend: dict[tuple[str, ...], float] = {}
+        self._spend: dict[tuple[str, ...], list[float]] = {}
         self._spend_labels = ("model", *key)
         self._duration = _HistFamily(
             "keygate_gen_ai_server_request_duration_seconds",
@@ -210,34 +249,72 @@ class Metrics(ListWriteBehind[Fact]):
             self._labels[model] = label
         return label
 
+    def _series(self, row: UsageRow, forwarded: bool) -> _Series:
+        """The label sets (and their buckets) a row of this kind counts in, found once per kind."""
+        model = self.model_label(row.model)
+        route, sc = row.route if row.route != "-" else "none", status_class(row.status)
+        key = (row.key_id or "none",) if self._per_key else ()
+        labels = (route, model, sc, outcome(row.status, row.error_code, forwarded), *key)
+        count = self._requests.get(labels)
+        if count is None:
+            count = self._requests[labels] = [0]
+        spend = self._spend.get((model, *key))
+        if spend is None:
+            spend = self._spend[(model, *key)] = [0.0]
+        upstream = (row.upstream or "none", route, model)
+        return _Series(
+            count,
+            self._duration.series_for((route, model, sc)),
+            self._upstream.series_for(upstream),
+            self._overhead.series_for((route,)),
+            self._ttft.series_for((route, model)),
+            self._tokens.series_for((route, model, "input", *key)),
+            self._tokens.series_for((route, model, "output", *key)),
+            spend,
+            self._limits.price_for(row.model),
+        )
+
     def _write(self, batch: list[Fact]) -> None:
-        per_key, price_for = self._per_key, self._limits.price_for
+        cache, bisect_left = self._cache, bisect.bisect_left
+        dur_b, tok_b, ttft_b, over_b = DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS, OVERHEAD_BUCKETS
         with self._lock:
-            requests, spend = self._requests, self._spend
+            if len(cache) > 4096:  # bounded: the series themselves stay in their families
+                cache.clear()
             for row, started, up_start, up_end, first, end in batch:
-                model = self.model_label(row.model)
-                route, sc = row.route if row.route != "-" else "none", status_class(row.status)
                 forwarded = up_start != 0.0
-                labels: tuple[str, ...] = (route, model, sc, outcome(row.status, row.error_code, forwarded))
-                key = (row.key_id or "none",) if per_key else ()
-                if per_key:
-                    labels += key
-                requests[labels] = requests.get(labels, 0) + 1
-                self._duration.observe((route, model, sc), end - started)
+                kind = (row.route, row.model, row.status, row.error_code, forwarded, row.upstream, row.key_id)
+                s = cache.get(kind)
+                if s is None:
+                    s = cache[kind] = self._series(row, forwarded)
+                s.count[0] += 1
+                took = end - started
+                h = s.duration
+                h.counts[bisect_left(dur_b, took)] += 1
+                h.sum += took
                 if forwarded:
-                    upstream_end = up_end or end
-                    self._upstream.observe((row.upstream or "none", route, model), upstream_end - up_start)
-                    self._overhead.observe((route,), max(0.0, (end - started) - (upstream_end - up_start)))
+                    waited = (up_end or end) - up_start
+                    h = s.upstream
+                    h.counts[bisect_left(dur_b, waited)] += 1
+                    h.sum += waited
+                    own = took - waited if took > waited else 0.0
+                    h = s.overhead
+                    h.counts[bisect_left(over_b, own)] += 1
+                    h.sum += own
                 if first:
-                    self._ttft.observe((route, model), first - started)
-                if row.prompt_tokens or row.completion_tokens:
-                    self._tokens.observe((route, model, "input", *key), row.prompt_tokens)
-                    self._tokens.observe((route, model, "output", *key), row.completion_tokens)
-                    price = price_for(row.model)
-                    if price is not None:
-                        cost = price.cost(row.prompt_tokens, row.cached_tokens, row.completion_tokens)
-                        sk = (model, *key)
-                        spend[sk] = spend.get(sk, 0.0) + cost
+                    ttft = first - started
+                    h = s.ttft
+                    h.counts[bisect_left(ttft_b, ttft)] += 1
+                    h.sum += ttft
+                prompt, completion = row.prompt_tokens, row.completion_tokens
+                if prompt or completion:
+                    h = s.tokens_in
+                    h.counts[bisect_left(tok_b, prompt)] += 1
+                    h.sum += prompt
+                    h = s.tokens_out
+                    h.counts[bisect_left(tok_b, completion)] += 1
+                    h.sum += completion
+                    if s.price is not None:
+                        s.spend[0] += s.price.cost(prompt, row.cached_tokens, completion)
             self._done += len(batch)
 
     # -- scrape time (on the event loop) -------------------------------------------------------
@@ -255,14 +332,15 @@ class Metrics(ListWriteBehind[Fact]):
                 labels=self._request_labels,
             )
             for labels, n in self._requests.items():
-                requests.add_metric(list(labels), n)
+                requests.add_metric(list(labels), n[0])
             spend = CounterMetricFamily(
                 "keygate_spend_usd",
                 "What finished requests cost at the price table's list prices, in US dollars.",
                 labels=self._spend_labels,
             )
             for labels, usd in self._spend.items():
-                spend.add_metric(list(labels), usd)
+                if usd[0] or labels[0] != "none":
+                    spend.add_metric(list(labels), usd[0])
             families: list[Metric] = [requests, spend]
             families += [
                 h.family() for h in (self._duration, self._upstream, self._ttft, self._overhead, self._tokens)

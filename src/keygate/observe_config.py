@@ -79,6 +79,8 @@ class TracingSettings:
     sampler_ratio: float = 1.0
     capture_content: bool = False
     resource: tuple[tuple[str, str], ...] = field(default=())
+    schedule_delay: float = 5.0  # seconds between exports (OTEL_BSP_SCHEDULE_DELAY, in ms)
+    max_queue_size: int = 2048  # spans queued for export; beyond it, new spans are dropped
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -154,6 +156,12 @@ def parse_tracing(raw: object, env: Mapping[str, str]) -> TracingSettings:
     ratio = 1.0
     if sampler.endswith("traceidratio") and env.get("OTEL_TRACES_SAMPLER_ARG"):
         ratio = _number(env["OTEL_TRACES_SAMPLER_ARG"], "OTEL_TRACES_SAMPLER_ARG", maximum=1, zero=True)
+    delay = 5.0
+    if env.get("OTEL_BSP_SCHEDULE_DELAY"):
+        delay = _number(env["OTEL_BSP_SCHEDULE_DELAY"], "OTEL_BSP_SCHEDULE_DELAY", maximum=3_600_000) / 1000.0
+    queue = 2048
+    if env.get("OTEL_BSP_MAX_QUEUE_SIZE"):
+        queue = int(_number(env["OTEL_BSP_MAX_QUEUE_SIZE"], "OTEL_BSP_MAX_QUEUE_SIZE", maximum=1_000_000))
     resource = _pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
     service = env.get("OTEL_SERVICE_NAME", "").strip() or dict(resource).get("service.name") or "keygate"
     return TracingSettings(
@@ -166,6 +174,8 @@ def parse_tracing(raw: object, env: Mapping[str, str]) -> TracingSettings:
         sampler_ratio=ratio,
         capture_content=capture,
         resource=tuple(resource),
+        schedule_delay=delay,
+        max_queue_size=queue,
     )
 
 

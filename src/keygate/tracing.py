@@ -102,7 +102,14 @@ class Tracing:
                 compression=Compression.NoCompression,
                 session=_session(),
             )
-        self._provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=4096))
+        self._provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=tracing.max_queue_size,
+                schedule_delay_millis=tracing.schedule_delay * 1000.0,
+                max_export_batch_size=min(512, tracing.max_queue_size),
+            )
+        )
         self._tracer = self._provider.get_tracer("keygate", __version__)
         self._listen = settings.listen
 
