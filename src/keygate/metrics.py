@@ -122,41 +122,32 @@ def _bound(value: float) -> str:
 
 
 class _Series:
-    """Where one kind of request is counted: its request counter, the buckets of each histogram
-    and its spend cell, and the price that applies (found once per kind by ``Metrics._series``)."""
+    """Where one kind of request is counted: its request counter and duration buckets, and the
+    label sets of what not every request of the kind has (upstream time, time to first token,
+    tokens, spend), whose buckets are made when first needed, so no empty series is shown."""
 
     __slots__ = (
-        "count",
-        "duration",
-        "overhead",
-        "price",
-        "spend",
-        "tokens_in",
-        "tokens_out",
-        "ttft",
-        "upstream",
+        *("count", "duration", "price", "per_route", "per_model", "per_upstream", "per_key"),
+        *("upstream", "overhead", "ttft", "tokens_in", "tokens_out", "spend"),
     )
 
     def __init__(
         self,
         count: list[int],
         duration: _Hist,
-        upstream: _Hist,
-        overhead: _Hist,
-        ttft: _Hist,
-        tokens_in: _Hist,
-        tokens_out: _Hist,
-        spend: list[float],
         price: Price | None,
+        labels: tuple[str, str, str, tuple[str, ...]],
     ) -> None:
-        self.count, self.duration, self.upstream, self.overhead, self.ttft = (
-            count,
-            duration,
-            upstream,
-            overhead,
-            ttft,
-        )
-        self.tokens_in, self.tokens_out, self.spend, self.price = tokens_in, tokens_out, spend, price
+        self.count, self.duration, self.price = count, duration, price
+        route, model, upstream, key = labels
+        self.per_route, self.per_model, self.per_upstream = (route,), (route, model), (upstream, route, model)
+        self.per_key = key
+        self.upstream: _Hist | None = None
+        self.overhead: _Hist | None = None
+        self.ttft: _Hist | None = None
+        self.tokens_in: _Hist | None = None
+        self.tokens_out: _Hist | None = None
+        self.spend: list[float] | None = None
 
 
 @dataclass
@@ -250,7 +241,7 @@ class Metrics(ListWriteBehind[Fact]):
         return label
 
     def _series(self, row: UsageRow, forwarded: bool) -> _Series:
-        """The label sets (and their buckets) a row of this kind counts in, found once per kind."""
+        """The label sets a row of this kind counts in, found once per kind."""
         model = self.model_label(row.model)
         route, sc = row.route if row.route != "-" else "none", status_class(row.status)
         key = (row.key_id or "none",) if self._per_key else ()
@@ -258,21 +249,9 @@ class Metrics(ListWriteBehind[Fact]):
         count = self._requests.get(labels)
         if count is None:
             count = self._requests[labels] = [0]
-        spend = self._spend.get((model, *key))
-        if spend is None:
-            spend = self._spend[(model, *key)] = [0.0]
-        upstream = (row.upstream or "none", route, model)
-        return _Series(
-            count,
-            self._duration.series_for((route, model, sc)),
-            self._upstream.series_for(upstream),
-            self._overhead.series_for((route,)),
-            self._ttft.series_for((route, model)),
-            self._tokens.series_for((route, model, "input", *key)),
-            self._tokens.series_for((route, model, "output", *key)),
-            spend,
-            self._limits.price_for(row.model),
-        )
+        duration = self._duration.series_for((route, model, sc))
+        price = self._limits.price_for(row.model)
+        return _Series(count, duration, price, (route, model, row.upstream or "none", key))
 
     def _write(self, batch: list[Fact]) -> None:
         cache, bisect_left = self._cache, bisect.bisect_left
@@ -293,29 +272,43 @@ class Metrics(ListWriteBehind[Fact]):
                 h.sum += took
                 if forwarded:
                     waited = (up_end or end) - up_start
-                    h = s.upstream
+                    h = s.upstream or self._made(s, "upstream", self._upstream, s.per_upstream)
                     h.counts[bisect_left(dur_b, waited)] += 1
                     h.sum += waited
                     own = took - waited if took > waited else 0.0
-                    h = s.overhead
+                    h = s.overhead or self._made(s, "overhead", self._overhead, s.per_route)
                     h.counts[bisect_left(over_b, own)] += 1
                     h.sum += own
                 if first:
                     ttft = first - started
-                    h = s.ttft
+                    h = s.ttft or self._made(s, "ttft", self._ttft, s.per_model)
                     h.counts[bisect_left(ttft_b, ttft)] += 1
                     h.sum += ttft
                 prompt, completion = row.prompt_tokens, row.completion_tokens
                 if prompt or completion:
-                    h = s.tokens_in
+                    h = s.tokens_in or self._made(
+                        s, "tokens_in", self._tokens, (*s.per_model, "input", *s.per_key)
+                    )
                     h.counts[bisect_left(tok_b, prompt)] += 1
                     h.sum += prompt
-                    h = s.tokens_out
+                    h = s.tokens_out or self._made(
+                        s, "tokens_out", self._tokens, (*s.per_model, "output", *s.per_key)
+                    )
                     h.counts[bisect_left(tok_b, completion)] += 1
                     h.sum += completion
                     if s.price is not None:
-                        s.spend[0] += s.price.cost(prompt, row.cached_tokens, completion)
+                        spend = s.spend
+                        if spend is None:
+                            labels = (s.per_model[1], *s.per_key)
+                            spend = s.spend = self._spend.setdefault(labels, [0.0])
+                        spend[0] += s.price.cost(prompt, row.cached_tokens, completion)
             self._done += len(batch)
+
+    @staticmethod
+    def _made(s: _Series, slot: str, family: _HistFamily, labels: tuple[str, ...]) -> _Hist:
+        h = family.series_for(labels)
+        setattr(s, slot, h)
+        return h
 
     # -- scrape time (on the event loop) -------------------------------------------------------
 
@@ -339,8 +332,7 @@ class Metrics(ListWriteBehind[Fact]):
                 labels=self._spend_labels,
             )
             for labels, usd in self._spend.items():
-                if usd[0] or labels[0] != "none":
-                    spend.add_metric(list(labels), usd[0])
+                spend.add_metric(list(labels), usd[0])
             families: list[Metric] = [requests, spend]
             families += [
                 h.family() for h in (self._duration, self._upstream, self._ttft, self._overhead, self._tokens)
