@@ -18,7 +18,7 @@ OUTCOMES: Final = (
     "policy_denied",  # the key's or team's policy: model, route, network, unpriced under a budget
     "content_blocked",  # the prompt scan refused a secret or personal data in the prompt
     "invalid_request",  # keygate refused the request itself: malformed, too large, unknown route
-    "upstream_rate_limited",  # the upstream answered 429 (every key tried was rate limited)
+    "upstream_rate_limited",  # the upstream answered 429 on every key tried, or all keys cool down
     "upstream_error",  # the upstream failed, timed out, refused the request or keygate's key
     "client_closed",  # the client went away before the answer was complete
     "internal_error",  # a bug in keygate (500)
@@ -84,6 +84,8 @@ def outcome(status: int, error_code: str | None, forwarded: bool) -> str:
         return "allowed"
     found = _BY_CODE.get(error_code)
     if found is not None:
+        if found == "rate_limited" and forwarded:  # the pool's 429: every key is cooling down
+            return "upstream_rate_limited"
         return found
     if forwarded:  # an upstream 403 relayed as keygate's own, with the upstream's code
         return "upstream_error"
