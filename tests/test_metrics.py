@@ -4,20 +4,28 @@ time to first token, the scrape-time gauges, who may scrape, and that no secret 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from keygate.config import load_settings
 from keygate.limitconf import shipped_prices
+from keygate.metrics import Metrics, Sources
+from keygate.recorder import Recorder
+from keygate.store import SQLiteStore
 from keygate.testing import MockUpstream
+from keygate.types import UsageRow
 
 from .admin.common import Admin, assert_openai_error
-from .helpers import UPSTREAM_SECRET, Gateway
+from .helpers import UPSTREAM_SECRET, Gateway, logged
 
 MESSAGES = [{"role": "user", "content": "count these five words"}]
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -173,6 +181,17 @@ def test_upstream_key_health_and_open_scrape(
         assert total(got, "keygate_requests_total", key_id=key["id"], outcome="allowed") == 1
         assert total(got, "keygate_requests_total", key_id=key["id"], outcome="upstream_rate_limited") == 1
         assert key["key"] not in r.text and UPSTREAM_SECRET not in r.text
+        # A 401 takes the (lone) key out of the rotation: rejected until enabled again.
+        mock.fail_next("401")
+        with pytest.raises(openai.APIStatusError):
+            client.models.list()
+        got = parse(httpx.get(gw.admin_url + "/metrics").text)
+        assert total(got, "keygate_upstream_key_state", key_id="openai#0", state="rejected") == 1
+        assert total(got, "keygate_upstream_key_state", key_id="openai#0", state="cooling_down") == 0
+        assert (
+            total(got, "keygate_requests_total", route="models", outcome="upstream_error", status_class="5xx")
+            == 1
+        )
     # A scraper outside the open networks still needs a token.
     closed = {"metrics": {"scrape_without_token_from": ["10.0.0.0/8"]}}
     with Gateway(tmp_path / "closed", upstream.url, extra=closed) as gw:
@@ -180,7 +199,6 @@ def test_upstream_key_health_and_open_scrape(
 
 
 def test_metrics_settings_are_checked(tmp_path: Path) -> None:
-    from keygate.config import load_settings
     from keygate.errors import ConfigError
 
     cfg = tmp_path / "k.yaml"
@@ -195,3 +213,62 @@ def test_metrics_settings_are_checked(tmp_path: Path) -> None:
             load_settings(cfg, {"OPENAI_API_KEY": "sk-x"})
     cfg.write_text(json.dumps({"metrics": {"models": ["my-model"]}}))
     assert load_settings(cfg, {"OPENAI_API_KEY": "sk-x"}).metrics.models == ("my-model",)
+
+
+class FailingStore(SQLiteStore):
+    """A real store whose usage writes fail (a full disk, say), until told otherwise."""
+
+    failing = True
+
+    def write_usage(self, rows: Any) -> None:
+        if self.failing:
+            raise OSError("disk full")
+        super().write_usage(rows)
+
+
+def test_usage_queue_and_write_failures(tmp_path: Path) -> None:
+    asyncio.run(_usage_queue_and_write_failures(tmp_path))
+
+
+async def _usage_queue_and_write_failures(tmp_path: Path) -> None:
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("{}")
+    settings = load_settings(cfg, {"OPENAI_API_KEY": "sk-x"})
+    store = FailingStore(tmp_path / "k.db")
+    store.migrate()
+    recorder = Recorder(store, str(tmp_path / "access.log"))
+    metrics = Metrics(settings, Sources(recorder=recorder))
+    row = UsageRow(
+        time.time(),
+        "kg-1",
+        None,
+        "models",
+        "GET",
+        "/v1/models",
+        None,
+        200,
+        0,
+        0,
+        0,
+        1.0,
+        "ip",
+        "openai",
+        False,
+    )
+    for _ in range(3):
+        recorder.record(row)
+    got = parse((await metrics.exposition()).decode())
+    assert total(got, "keygate_usage_queue_depth") == 3
+    assert total(got, "keygate_usage_write_failures_total") == 0
+    with logged("keygate.recorder"):
+        await recorder.flush()  # fails: the rows stay queued
+    got = parse((await metrics.exposition()).decode())
+    assert total(got, "keygate_usage_write_failures_total") == 1
+    assert total(got, "keygate_usage_queue_depth") == 3
+    store.failing = False
+    await recorder.close()
+    got = parse((await metrics.exposition()).decode())
+    assert total(got, "keygate_usage_queue_depth") == 0
+    assert total(got, "keygate_usage_write_failures_total") == 1
+    await metrics.close()
+    store.close()

@@ -19,7 +19,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from keygate.config import load_settings
 from keygate.errors import ConfigError
+from keygate.server import build
 from keygate.testing import MockUpstream
+from keygate.tracing import Tracing
 
 from .helpers import UPSTREAM_SECRET, Gateway
 
@@ -203,6 +205,14 @@ def test_tracing_is_off_unless_the_otel_variables_say_so(tmp_path: Path) -> None
     cfg.write_text("{}")
     base = {"OPENAI_API_KEY": "sk-x"}
     assert not load_settings(cfg, base).tracing.enabled
+    # Off: no tracer is built at all, so requests carry no span (ctx.span stays None).
+    parts = build(load_settings(cfg, base))
+    assert parts.tracing is None and parts.gateway.tracing is None
+    parts.store.close()
+    parts = build(load_settings(cfg, {**base, "OTEL_TRACES_EXPORTER": "otlp"}))
+    assert isinstance(parts.gateway.tracing, Tracing)
+    parts.gateway.tracing.shutdown()
+    parts.store.close()
     assert not load_settings(
         cfg, {**base, "OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
     ).tracing.enabled
