@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Coroutine
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import http1, routes
 from .chain import Chain
@@ -40,7 +40,9 @@ from .logs import redact
 from .metering import StreamMeter, usage_from_json
 from .sockets import SendWindow
 from .tls import hsts_headers
-from .tracing import Tracing
+
+if TYPE_CHECKING:  # imported by server.py only when tracing is on (the SDK takes ~0.2 s to import)
+    from .tracing import Tracing
 
 log = logging.getLogger("keygate")
 

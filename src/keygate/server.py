@@ -16,7 +16,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
@@ -38,9 +38,11 @@ from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
 from .store import Store, open_store
 from .tls import CertWatcher, confirm_reload, server_options
-from .tracing import Tracing
 from .upstream_pool import UpstreamPool
 from .vault import Keyring
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("keygate")
 
@@ -81,7 +83,11 @@ def build(settings: Settings) -> Parts:
     except BaseException:
         store.close()
         raise
-    tracing = Tracing(settings) if settings.tracing.enabled else None
+    tracing = None
+    if settings.tracing.enabled:  # the OpenTelemetry SDK is imported only then
+        from .tracing import Tracing
+
+        tracing = Tracing(settings)
     gateway = Gateway(settings, chain, Forwarder(settings, pool), tracing)
     metrics.sources = Sources(pool, keys, recorder, counters, lambda: gateway.arrivals)
     return Parts(settings, store, recorder, keys, gateway, pool, metrics, tracing)
