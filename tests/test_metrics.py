@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,28 @@ def test_scrape_after_sdk_traffic(admin: Admin, mock: MockUpstream) -> None:
     for secret in [*gw.secrets, UPSTREAM_SECRET, budgeted["key"], limited["key"]]:
         assert secret not in text
         assert secret.split("_", 1)[-1] not in text
+
+
+def test_requests_in_flight(admin: Admin, mock: MockUpstream) -> None:
+    key = admin.gw.create_key("slow")["key"]
+    mock.fail_next("slow", delay=1.0)
+    client = openai.OpenAI(base_url=admin.gw.url, api_key=key, max_retries=0)
+    done = threading.Event()
+
+    def slow_request() -> None:
+        client.models.list()
+        done.set()
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while total(parse(scrape(admin)), "keygate_requests_in_flight") != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not done.is_set()
+    assert total(parse(scrape(admin)), "keygate_requests_in_flight") == 1
+    thread.join(10)
+    assert done.is_set()
+    assert total(parse(scrape(admin)), "keygate_requests_in_flight") == 0
 
 
 def test_who_may_scrape(admin: Admin) -> None:
