@@ -140,7 +140,7 @@ def test_request_and_upstream_spans(
         assert attrs["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
         assert attrs["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
         assert attrs["http.response.status_code"] == 200
-        assert attrs["server.address"] == "127.0.0.1"
+        assert attrs["server.address"] == "127.0.0.1" and attrs["client.address"] == "127.0.0.1"
         assert attrs["keygate.key_id"] == key["id"]
         assert attrs["keygate.outcome"] == "allowed"
         assert "error.type" not in attrs

@@ -125,7 +125,6 @@ class Tracing:
                 "http.request.method": ctx.method,
                 "server.address": self._listen.host,
                 "server.port": self._listen.port,
-                "client.address": ctx.client_ip,
                 "keygate.request_id": ctx.request_id,
             },
         )
@@ -239,6 +238,7 @@ class RequestSpan:
         model = redact(ctx.model) if ctx.model else None
         attributes: dict[str, Any] = {
             "url.path": ctx.path,
+            "client.address": ctx.client_ip,  # (after the client-IP guard: trusted proxies applied)
             "http.response.status_code": ctx.status,
             "keygate.outcome": outcome(
                 ctx.status, ctx.error.code if ctx.error is not None else None, ctx.upstream_started != 0.0
