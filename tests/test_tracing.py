@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from keygate.config import load_settings
+from keygate.context import Context
 from keygate.errors import ConfigError
 from keygate.server import build
 from keygate.testing import MockUpstream
@@ -213,6 +214,14 @@ def test_tracing_is_off_unless_the_otel_variables_say_so(tmp_path: Path) -> None
     assert isinstance(parts.gateway.tracing, Tracing)
     parts.gateway.tracing.shutdown()
     parts.store.close()
+    # A request the sampler leaves out gets no span object either.
+    unsampled = Tracing(
+        load_settings(cfg, {**base, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "always_off"})
+    )
+    ctx = Context("kg-1", "GET", "/v1/models", "", {}, "127.0.0.1")
+    unsampled.start(ctx)
+    assert ctx.span is None
+    unsampled.shutdown()
     assert not load_settings(
         cfg, {**base, "OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
     ).tracing.enabled

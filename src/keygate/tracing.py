@@ -112,6 +112,15 @@ class Tracing:
         )
         self._tracer = self._provider.get_tracer("keygate", __version__)
         self._listen = settings.listen
+        self._origins: dict[str, tuple[str, int, str]] = {}  # base URL: host, port, scheme://netloc
+
+    def origin(self, base_url: str) -> tuple[str, int, str]:
+        found = self._origins.get(base_url)
+        if found is None:
+            parts = urlsplit(base_url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            found = self._origins[base_url] = (parts.hostname or "", port, f"{parts.scheme}://{parts.netloc}")
+        return found
 
     def start(self, ctx: Context) -> None:
         """Open the request's span, as the child of the client's ``traceparent`` if it sent one."""
@@ -128,7 +137,8 @@ class Tracing:
                 "keygate.request_id": ctx.request_id,
             },
         )
-        ctx.span = RequestSpan(self, span, ctx)
+        if span.is_recording():  # a request the sampler left out costs nothing more
+            ctx.span = RequestSpan(self, span, ctx)
 
     def shutdown(self) -> None:
         """Export what is queued (bounded by the exporter's timeout) and stop the export thread."""
@@ -160,15 +170,15 @@ class RequestSpan:
     def attempt(self, upstream: Upstream, key_id: str, method: str, target: str) -> None:
         """An attempt on one upstream key begins (the previous one, if any, was answered)."""
         self._end_client()
-        parts = urlsplit(upstream.base_url)
+        host, port, origin = self.tracing.origin(upstream.base_url)
         op = OPERATIONS.get(self.ctx.route.name if self.ctx.route is not None else "")
         model = redact(self.ctx.model) if self.ctx.model else None
         name = f"{op} {model}" if op and model else f"{method} {upstream.name}"
         attributes: dict[str, Any] = {
             "http.request.method": method,
-            "server.address": parts.hostname or "",
-            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
-            "url.full": f"{parts.scheme}://{parts.netloc}{target.split('?', 1)[0]}",
+            "server.address": host,
+            "server.port": port,
+            "url.full": origin + target.split("?", 1)[0],
             "gen_ai.provider.name": "openai",
             "keygate.upstream": upstream.name,
             "keygate.upstream_key_id": key_id,
