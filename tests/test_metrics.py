@@ -235,7 +235,17 @@ def test_metrics_settings_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=where):
             load_settings(cfg, {"OPENAI_API_KEY": "sk-x"})
     cfg.write_text(json.dumps({"metrics": {"models": ["my-model"]}}))
-    assert load_settings(cfg, {"OPENAI_API_KEY": "sk-x"}).metrics.models == ("my-model",)
+    settings = load_settings(cfg, {"OPENAI_API_KEY": "sk-x"})
+    assert settings.metrics.models == ("my-model",)
+    # The model label: known names, a dated snapshot as its base name, anything else "other".
+    metrics = Metrics(settings)
+    labels = [
+        metrics.model_label(m)
+        for m in ("gpt-4o", "gpt-4o-2024-08-06", "gpt-4-0613", "my-model", "made-up", None)
+    ]
+    assert labels == ["gpt-4o", "gpt-4o", "gpt-4", "my-model", "other", "none"]
+    assert all(metrics.model_label(f"made-up-{i}") == "other" for i in range(5000))
+    assert len(metrics._labels) <= 4097  # unknown names are not remembered without bound
 
 
 class FailingStore(SQLiteStore):

@@ -15,7 +15,6 @@ this collector). Names and labels: docs/observability.md.
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from .batching import ListWriteBehind
 from .config import Settings
 from .counters import Counters
 from .keycache import KeyCache
-from .limitconf import Price
+from .limitconf import Price, snapshot_base
 from .outcomes import outcome, status_class
 from .spend import budgets_of, counter_name
 from .types import UsageRow
@@ -80,7 +79,6 @@ TTFT_BUCKETS: Final = (
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 TOKEN_BUCKETS: Final = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67,108,864
 KEY_STATES: Final = ("up", "cooling_down", "rejected", "retired")
-_DATED: Final = re.compile(r"^(.+?)-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 class _Hist:
@@ -233,9 +231,9 @@ class Metrics(ListWriteBehind[Fact]):
         if model in self._known:
             label = model
         else:
-            dated = _DATED.match(model)
-            if dated is not None and dated.group(1) in self._known:
-                label = dated.group(1)
+            base = snapshot_base(model)
+            if base is not None and base in self._known:
+                label = base
         if label != "other" or len(self._labels) < 4096:  # only bounded names are remembered
             self._labels[model] = label
         return label
