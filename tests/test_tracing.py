@@ -260,9 +260,18 @@ def test_tracing_is_off_unless_the_otel_variables_say_so(tmp_path: Path) -> None
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         ),
         ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "maybe"}, "CAPTURE_MESSAGE_CONTENT"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent.pem"},
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(cfg)}, "go together"),
     ):
         with pytest.raises(ConfigError, match=where):
             load_settings(cfg, {**base, **env})
+    ca = load_settings(
+        cfg, {**base, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(cfg)}
+    )
+    assert ca.tracing.certificate == str(cfg)  # handed to the exporter, which verifies with it
     # Plain http to a collector elsewhere only when the file says so.
     cfg.write_text("tracing: {allow_insecure: true}")
     remote = load_settings(cfg, {**base, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4318"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -79,6 +80,9 @@ class TracingSettings:
     sampler_ratio: float = 1.0
     capture_content: bool = False
     resource: tuple[tuple[str, str], ...] = field(default=())
+    certificate: str | None = None  # CA bundle for the collector's TLS (else the system's)
+    client_certificate: str | None = None  # mTLS to the collector: certificate and key files
+    client_key: str | None = None
     schedule_delay: float = 5.0  # seconds between exports (OTEL_BSP_SCHEDULE_DELAY, in ms)
     max_queue_size: int = 2048  # spans queued for export; beyond it, new spans are dropped
 
@@ -162,6 +166,18 @@ def parse_tracing(raw: object, env: Mapping[str, str]) -> TracingSettings:
     queue = 2048
     if env.get("OTEL_BSP_MAX_QUEUE_SIZE"):
         queue = int(_number(env["OTEL_BSP_MAX_QUEUE_SIZE"], "OTEL_BSP_MAX_QUEUE_SIZE", maximum=1_000_000))
+    files: dict[str, str | None] = {}
+    for what in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"):
+        name = f"OTEL_EXPORTER_OTLP_TRACES_{what}"
+        name = name if env.get(name) else f"OTEL_EXPORTER_OTLP_{what}"
+        value = env.get(name, "").strip() or None
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{name}: {value} is not a readable file")
+        files[what] = value
+    if (files["CLIENT_CERTIFICATE"] is None) != (files["CLIENT_KEY"] is None):
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together"
+        )
     resource = _pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
     service = env.get("OTEL_SERVICE_NAME", "").strip() or dict(resource).get("service.name") or "keygate"
     return TracingSettings(
@@ -174,6 +190,9 @@ def parse_tracing(raw: object, env: Mapping[str, str]) -> TracingSettings:
         sampler_ratio=ratio,
         capture_content=capture,
         resource=tuple(resource),
+        certificate=files["CERTIFICATE"],
+        client_certificate=files["CLIENT_CERTIFICATE"],
+        client_key=files["CLIENT_KEY"],
         schedule_delay=delay,
         max_queue_size=queue,
     )

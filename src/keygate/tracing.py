@@ -97,6 +97,9 @@ class Tracing:
         if exporter is None:
             exporter = OTLPSpanExporter(
                 endpoint=tracing.endpoint,
+                certificate_file=tracing.certificate,
+                client_certificate_file=tracing.client_certificate,
+                client_key_file=tracing.client_key,
                 headers={k: v.reveal() for k, v in tracing.headers},
                 timeout=tracing.timeout,
                 compression=Compression.NoCompression,
