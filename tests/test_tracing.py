@@ -276,3 +276,32 @@ def test_tracing_is_off_unless_the_otel_variables_say_so(tmp_path: Path) -> None
     cfg.write_text("tracing: {allow_insecure: true}")
     remote = load_settings(cfg, {**base, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4318"})
     assert remote.tracing.endpoint == "http://collector.example:4318/v1/traces"
+
+
+def test_a_retried_attempt_is_a_span_of_its_own(
+    receiver: Receiver, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    keys = {
+        "upstreams": {
+            "openai": {"base_url": upstream.url, "api_keys": ["${OPENAI_API_KEY}", "${SECOND_KEY}"]}
+        }
+    }
+    env = {**otel_env(receiver), "SECOND_KEY": UPSTREAM_SECRET}
+    with Gateway(tmp_path, upstream.url, env=env, extra=keys) as gw:
+        client = openai.OpenAI(base_url=gw.url, api_key=gw.create_key("retried")["key"], max_retries=0)
+        mock.fail_next("500")
+        assert client.models.list().data
+        servers = receiver.wait(lambda s: s.kind == Span.SPAN_KIND_SERVER)
+        attempts = receiver.wait(
+            lambda s: s.parent_span_id == servers[0].span_id and len(receiver.spans) >= 3
+        )
+    assert len(servers) == 1 and servers[0].name == "GET models"
+    assert len(attempts) == 2
+    first, second = sorted(attempts, key=lambda s: s.start_time_unix_nano)
+    assert attributes(first.attributes)["error.type"] == "500"
+    assert attributes(first.attributes)["http.response.status_code"] == 500
+    assert first.status.code == first.status.STATUS_CODE_ERROR
+    assert attributes(second.attributes)["http.response.status_code"] == 200
+    assert "error.type" not in attributes(second.attributes)
+    assert {attributes(a.attributes)["keygate.upstream_key_id"] for a in attempts} == {"openai#0", "openai#1"}
+    assert attributes(servers[0].attributes)["http.response.status_code"] == 200
