@@ -80,14 +80,14 @@ def build(settings: Settings) -> Parts:
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring)
         check_ready_to_serve(settings, pool)
+        tracing = None
+        if settings.tracing.enabled:  # the OpenTelemetry SDK is imported only then
+            from .tracing import Tracing
+
+            tracing = Tracing(settings)
     except BaseException:
         store.close()
         raise
-    tracing = None
-    if settings.tracing.enabled:  # the OpenTelemetry SDK is imported only then
-        from .tracing import Tracing
-
-        tracing = Tracing(settings)
     gateway = Gateway(settings, chain, Forwarder(settings, pool), tracing)
     metrics.sources = Sources(pool, keys, recorder, counters, lambda: gateway.arrivals)
     return Parts(settings, store, recorder, keys, gateway, pool, metrics, tracing)
