@@ -18,7 +18,8 @@ import itertools
 import logging
 import os
 from collections.abc import Coroutine
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from . import http1, routes
 from .chain import Chain
@@ -40,6 +41,9 @@ from .metering import StreamMeter, usage_from_json
 from .sockets import SendWindow
 from .tls import hsts_headers
 
+if TYPE_CHECKING:  # imported by server.py only when tracing is on (the SDK takes ~0.2 s to import)
+    from .tracing import Tracing
+
 log = logging.getLogger("keygate")
 
 _NOT_FOUND = NotFound("Not found: this gateway forwards only the OpenAI API routes it allows.")
@@ -58,10 +62,14 @@ def parse_peer(client: str) -> str:
 class Gateway:
     """The RSGI app. Built by :func:`keygate.server.build` from settings and its parts."""
 
-    def __init__(self, settings: Settings, chain: Chain, forwarder: Forwarder) -> None:
+    def __init__(
+        self, settings: Settings, chain: Chain, forwarder: Forwarder, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
         self.chain = chain
         self.forwarder = forwarder
+        self.tracing = tracing  # None unless the OTEL_* variables turn tracing on
+        self.arrivals = 0  # requests taken so far (the metrics' in-flight gauge)
         self._ids = itertools.count(1)
         self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
         # On every answer: an empty Server header, so granian adds no banner of its own, and HSTS
@@ -83,6 +91,10 @@ class Gateway:
             proto,
         )
         ctx.scope = scope  # a stream's flow control finds the client's connection by its addresses
+        self.arrivals += 1
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.start(ctx)
         try:
             if len(headers) != len(items) or "x-api-key" in headers or "api-key" in headers:
                 err = _ambiguous(items, headers)
@@ -99,6 +111,8 @@ class Gateway:
                 self._send_error(ctx, _INTERNAL)
         finally:
             self.chain.complete(ctx)
+            if ctx.span is not None:
+                ctx.span.end()
 
     def _send_error(self, ctx: Context, err: KeygateError) -> None:
         ctx.status = err.status
@@ -128,6 +142,7 @@ class Gateway:
         if ctx.stream:
             return await self._until_disconnect(ctx, self._streamed(ctx))
         answer = await self.forwarder.open(ctx)
+        ctx.upstream_ended = perf_counter()
         if not isinstance(answer, Answer):
             return self._send_error(ctx, answer)
         try:
@@ -139,6 +154,7 @@ class Gateway:
     async def _streamed(self, ctx: Context) -> None:
         answer = await self.forwarder.open(ctx)
         if not isinstance(answer, Answer):
+            ctx.upstream_ended = perf_counter()
             return self._send_error(ctx, answer)
         try:
             await self._relay(ctx, answer)
@@ -173,6 +189,8 @@ class Gateway:
             body = scrub(body, answer.lease.key.secret)
         elif ctx.route is not None and ctx.route.metered:
             usage_from_json(body, ctx.usage)
+        if ctx.span is not None and status < 400:
+            ctx.span.body(body)
         out = self._reply_headers(ctx, answer)
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)
@@ -205,6 +223,8 @@ class Gateway:
             except http1.TransportError as exc:
                 assert ctx.upstream is not None
                 return self._send_error(ctx, transport_error(exc, ctx.upstream))
+            finally:
+                ctx.upstream_ended = perf_counter()
             return self._reply(ctx, answer)
         self.chain.response_start(ctx, response.status, response.headers)
         out = self._reply_headers(ctx, answer)
@@ -219,15 +239,23 @@ class Gateway:
         meter = StreamMeter(ctx)
         watch = self.chain.watches_chunks
         window = SendWindow(ctx.scope)
+        first = True
         while True:
             try:
                 chunk = await reader.read_chunk()
             except http1.TransportError as exc:
+                ctx.upstream_ended = perf_counter()
                 err = transport_error(exc, ctx.upstream)
                 ctx.error = err
                 await _send(transport, meter.flush() + sse_error_event(err), window)
                 return
+            if first and chunk:  # (the metrics' time to first token; the span's response model)
+                first = False
+                ctx.first_chunk = perf_counter()
+                if ctx.span is not None:
+                    ctx.span.chunk(chunk)
             if chunk is None:
+                ctx.upstream_ended = perf_counter()
                 rest = meter.flush()
                 if rest:
                     await _send(transport, rest, window)

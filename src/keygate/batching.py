@@ -80,10 +80,16 @@ class ListWriteBehind(WriteBehind, Generic[T]):
         self.max_pending = max_pending
         self.dropped = 0
         self._failing_since: float | None = None
+        self.failures = 0  # failed writes so far (for the metrics)
 
     @property
     def pending(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer thread (for the metrics)."""
+        return len(self._pending)
 
     async def flush(self) -> None:
         if not self._pending:
@@ -93,6 +99,7 @@ class ListWriteBehind(WriteBehind, Generic[T]):
         try:
             await self._in_writer(self._write, batch)
         except Exception as exc:
+            self.failures += 1
             self._pending[:0] = batch
             self._bound()
             self._failed(exc, len(batch))

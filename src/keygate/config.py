@@ -5,7 +5,8 @@ This is the only module that reads the environment. Sources, later ones winning:
 1. built-in defaults (upstream ``https://api.openai.com/v1`` keyed by ``${OPENAI_API_KEY}``,
    database ``./keygate.db``, listener ``127.0.0.1:8080``);
 2. a YAML file: ``--config FILE`` or ``KEYGATE_CONFIG``;
-3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``.
+3. ``KEYGATE_LISTEN``, ``KEYGATE_ADMIN_LISTEN`` and ``KEYGATE_DATABASE_URL``;
+4. the standard ``OTEL_*`` variables, for tracing (read by ``observe_config.parse_tracing``).
 
 The database is SQLite (``sqlite:///PATH``) or PostgreSQL (``postgresql://USER@HOST:PORT/DB``,
 see :func:`postgres_url`): never with a literal password, which would sit in the file and in
@@ -49,6 +50,7 @@ from .access_config import (
 from .audit_config import AlertSink, AuditSettings, parse_alerts
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
+from .observe_config import MetricsSettings, TracingSettings, parse_tracing
 from .schema import caller, positive, setting
 from .types import Secret
 
@@ -344,6 +346,8 @@ class Settings:
     )
     audit: AuditSettings = setting(AuditSettings, lambda v, w: schema.build(AuditSettings, v, w))
     alerts: tuple[AlertSink, ...] = setting((), caller)
+    metrics: MetricsSettings = setting(MetricsSettings, lambda v, w: schema.build(MetricsSettings, v, w))
+    tracing: TracingSettings = setting(TracingSettings, caller)  # tracing: and the OTEL_* variables
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     database_password: Secret | None = None
@@ -416,6 +420,7 @@ def load_settings(
         "auth": parse_auth(raw.get("auth"), env, base),
         "tls": parse_tls(raw.get("tls"), base),
         "alerts": parse_alerts(raw.get("alerts"), env),
+        "tracing": parse_tracing(raw.get("tracing"), env),
         "config_path": cfg_path,
         "redis_password": None,
     }

@@ -40,6 +40,7 @@ class Context:
         "error",
         "estimate",
         "extras",
+        "first_chunk",
         "headers",
         "json",
         "json_changed",
@@ -54,12 +55,15 @@ class Context:
         "request_id",
         "route",
         "scope",
+        "span",
         "started",
         "status",
         "stream",
         "team",
         "ts",
         "upstream",
+        "upstream_ended",
+        "upstream_started",
         "usage",
     )
 
@@ -109,6 +113,10 @@ class Context:
         self.status = 0
         self.usage = Usage()
         self.error: KeygateError | None = None
+        # forwarding and the relay (perf_counter, 0.0 until it happens), for the metrics: the first
+        # upstream attempt sent, the upstream's answer read to its end, a stream's first piece
+        self.upstream_started = self.upstream_ended = self.first_chunk = 0.0
+        self.span: Any = None  # tracing (tracing.py): the request's span, None while tracing is off
         self.extras: dict[str, Any] = {}  # a guard's private state between its own phases
 
     @property

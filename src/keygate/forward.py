@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+from time import perf_counter
 from typing import Final
 
 import orjson
@@ -179,6 +180,8 @@ class Forwarder:
             return NO_UPSTREAM
         ctx.upstream = base
         tried: set[str] = set()
+        span = ctx.span  # tracing.RequestSpan: a child span per attempt (None: tracing is off)
+        ctx.upstream_started = perf_counter()
         while True:
             lease = self.pool.acquire(base.name, tried)
             if lease is None:
@@ -191,12 +194,16 @@ class Forwarder:
                 if ctx.query:
                     target += "?" + ctx.query  # written by keygate: routes.canonical_query
                 headers = filter_request(ctx.headers.items(), self._allow_headers, lease.key.secret.reveal())
+                if span is not None:
+                    span.attempt(upstream, lease.key.id, ctx.method, target)
                 response = await self._http.request(
                     origin, ctx.method, target, headers, ctx.upstream_body(), ctx.stream
                 )
                 if response.status == 403 and ctx.stream:
                     response.body = await response.read_all()  # what it says decides what happens
             except http1.TransportError as exc:
+                if span is not None:
+                    span.failed(type(exc).__name__)
                 if response is not None and ctx.stream:  # reading a streamed 403's body failed
                     response.close()
                 lease.release()
@@ -210,6 +217,8 @@ class Forwarder:
                 lease.release()  # cancelled (the client went away), or a bug: never keep the lease
                 raise
             status = response.status
+            if span is not None:
+                span.answered(status, not ctx.stream or status == 403)
             if status < 400:
                 lease.ok()
                 return Answer(response, lease, ctx.stream)

@@ -52,6 +52,11 @@ REQUEST_NEVER: Final = HOP_BY_HOP | {
     "openai-project",
     "api-key",
     "x-api-key",
+    # W3C trace context and baggage: a client's trace ends at keygate (tracing.py), it does not
+    # reach the upstream's logs
+    "traceparent",
+    "tracestate",
+    "baggage",
 }
 
 # Request headers keygate decides by (who is asking, how the body is framed and typed, the Host):

@@ -32,9 +32,11 @@ class KeyCache:
         self._grace: dict[str, tuple[str, float]] = {}
         self._by_id: dict[str, KeyRecord] = {}
         self._retry_at = 0.0  # a reload failed: try again after this (monotonic), else 0
+        self.reloads = -1  # reloads after the first load (for the metrics)
         self.refresh()
 
     def refresh(self) -> None:
+        self.reloads += 1
         self._store.keys_changed()  # arm the change detector before reading
         self._by_hash = {r.key_hash: r for r in self._store.list_keys()}
         self._by_id = {r.id: r for r in self._by_hash.values()}

@@ -103,6 +103,12 @@ _MONTH, _DAY = r"(?:0[1-9]|1[0-2])", r"(?:0[1-9]|[12][0-9]|3[01])"
 _DATED = re.compile(rf"^(.+)-(?:20[0-9][0-9]-{_MONTH}-{_DAY}|{_MONTH}{_DAY})\Z")
 
 
+def snapshot_base(model: str) -> str | None:
+    """The model a dated snapshot name is a snapshot of (``gpt-4o-2024-08-06``: ``gpt-4o``), else None."""
+    dated = _DATED.match(model)
+    return dated.group(1) if dated is not None else None
+
+
 def _tiers(value: object, where: str) -> dict[str, float]:
     raw = schema.mapping(value, where)
     tiers = dict(SERVICE_TIERS)

@@ -16,7 +16,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
@@ -37,6 +37,7 @@ from .guards import Parts as GuardParts
 from .guards import default_guards
 from .guards.per_instance import check_config as check_shared_limits
 from .keycache import KeyCache
+from .metrics import Metrics, Sources
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
@@ -44,6 +45,9 @@ from .store import Store, open_store
 from .tls import CertWatcher, confirm_reload, server_options
 from .upstream_pool import UpstreamPool
 from .vault import Keyring
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("keygate")
 
@@ -62,6 +66,8 @@ class Parts:
     pool: UpstreamPool
     events: SecurityEvents | None = None
     counters: Counters | None = None
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
 
 
 def build(settings: Settings) -> Parts:
@@ -79,16 +85,23 @@ def build(settings: Settings) -> Parts:
         events = SecurityEvents(
             store, Alerter(settings.alerts), settings.audit, settings.usage_flush_interval
         )
-        guard_parts = GuardParts(settings, keys, recorder, counters, spend, store, events)
+        metrics = Metrics(settings)
+        guard_parts = GuardParts(settings, keys, recorder, counters, spend, store, events, metrics.observe)
         chain = Chain(default_guards(guard_parts))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring, events)
         check_ready_to_serve(settings, pool)
+        tracing = None
+        if settings.tracing.enabled:  # the OpenTelemetry SDK is imported only then
+            from .tracing import Tracing
+
+            tracing = Tracing(settings)
     except BaseException:
         store.close()
         raise
-    gateway = Gateway(settings, chain, Forwarder(settings, pool))
-    return Parts(settings, store, recorder, keys, gateway, pool, events, counters)
+    gateway = Gateway(settings, chain, Forwarder(settings, pool), tracing)
+    metrics.sources = Sources(pool, keys, recorder, counters, lambda: gateway.arrivals)
+    return Parts(settings, store, recorder, keys, gateway, pool, events, counters, metrics, tracing)
 
 
 def make_counters(settings: Settings, store: Store) -> Counters:
@@ -196,8 +209,9 @@ async def serve(
         settings,
         parts.store,
         admin_listener,
-        parts.events.alerter if parts.events is not None else None,
-        readiness,
+        alerter=parts.events.alerter if parts.events is not None else None,
+        checks=readiness,
+        metrics=parts.metrics,
     )
     server = OwnSocketServer(
         parts.gateway,
@@ -275,6 +289,8 @@ async def serve(
         await parts.events.start()
     if isinstance(parts.counters, RedisCounters):
         await parts.counters.start()
+    if parts.metrics is not None:
+        await parts.metrics.start()
     await parts.gateway.chain.start()
     await parts.pool.start()
     if own_process:
@@ -326,6 +342,10 @@ async def serve(
         await parts.recorder.close()
         if parts.events is not None:
             await parts.events.close()  # the last security entries, and queued alerts (2 s at most)
+        if parts.metrics is not None:
+            await parts.metrics.close()
+        if parts.tracing is not None:
+            await asyncio.to_thread(parts.tracing.shutdown)  # the spans still queued, exported
         parts.gateway.forwarder.close()
         for sock in sockets:
             sock.close()

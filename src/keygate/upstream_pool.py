@@ -265,6 +265,24 @@ class UpstreamPool:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def key_states(self) -> list[tuple[str, str, str]]:
+        """``(upstream, key id, state)`` for every key, the state one of ``up``, ``cooling_down``
+        (after a 429), ``rejected`` (out of the rotation after a 401 or key-refusing 403) and
+        ``retired`` (past its rotation's retirement), for the metrics."""
+        now, wall, out = time.monotonic(), time.time(), []
+        for name, entry in sorted(self._entries.items()):
+            for k in entry.keys:
+                if k.retire_at is not None and k.retire_at <= wall:
+                    state = "retired"
+                elif k.disabled:
+                    state = "rejected"
+                elif k.cool_until > now:
+                    state = "cooling_down"
+                else:
+                    state = "up"
+                out.append((name, k.id, state))
+        return out
+
     def upstream_for(self, name: str | None) -> Upstream | None:
         entry = self._entries.get(name or self.settings.default_upstream)
         return entry.upstream if entry else None

@@ -19,6 +19,7 @@ from keygate.admin.api import AdminAPI
 from keygate.admin.openapi import openapi_document
 from keygate.config import load_settings
 from keygate.errors import InvalidRequest
+from keygate.metrics import Metrics
 from keygate.ops.validate import NAME_MAX, check_name
 from keygate.store import SQLiteStore
 from keygate.testing import MockUpstream
@@ -80,7 +81,9 @@ def test_the_document_describes_every_route_and_only_those(tmp_path: Path) -> No
     settings = load_settings(None, {"KEYGATE_DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
     served = {
         (route.path, method.lower())
-        for route in AdminAPI(settings, SQLiteStore(tmp_path / "k.db", audit_key=b"t" * 32)).routes()
+        for route in AdminAPI(
+            settings, SQLiteStore(tmp_path / "k.db", audit_key=b"t" * 32), metrics=Metrics(settings)
+        ).routes()
         for method in route.methods or ()
         if method != "HEAD"
     }

@@ -1,9 +1,9 @@
 """The admin API: a Starlette app on its own listener, never on the public one.
 
-Every route but ``/healthz`` and ``/readyz`` (:mod:`keygate.admin.readiness`) needs
-``Authorization: Bearer kga_...`` with a role allowed to do
-what the route does (see :mod:`keygate.admin.tokens`). Store work runs in a worker thread, so
-the data plane sharing this event loop is never blocked by an admin write. Every error, also
+Every route but ``/healthz``, ``/readyz`` (:mod:`keygate.admin.readiness`) and ``/metrics`` from
+a network of ``metrics.scrape_without_token_from`` needs ``Authorization: Bearer kga_...`` with a
+role allowed to do what the route does (see :mod:`keygate.admin.tokens`). Store work runs in a
+worker thread, so the data plane sharing this event loop is never blocked by an admin write. Every error, also
 404 and 405 from routing, is OpenAI's error JSON. Input is checked before anything is stored
 (:mod:`keygate.ops.validate`, :mod:`keygate.ops.policy`): no non-finite or out-of-range number,
 no control character in a name. A non-finite number that an older version stored is answered as
@@ -12,6 +12,7 @@ null, so one such row never breaks a list for everyone.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -38,6 +40,7 @@ from ..errors import (
     error_headers,
 )
 from ..events import Burst
+from ..metrics import Metrics
 from ..ops import audit_log, keys, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
@@ -133,7 +136,13 @@ class AdminAPI:
     """Builds the Starlette app; holds the settings and store it serves from."""
 
     def __init__(
-        self, settings: Settings, store: Store, alerter: Alerter | None = None, checks: Sequence[Check] = ()
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        alerter: Alerter | None = None,
+        checks: Sequence[Check] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -141,6 +150,7 @@ class AdminAPI:
         audit = settings.audit
         self._failures = Burst(audit.admin_auth_failures, audit.admin_auth_failures_window)
         self.checks: list[Check] = [("store", store.ping), *checks]
+        self.metrics = metrics
 
     def _authenticate(self, presented: str | None, origin: str, permission: str, path: str) -> AdminToken:
         if presented is None:
@@ -193,6 +203,22 @@ class AdminAPI:
 
         return handle
 
+    async def scrape(self, request: Request) -> Response:
+        """``GET /metrics``: a token allowed ``metrics:read`` (the metrics or admin role), unless the
+        client's address is in ``metrics.scrape_without_token_from``. The exposition runs on the
+        event loop: the gauges read parts the data plane owns (see keygate.metrics)."""
+        assert self.metrics is not None
+        origin = request.client.host if request.client else "unknown"
+        try:
+            if not _in(origin, self.settings.metrics.scrape_without_token_from):
+                await run_in_threadpool(
+                    self._authenticate, _bearer(request), origin, "metrics:read", request.url.path
+                )
+            _check_query(request, ())
+        except KeygateError as err:
+            return error_response(err)
+        return Response(await self.metrics.exposition(), 200, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
     # -- operations (run in a worker thread) ---------------------------------------------------
 
     def _limit(self, call: Call, most: int = 1000) -> int:
@@ -226,7 +252,9 @@ class AdminAPI:
         def key_id(c: Call) -> str:
             return c.params["key_id"]
 
+        scrape = [Route("/metrics", self.scrape, methods=GET)] if self.metrics is not None else []
         return [
+            *scrape,
             Route("/healthz", healthz, methods=GET),
             Route("/readyz", readyz(self.checks), methods=GET),
             Route("/openapi.json", ep("keys:read", lambda c: openapi_document()), methods=GET),
@@ -336,6 +364,16 @@ def _one_route_per_path(routes: list[Route]) -> list[Route]:
     return merged
 
 
+def _in(origin: str, networks: tuple[Any, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(origin)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
 async def healthz(request: Request) -> Response:
     """Liveness only: no data, no version, so it is safe without a token (see docs/admin-api.md)."""
     return JSONResponse({"status": "ok"})
@@ -359,7 +397,13 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def build_admin_app(
-    settings: Settings, store: Store, alerter: Alerter | None = None, checks: Sequence[Check] = ()
+    settings: Settings,
+    store: Store,
+    *,
+    alerter: Alerter | None = None,
+    checks: Sequence[Check] = (),
+    metrics: Metrics | None = None,
 ) -> Starlette:
-    """The admin ASGI app for these settings and this store (``checks``: more for ``/readyz``)."""
-    return AdminAPI(settings, store, alerter, checks).app()
+    """The admin ASGI app for these settings and this store (``checks``: more for ``/readyz``;
+    ``/metrics`` given ``metrics``)."""
+    return AdminAPI(settings, store, alerter=alerter, checks=checks, metrics=metrics).app()

@@ -19,6 +19,7 @@ from granian.constants import HTTPModes, Interfaces
 from ..alerts import Alerter
 from ..config import Settings
 from ..headers import without_server_banner
+from ..metrics import Metrics
 from ..ops import tokens
 from ..ops.audit import SERVE
 from ..sockets import OwnSocketServer
@@ -35,14 +36,18 @@ def admin_server(
     settings: Settings,
     store: Store,
     sock: socket.socket,
+    *,
     alerter: Alerter | None = None,
     checks: Sequence[Check] = (),
+    metrics: Metrics | None = None,
 ) -> OwnSocketServer:
     """The granian server for the admin API on ``sock``, the listener that ``server.py`` bound on
     ``settings.admin_listen`` (without ``SO_REUSEPORT``: see ``keygate.sockets``); ``checks`` are
     the dependencies ``/readyz`` asks about besides the store."""
     return OwnSocketServer(
-        without_server_banner(build_admin_app(settings, store, alerter, checks)),
+        without_server_banner(
+            build_admin_app(settings, store, alerter=alerter, checks=checks, metrics=metrics)
+        ),
         sock,
         interface=Interfaces.ASGINL,
         http=HTTPModes.http1,

@@ -166,7 +166,7 @@ _AUDIT_ANCHOR = _obj(
     {"seq": {"type": "integer"}, "hash": {"type": "string"}, "anchor": {"type": "string"}},
     ["seq", "hash", "anchor"],
 )
-_ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor"]}
+_ROLE = {"type": "string", "enum": ["admin", "key-manager", "auditor", "metrics"]}
 _TOKEN = _obj(
     {
         "id": {"type": "string"},
@@ -348,6 +348,20 @@ def openapi_document() -> dict[str, Any]:
                     status="201",
                     body="AdminTokenCreate",
                 ),
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text format; the metrics or admin role, or a "
+                    "network of metrics.scrape_without_token_from)",
+                    "responses": {
+                        "200": {
+                            "description": "success",
+                            "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                        },
+                        "default": _ERROR,
+                    },
+                }
             },
             "/admin/tokens/{token_id}/revoke": {
                 "post": _op(

@@ -6,7 +6,9 @@ injects (:class:`Parts`): nothing here opens a store or picks a counters impleme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..chain import Guard
 from ..config import Settings
@@ -43,6 +45,7 @@ class Parts:
     spend: SpendBook  # budget spend, persisted in batches
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
     events: SecurityEvents | None = None  # lockouts, honeytokens, budgets, denials: audit and alerts
+    observe: Callable[[Any], None] | None = None  # each finished request, for the metrics (metrics.py)
 
 
 def default_guards(parts: Parts) -> list[Guard]:
@@ -81,7 +84,7 @@ def default_guards(parts: Parts) -> list[Guard]:
             global_limit(limits.global_),
         ]
     return [
-        Record(parts.recorder, parts.events),
+        Record(parts.recorder, parts.events, parts.observe),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
         *(

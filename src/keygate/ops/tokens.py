@@ -6,7 +6,10 @@ Roles and what they may do:
 admin        everything: keys, teams, usage, audit, admin tokens
 key-manager  keys and teams (read and write)
 auditor      read-only: keys, teams, usage, audit, admin tokens
+metrics      GET /metrics only (a Prometheus scraper's token)
 ============ ==========================================================
+
+``admin`` may scrape ``/metrics`` too; ``key-manager`` and ``auditor`` may not.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .audit import Actor
 from .validate import check_name, check_object
 from .views import token_view
 
-ROLES: Final = ("admin", "key-manager", "auditor")
+ROLES: Final = ("admin", "key-manager", "auditor", "metrics")
 
 PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(
@@ -35,10 +38,12 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
             "audit:read",
             "tokens:read",
             "tokens:write",
+            "metrics:read",
         }
     ),
     "key-manager": frozenset({"keys:read", "keys:write", "teams:read", "teams:write"}),
     "auditor": frozenset({"keys:read", "teams:read", "usage:read", "audit:read", "tokens:read"}),
+    "metrics": frozenset({"metrics:read"}),
 }
 
 
