@@ -39,6 +39,7 @@ from .access_config import (
     parse_auth,
     parse_tls,
 )
+from .anomalyconf import AnomalySettings
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
 from .schema import caller, positive, setting
@@ -219,6 +220,7 @@ class Settings:
     prompt_scan: PromptScanSettings = setting(
         PromptScanSettings, lambda v, w: schema.build(PromptScanSettings, v, w)
     )
+    anomalies: AnomalySettings = setting(AnomalySettings, lambda v, w: schema.build(AnomalySettings, v, w))
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     config_path: Path | None = None

@@ -23,6 +23,9 @@ class KeyCache:
         # Secrets replaced by `keygate keys rotate`, still accepted until their grace expiry.
         self._grace: dict[str, tuple[str, float]] = {}
         self._by_id: dict[str, KeyRecord] = {}
+        # Quarantined key ids (behavioural analytics): read by the quarantine guard, refreshed with
+        # the keys (a quarantine or release bumps the same revision).
+        self.quarantined: dict[str, tuple[float, str, str]] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -31,6 +34,7 @@ class KeyCache:
         self._by_id = {r.id: r for r in self._by_hash.values()}
         self._grace = {h: (kid, exp) for h, kid, exp in self._store.list_grace_secrets(time.time())}
         self._teams = {t.id: t for t in self._store.list_teams()}
+        self.quarantined = self._store.list_quarantines()
 
     def team(self, team_id: str | None) -> Team | None:
         """The team record of a key just looked up (same snapshot as the key)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..analytics.actions import AlertSink
+from ..analytics.watch import AnomalyWatch
 from ..chain import Guard
 from ..config import Settings
 from ..counters import Counters
@@ -16,6 +18,7 @@ from ..recorder import Recorder
 from ..spend import SpendBook
 from ..store import Store
 from .access import build_authenticate
+from .anomaly import AnomalyGate, AnomalyRecord
 from .body import BodyReader
 from .budget import budget_guard
 from .client_ip import ClientIP
@@ -39,14 +42,16 @@ class Parts:
     counters: Counters  # rate limits, concurrency gates, budgets in flight
     spend: SpendBook  # budget spend, persisted in batches
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
+    alerts: AlertSink | None = None  # where anomaly alerts go (None: the operator log and the audit trail)
 
 
 def default_guards(parts: Parts) -> list[Guard]:
     """The request path, in order.
 
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
-    only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
-    → prompt scan → rate limits → budget → global upstream caps → (forward).
+    only) → client IP → anomaly record (blocked networks; features for the analyser) → lockout →
+    authenticate → honeytoken → anomaly gate (quarantined and throttled keys) → access policy →
+    body → request policy → prompt scan → rate limits → budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
     a refused request costs no quota and a masked body is the one they estimate.
@@ -54,13 +59,18 @@ def default_guards(parts: Parts) -> list[Guard]:
     settings = parts.settings
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
     trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
+    watch = None
+    if parts.store is not None and settings.anomalies.enabled:
+        watch = AnomalyWatch(settings.anomalies, parts.store, parts.alerts)
     return [
         Record(parts.recorder),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
+        *([AnomalyRecord(watch)] if watch is not None else []),
         AuthLockout(access.network.lockout),
         build_authenticate(settings, parts.keys),
         Honeytoken(),
+        *([AnomalyGate(watch, parts.keys)] if watch is not None else []),
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),

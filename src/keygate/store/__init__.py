@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..config import Settings
+from .analytics_sql import AnomalyRow
 from .base import AdminToken, AuditEntry, Store, UpstreamDef, UpstreamKeyRow, UsageSummary
 from .sqlite import SQLiteStore
 
 __all__ = [
     "AdminToken",
+    "AnomalyRow",
     "AuditEntry",
     "SQLiteStore",
     "Store",

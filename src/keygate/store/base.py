@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ..types import AuditRecord, KeyRecord, Team, UsageRow
 from ..vault import Sealed
+from .analytics_sql import AnomalyRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +209,30 @@ class Store(Protocol):
 
     def upstream_key_enables(self) -> dict[str, float]: ...
     def count_sealed_upstream_keys(self) -> int: ...
+
+    # -- behavioural analytics (store/analytics_sql.py; a quarantine counts for keys_changed) ------
+    def write_anomalies(self, rows: Sequence[AnomalyRow]) -> None: ...
+    def list_anomalies(
+        self, key_id: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[AnomalyRow]:
+        """The newest events first."""
+        ...
+
+    def get_anomaly(self, event_id: str) -> AnomalyRow | None: ...
+    def ack_anomaly(self, event_id: str, by: str, when: float, audit: AuditRecord) -> bool: ...
+    def quarantine_key(
+        self, key_id: str, ts: float, event_id: str, detector: str, audit: AuditRecord
+    ) -> bool:
+        """False if the key was quarantined already (nothing written)."""
+        ...
+
+    def release_key(self, key_id: str, audit: AuditRecord) -> bool:
+        """False if the key was not quarantined (nothing written)."""
+        ...
+
+    def list_quarantines(self) -> dict[str, tuple[float, str, str]]:
+        """Quarantined key id -> (since, event id, detector)."""
+        ...
+
+    def save_baselines(self, rows: Sequence[tuple[str, str]], ts: float) -> None: ...
+    def load_baselines(self) -> dict[str, str]: ...

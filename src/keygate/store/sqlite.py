@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 
 from ..types import AuditRecord, KeyRecord, Team
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin, insert_audit
+from .analytics_sql import MIGRATION as _ANALYTICS_MIGRATION
+from .analytics_sql import AnalyticsMixin
 from .base import KEY_FIELDS
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
@@ -106,6 +108,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
     _ENABLES_MIGRATION,
     _USAGE_ESTIMATED_MIGRATION,
+    _ANALYTICS_MIGRATION,
 ]
 
 _KEY_COLUMNS = (
@@ -134,7 +137,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
+class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:
