@@ -70,15 +70,15 @@ _action = schema.choice(*ACTIONS)
 _count = positive(integer=True)
 
 
-def _detector(action: str, threshold: float, window: float, factor: float = 1.0) -> type:
+def _detector(action_: str, threshold_: float, window_: float, factor_: float = 1.0) -> type:
     """A detector's settings class with its own defaults (the same four fields for each)."""
 
     @dataclass(frozen=True, slots=True)
     class DetectorSettings:
-        action: str = setting(action, _action)
-        threshold: float = setting(threshold, positive())  # the count or score that fires it
-        window: float = setting(window, duration)  # seconds the count is taken over
-        factor: float = setting(factor, positive())  # times the key's baseline, where one applies
+        action: str = setting(action_, _action)
+        threshold: float = setting(threshold_, positive())  # the count or score that fires it
+        window: float = setting(window_, duration)  # seconds the count is taken over
+        factor: float = setting(factor_, positive())  # times the key's baseline, where one applies
 
     return DetectorSettings
 
@@ -89,7 +89,7 @@ DEFAULTS: dict[str, tuple[str, float, float, float]] = {
     "many_networks": ("quarantine", 5, 600, 1.0),
     "surge": ("throttle", 30, 300, 8.0),
     "slow_exfiltration": ("alert", 200, 6 * 3600, 3.0),
-    "credential_stuffing": ("block_network", 8, 300, 1.0),
+    "credential_stuffing": ("block_network", 8, 1800, 1.0),
     "prefix_failures": ("alert", 5, 600, 1.0),
     "denial_burst": ("alert", 10, 300, 5.0),
     "new_usage": ("alert", 3, 3600, 1.0),

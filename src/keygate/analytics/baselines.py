@@ -39,9 +39,20 @@ def remember(seen: dict[str, float], value: str, ts: float, cap: int = MAX_SET) 
         del seen[min(seen, key=seen.__getitem__)]
 
 
+def grow(old: float, seen: float, learned: bool) -> float:
+    """A peak after seeing ``seen``: any value while learning; after it, at most a tenth more plus
+    one per step (a five-minute block, an hour), so that a ramp cannot teach the baseline an
+    attack's rate before a detector sees it."""
+    if seen <= old:
+        return old
+    return float(seen) if not learned else min(float(seen), 1.1 * old + 1)
+
+
 class KeyState:
     __slots__ = (
         "agents",
+        "block",
+        "block_flagged",
         "closed_hour",
         "cooldown",
         "deny_peak5",
@@ -61,6 +72,7 @@ class KeyState:
         "new_nets",
         "odd",
         "peak5",
+        "peak_long",
         "pending",
         "prompt_max",
         "quarantined",
@@ -86,6 +98,7 @@ class KeyState:
         self.peak5 = 0.0  # highest 5-minute request count ever
         self.tpeak5 = 0.0  # highest 5-minute token count ever
         self.deny_peak5 = 0.0
+        self.peak_long = [0.0, 0.0]  # highest requests, tokens of any long window (slow exfiltration)
         self.prompt_max = 0
         self.closed_hour = -1  # the last hour folded into the means
         # windows (memory only)
@@ -97,6 +110,8 @@ class KeyState:
         self.odd: list[float] = []  # requests at never-active hours
         self.cooldown: dict[str, float] = {}  # detector:subject -> quiet until
         self.quarantined = False
+        self.block = -1  # the five-minute block being counted, and whether an event fired in it
+        self.block_flagged = False
 
     def learned(self, now: float, period: float, min_requests: int) -> bool:
         return now - self.first >= period and self.n >= min_requests
@@ -151,20 +166,28 @@ class KeyState:
             et += max(w[1], d[1])
         return r, t, er, et
 
-    def prune(self, now: float, keep: float) -> None:
-        """Drop window data older than ``keep`` seconds, folding finished hours into the means."""
-        minute = int(now // 60) - int(keep // 60) - 1
+    def prune(self, now: float, minutes: float, hours: float, learned: bool = False) -> None:
+        """Drop per-minute counts older than ``minutes`` seconds; fold the hours that left the long
+        window (``hours`` seconds) into the hourly means, and drop them a window later.
+
+        An hour is learned only once it has left the window the slow-exfiltration detector reads,
+        so a sustained attack is never part of the baseline it is compared with.
+        """
+        minute = int(now // 60) - int(minutes // 60) - 1
         for m in [m for m in self.minutes if m < minute]:
             del self.minutes[m]
-        self.close_hours(int(now // 3600))
-        hour = int(now // 3600) - int(keep // 3600) - 1
+        long_hours = max(1, int(hours // 3600))
+        current = int(now // 3600)
+        self.close_hours(current - long_hours, long_hours, learned)
+        hour = current - 2 * long_hours - 1
         for h in [h for h in self.hours if h < hour]:
             del self.hours[h]
         self.hour_flagged = {h for h in self.hour_flagged if h >= hour}
         self.cooldown = {k: until for k, until in self.cooldown.items() if until > now}
 
-    def close_hours(self, current: int) -> None:
-        """Fold every finished hour since the last one into the hourly means (idle hours as 0)."""
+    def close_hours(self, current: int, long_hours: int = 6, learned: bool = False) -> None:
+        """Fold every finished hour since the last one into the hourly means (idle hours as 0),
+        and the long window ending with it into the long-window peaks."""
         start = self.closed_hour + 1 if self.closed_hour >= 0 else int(self.first // 3600)
         if current - start > HOURS_OF_WEEK:  # idle for more than a week: fold the last week only
             start = current - HOURS_OF_WEEK
@@ -181,6 +204,11 @@ class KeyState:
                 first_week = hour - int(self.first // 3600) < HOURS_OF_WEEK
                 week_slot[i] = float(hb[i]) if first_week else week_slot[i] * (2 / 3) + hb[i] / 3
                 day_slot[i] = day_slot[i] * 0.8 + hb[i] * 0.2
+            for i in (0, 1):
+                total = sum(
+                    self.hours[h][i] for h in range(hour - long_hours + 1, hour + 1) if h in self.hours
+                )
+                self.peak_long[i] = grow(self.peak_long[i], total, learned)
         self.closed_hour = max(self.closed_hour, current - 1)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -203,6 +231,7 @@ class KeyState:
             "peak5": self.peak5,
             "tpeak5": self.tpeak5,
             "deny_peak5": self.deny_peak5,
+            "peak_long": self.peak_long,
             "prompt_max": self.prompt_max,
             "closed_hour": self.closed_hour,
         }
@@ -222,6 +251,7 @@ class KeyState:
         state.peak5 = float(data.get("peak5", 0.0))
         state.tpeak5 = float(data.get("tpeak5", 0.0))
         state.deny_peak5 = float(data.get("deny_peak5", 0.0))
+        state.peak_long = [float(v) for v in data.get("peak_long", [0.0, 0.0])][:2]
         state.prompt_max = int(data.get("prompt_max", 0))
         state.closed_hour = int(data.get("closed_hour", -1))
         if len(state.how_mean) != HOURS_OF_WEEK or len(state.hod_mean) != 24:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..anomalyconf import AnomalySettings
-from .baselines import KeyState, hour_of_day, hour_of_week
+from .baselines import KeyState, grow, hour_of_day, hour_of_week
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ def rate_detectors(
             )
         dreq, dtok, expected, texpected = state.hours_window(now, slow.window)
         floor = max(expected, slow.threshold / slow.factor / 2)
-        if dreq >= slow.threshold and dreq >= slow.factor * floor:
+        if dreq >= slow.threshold and dreq >= slow.factor * floor and dreq >= 1.5 * state.peak_long[0]:
             fired = True
             emit(
                 "slow_exfiltration",
@@ -114,11 +114,17 @@ def rate_detectors(
                     "what": "requests",
                     "observed": dreq,
                     "expected": round(expected, 1),
+                    "highest_before": state.peak_long[0],
                     "window_s": slow.window,
                 },
             )
         tfloor = max(texpected, slow.threshold * 100 / slow.factor / 2)
-        if not fired and dtok >= slow.threshold * 100 and dtok >= slow.factor * tfloor:
+        if (
+            not fired
+            and dtok >= slow.threshold * 100
+            and dtok >= slow.factor * tfloor
+            and dtok >= 1.5 * state.peak_long[1]
+        ):
             fired = True
             emit(
                 "slow_exfiltration",
@@ -126,7 +132,13 @@ def rate_detectors(
                 key_id,
                 key_id,
                 dtok / tfloor,
-                {"what": "tokens", "observed": dtok, "expected": round(texpected), "window_s": slow.window},
+                {
+                    "what": "tokens",
+                    "observed": dtok,
+                    "expected": round(texpected),
+                    "highest_before": state.peak_long[1],
+                    "window_s": slow.window,
+                },
             )
         dfloor = max(state.deny_peak5, 1.0)
         if denials >= deny.threshold and denials > deny.factor * dfloor:
@@ -139,19 +151,38 @@ def rate_detectors(
                 denials / dfloor,
                 {"observed": denials, "baseline": state.deny_peak5, "window_s": deny.window},
             )
-    if fired or state.quarantined:
-        state.hour_flagged.add(int(now // 3600))
+    if fired:
+        state.block_flagged = True
+    learn_peaks(state, now, learned)
+
+
+def learn_peaks(state: KeyState, now: float, learned: bool) -> None:
+    """Fold the last finished five-minute block into the peaks (not a block with an event).
+
+    Peaks learn from whole blocks, never from the sliding window, so how often the analyser runs
+    does not change what it learns; after the learning period a peak grows slowly (``grow``).
+    """
+    block = int(now // 300)
+    if state.block < 0:
+        state.block = block
         return
-
-    # Learn the peaks. After the learning period a peak grows at most to twice its value (plus a
-    # little) per pass, so a slow ramp cannot teach the baseline an attack's rate in one step.
-    def grow(old: float, seen: float) -> float:
-        if seen <= old:
-            return old
-        return seen if not learned else min(seen, 2 * old + 5)
-
-    state.peak5 = grow(state.peak5, requests)
-    state.tpeak5 = grow(state.tpeak5, tokens)
-    state.how_peak[how] = grow(state.how_peak[how], requests)
-    state.hod_peak[hod] = grow(state.hod_peak[hod], requests)
-    state.deny_peak5 = grow(state.deny_peak5, denials)
+    if block == state.block:
+        return
+    done, state.block = state.block, block
+    flagged, state.block_flagged = state.block_flagged, False
+    if flagged or state.quarantined:
+        return
+    start = done * 5
+    r = t = d = 0
+    for minute, (a, b, c) in state.minutes.items():
+        if start <= minute < start + 5:
+            r += a
+            t += b
+            d += c
+    ts = done * 300.0
+    how, hod = hour_of_week(ts), hour_of_day(ts)
+    state.peak5 = grow(state.peak5, r, learned)
+    state.tpeak5 = grow(state.tpeak5, t, learned)
+    state.how_peak[how] = grow(state.how_peak[how], r, learned)
+    state.hod_peak[hod] = grow(state.hod_peak[hod], r, learned)
+    state.deny_peak5 = grow(state.deny_peak5, d, learned)

@@ -53,7 +53,8 @@ class Analyser:
         self._now = 0.0
         self.dirty: set[str] = set()  # scopes ("key:ID", "team:ID") changed since the last snapshot
         d = settings.detectors
-        self._keep = max(d["slow_exfiltration"].window, d["surge"].window, d["denial_burst"].window) + 3600
+        self._minutes = max(d["surge"].window, d["denial_burst"].window, 300) * 2
+        self._hours = d["slow_exfiltration"].window
 
     # -- the pass --------------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ class Analyser:
         for key_id, state in touched.items():
             learned = state.learned(now, s.learning_period, s.min_learning_requests)
             rate_detectors(s, key_id, state, now, learned, self._emit_for)
-            state.prune(now, self._keep)
+            state.prune(now, self._minutes, self._hours, learned)
         if len(self.keys) > s.max_keys:
             for key_id in sorted(self.keys, key=lambda k: self.keys[k].last)[: len(self.keys) - s.max_keys]:
                 del self.keys[key_id]
@@ -189,7 +190,7 @@ class Analyser:
                 state.see(kind, value, ts)
             else:
                 self._novelty(key_id, state, kind, value, ts)
-        if team is not None and model:
+        if team is not None and model and model in state.models:  # (not a novelty still pending)
             remember(team.models, model, ts, 256)
 
         hod = hour_of_day(ts)
