@@ -24,19 +24,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from anomaly_traffic import DAY, Attack, Trace, generate  # noqa: E402
+from anomaly_traffic import DAY, Attack, Trace, generate
 
-from keygate.analytics.detectors import Event  # noqa: E402
-from keygate.analytics.engine import Analyser  # noqa: E402
-from keygate.anomalyconf import AnomalySettings  # noqa: E402
+from keygate.analytics.detectors import Event
+from keygate.analytics.engine import Analyser
+from keygate.anomalyconf import AnomalySettings
 
 TICK = 30.0  # simulated seconds between analysis passes
-GRACE = 1800.0  # an event this long after an attack's end still belongs to it
 ALERTING = frozenset({"alert", "throttle", "block_network", "quarantine"})
 
 
 def _matches(event: Event, attack: Attack) -> bool:
-    if not attack.start - 1 <= event.ts <= attack.end + GRACE:
+    if not attack.start - 1 <= event.ts <= attack.end + attack.grace:
         return False
     if attack.key_id is not None:
         return event.key_id == attack.key_id
@@ -136,24 +135,29 @@ def _print(result: dict[str, Any]) -> None:
         f"{result['analysis_cpu_s']} s CPU ({result['us_per_request']} µs per request)\n"
     )
     print(
-        f"{'attack':27} {'detected':8} {'first detector':20} {'reqs':>5} {'min':>6}   {'expected detector':20} {'reqs':>5} {'min':>6}"
+        f"{'attack':27} {'detected':8} {'first detector':20} {'reqs':>5} {'min':>6}   "
+        f"{'expected detector':20} {'reqs':>5} {'min':>6}"
     )
     for r in result["attacks"]:
         f, e = r["first"] or {}, r["expected"] or {}
         print(
             f"{r['attack']:27} {'yes' if r['detected'] else 'NO':8} {f.get('detector', '-'):20} "
             f"{f.get('requests', '-'):>5} {f.get('minutes', '-'):>6}   {e.get('detector', '-'):20} "
-            f"{e.get('requests', '-'):>5} {e.get('minutes', '-'):>6}{'  (<= 5 min target)' if r['fast_target'] else ''}"
+            f"{e.get('requests', '-'):>5} {e.get('minutes', '-'):>6}"
+            + ("  (<= 5 min target)" if r["fast_target"] else "")
         )
     print(
-        f"\nfalse alerts: {result['false_alerts']} ({result['false_alerts_per_1000_key_days']} per 1,000 key-days; "
+        f"\nfalse alerts: {result['false_alerts']} "
+        f"({result['false_alerts_per_1000_key_days']} per 1,000 key-days; "
         f"{result['false_alerts_per_1000_learned_key_days']} per 1,000 key-days after learning); "
-        f"false quarantines: {result['false_quarantines']} ({result['false_quarantines_per_1000_key_days']} per 1,000 key-days)"
+        f"false quarantines: {result['false_quarantines']} "
+        f"({result['false_quarantines_per_1000_key_days']} per 1,000 key-days)"
     )
     for e in result["false_events"][:20]:
         print(f"  false {e['action']}: {e['detector']} {e['key_id'] or e['subject']} {e['evidence']}")
     print(
-        f"every attack detected: {result['all_detected']}; by an expected detector: {result['all_expected']}; "
+        f"every attack detected: {result['all_detected']}; "
+        f"by an expected detector: {result['all_expected']}; "
         f"fast ones within 5 minutes: {result['fast_within_5_min']}"
     )
 

@@ -53,6 +53,9 @@ class Attack:
     expected: tuple[str, ...]  # detectors that should report it
     fast: bool  # must be detected within five simulated minutes
     key_id: str | None = None
+    # how long after its end an event still belongs to it: its requests stay in the detectors'
+    # windows that long (six hours for slow exfiltration)
+    grace: float = 1800.0
 
 
 @dataclass
@@ -281,6 +284,8 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
         attacks.append(Attack(kind, subject, start, end_, expected, fast, key.id if key else None))
         if kind == "honeytoken":
             attacks[-1].key_id = subject
+        if kind == "slow_exfiltration":
+            attacks[-1].grace = 6 * 3600.0
         return len(attacks) - 1
 
     s = strength

@@ -35,7 +35,7 @@ from ..errors import (
     error_body,
     error_headers,
 )
-from ..ops import keys, teams, tokens, usage
+from ..ops import anomalies, keys, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
@@ -212,6 +212,27 @@ class AdminAPI:
             Route(
                 "/admin/keys/{key_id}/revoke",
                 ep("keys:write", lambda c: keys.revoke(s, c.actor, key_id(c))[0]),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/keys/{key_id}/release",
+                ep("keys:write", lambda c: anomalies.release(s, c.actor, key_id(c))),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/anomalies",
+                ep(
+                    "audit:read",
+                    lambda c: anomalies.list_events(
+                        s, c.query.get("key"), c.query.get("since"), self._limit(c)
+                    ),
+                    query=("key", "since", "limit"),
+                ),
+                methods=GET,
+            ),
+            Route(
+                "/admin/anomalies/{event_id}/ack",
+                ep("keys:write", lambda c: anomalies.ack(s, c.actor, c.params["event_id"])),
                 methods=["POST"],
             ),
             Route("/admin/teams", ep("teams:read", lambda c: teams.list_views(s)), methods=GET),

@@ -13,7 +13,8 @@ Each detector has one documented rule and one score (docs/anomalies.md has the t
   surge. Score: observed / expected.
 - **denial_burst**: policy refusals (400, 403, 404, 413, 415, 429 answered by keygate itself)
   in ``window`` at least ``threshold`` and above ``factor`` times the key's highest five-minute
-  count of them. Score: observed / max(baseline, 1).
+  count of them, or above twice that count when they are at least half of the key's requests
+  in the window (probing is mostly refused). Score: observed / max(baseline, 1).
 
 The novelty and authentication detectors work per request, in :mod:`keygate.analytics.engine`.
 """
@@ -72,6 +73,7 @@ def rate_detectors(
     requests, tokens, denials = state.window(now, surge.window)
     how, hod = hour_of_week(now), hour_of_day(now)
     fired = False
+    slow_mark = f"slow_exfiltration:{key_id}"
     if learned:
         base = max(state.how_peak[how], state.hod_peak[hod], state.peak5 / 4, 1.0)
         if requests >= surge.threshold and requests > surge.factor * base:
@@ -100,6 +102,8 @@ def rate_detectors(
                 tokens / tbase,
                 {"what": "tokens", "observed": tokens, "baseline": round(tbase), "window_s": surge.window},
             )
+        if fired:  # a surge's requests stay in the long window: it was reported already
+            state.cooldown[slow_mark] = max(state.cooldown.get(slow_mark, 0.0), now + slow.window)
         dreq, dtok, expected, texpected = state.hours_window(now, slow.window)
         floor = max(expected, slow.threshold / slow.factor / 2)
         if dreq >= slow.threshold and dreq >= slow.factor * floor and dreq >= 1.5 * state.peak_long[0]:
@@ -141,7 +145,8 @@ def rate_detectors(
                 },
             )
         dfloor = max(state.deny_peak5, 1.0)
-        if denials >= deny.threshold and denials > deny.factor * dfloor:
+        mostly_refused = 2 * denials >= requests and denials > 2 * dfloor
+        if denials >= deny.threshold and (denials > deny.factor * dfloor or mostly_refused):
             fired = True
             emit(
                 "denial_burst",
@@ -149,7 +154,12 @@ def rate_detectors(
                 key_id,
                 key_id,
                 denials / dfloor,
-                {"observed": denials, "baseline": state.deny_peak5, "window_s": deny.window},
+                {
+                    "observed": denials,
+                    "requests": requests,
+                    "baseline": state.deny_peak5,
+                    "window_s": deny.window,
+                },
             )
     if fired:
         state.block_flagged = True

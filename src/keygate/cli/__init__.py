@@ -16,6 +16,7 @@ from . import (
     _policy,
     access_policy,
     admin_tokens,
+    anomalies,
     keys,
     master_key,
     serve,
@@ -24,7 +25,7 @@ from . import (
     usage,
 )
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, anomalies)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 
