@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..types import AuditRecord, KeyRecord, Team, UsageRow
 from ..vault import Sealed
-from .analytics_sql import AnomalyRow
+
+if TYPE_CHECKING:  # (analytics_sql imports the audit writer, which imports this module)
+    from .analytics_sql import AnomalyRow
 
 
 @dataclass(frozen=True, slots=True)
