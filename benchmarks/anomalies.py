@@ -125,8 +125,11 @@ def replay(trace: Trace, settings: AnomalySettings | None = None) -> dict[str, A
 def evaluate(
     seed: int = 1, keys: int = 60, days: float = 14, strength: float = 1.0, **overrides: Any
 ) -> dict[str, Any]:
+    """Generate and replay; ``overrides`` replace default ``anomalies:`` settings. A shorter
+    ``learning_period`` moves the attacks earlier too (half a day after it ends)."""
     settings = dataclasses.replace(AnomalySettings(), **overrides) if overrides else AnomalySettings()
-    return replay(generate(seed, keys, days, strength), settings)
+    after = settings.learning_period / DAY + 0.5
+    return replay(generate(seed, keys, days, strength, attack_after=after), settings)
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -118,7 +118,11 @@ def _rate(k: _Key, ts: float, rng_day: random.Random) -> float:
     return k.rate
 
 
-def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 1.0) -> Trace:
+def generate(
+    seed: int = 1, keys: int = 60, days: float = 14, strength: float = 1.0, attack_after: float = 7.5
+) -> Trace:
+    """The trace; attacks start after ``attack_after`` days (the learning period is 7 days by
+    default: smaller traces for tests learn for less and are attacked sooner)."""
     rng = random.Random(seed)
     profiles = ["office", "batch", "steady", "bursty"]
     teams = [f"team_{i}" for i in range(max(1, keys // 6))]
@@ -260,6 +264,8 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
         pool = [k for p in wanted for k in by_profile[p] if k.id not in used] or [
             k for k in all_keys if k.id not in used
         ]
+        if not pool:
+            raise ValueError("too few keys for one attack per key: use 12 or more")
         k = arng.choice(pool)
         used.add(k.id)
         return k
@@ -267,7 +273,7 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
     def when(k: _Key | None, active: bool = True) -> float:
         """A time after the first week: inside the key's active hours when ``active``."""
         for _ in range(2000):
-            ts = START + arng.uniform(7.5, days - 0.6) * DAY
+            ts = START + arng.uniform(attack_after, days - 0.6) * DAY
             if k is None or not active or _rate(k, ts, arng) > 0:
                 return ts
         return START + 8 * DAY + 10 * 3600
@@ -289,6 +295,10 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
         return len(attacks) - 1
 
     s = strength
+    # the attacks that need one profile choose first: use at never-active hours needs an office
+    # key, slow exfiltration a steady one
+    odd_key = pick("office")
+    slow_key = pick("steady")
     # leaked key: 20 new networks within ten minutes
     k = pick("steady", "office")
     t0 = when(k)
@@ -319,9 +329,9 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
     for i in range(int(per_min * 30)):
         request(k, t0 + i * 60 / per_min, a, prompt=int(max(k.prompt, 500) * 50 * s), r=arng)
     # slow exfiltration: twelve hours at three to five times the key's usual rate, under any surge
-    k = pick("steady")
+    k = slow_key
     t0 = when(k, active=False)
-    a = add("slow_exfiltration", k.id, t0, t0 + 12 * 3600, ("slow_exfiltration",), False, k)
+    a = add("slow_exfiltration", k.id, t0, t0 + 12 * 3600, ("slow_exfiltration", "surge"), False, k)
     per_min = max(1.0, k.rate * arng.uniform(3, 5) * s)
     for i in range(int(per_min * 12 * 60)):
         request(k, t0 + i * 60 / per_min, a, r=arng)
@@ -410,8 +420,8 @@ def generate(seed: int = 1, keys: int = 60, days: float = 14, strength: float = 
     for i in range(8):
         request(k, t0 + i * 450, a, model="o3-pro", r=arng)
     # use at never-active hours: an office key at 03:00 UTC on a weekday
-    k = pick("office")
-    day = int(arng.uniform(8, days - 1))
+    k = odd_key
+    day = int(arng.uniform(attack_after + 0.5, days - 1))
     day = day if day % 7 < 5 else day + (7 - day % 7)
     t0 = START + min(day, int(days) - 1) * DAY + 3 * 3600
     a = add("odd_hours", k.id, t0, t0 + 1800, ("odd_hours",), False, k)
