@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from anomalies import evaluate  # noqa: E402
+from anomalies import evaluate
 
 
 def check(result: dict[str, Any]) -> None:

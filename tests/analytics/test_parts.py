@@ -1,0 +1,129 @@
+"""The analytics' parts on their own: settings, the store's tables, baselines, features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keygate import keys
+from keygate.analytics.baselines import KeyState
+from keygate.analytics.engine import Analyser
+from keygate.analytics.features import agent_family, credential_prefix, fingerprint, network_of
+from keygate.anomalyconf import AnomalySettings
+from keygate.config import load_settings
+from keygate.errors import ConfigError
+from keygate.store import AnomalyRow, SQLiteStore
+from keygate.types import AuditRecord
+
+AUDIT = AuditRecord(0.0, "test", "local", "x", "y")
+
+
+def settings(tmp_path: Path, text: str) -> AnomalySettings:
+    path = tmp_path / "k.yaml"
+    path.write_text(text)
+    return load_settings(path, {}).anomalies
+
+
+def test_settings_defaults_durations_and_errors(tmp_path: Path) -> None:
+    s = settings(
+        tmp_path, "anomalies:\n  learning_period: 3d\n  detectors:\n    surge: {action: alert, window: 10m}\n"
+    )
+    assert s.learning_period == 3 * 86400 and s.mode == "act"
+    assert s.detectors["surge"].action == "alert" and s.detectors["surge"].window == 600
+    assert s.detectors["many_networks"].action == "quarantine"  # the others keep their defaults
+    with pytest.raises(ConfigError, match=r"anomalies\.detectors\.leak: unknown detector"):
+        settings(tmp_path, "anomalies:\n  detectors:\n    leak: {}\n")
+    with pytest.raises(ConfigError, match=r"anomalies\.detectors\.surge\.action: expected one of log, alert"):
+        settings(tmp_path, "anomalies:\n  detectors:\n    surge: {action: ban}\n")
+    with pytest.raises(ConfigError, match=r"anomalies\.mode"):
+        settings(tmp_path, "anomalies:\n  mode: dry\n")
+    with pytest.raises(ConfigError, match=r"anomalies\.learning_period: expected a duration"):
+        settings(tmp_path, "anomalies:\n  learning_period: soon\n")
+    with pytest.raises(ConfigError, match=r"anomalies\.ipv4_prefix"):
+        settings(tmp_path, "anomalies:\n  ipv4_prefix: 33\n")
+
+
+def test_the_store_keeps_events_quarantines_and_baselines(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "a.db")
+    store.migrate()
+    other = SQLiteStore(tmp_path / "a.db")
+    try:
+        other.keys_changed()
+        rows = [
+            AnomalyRow(
+                f"anm_{i}",
+                100.0 + i,
+                "surge",
+                "key_1" if i else "key_2",
+                None,
+                "key_1",
+                9.5,
+                "alert",
+                True,
+                {"observed": i},
+            )
+            for i in range(3)
+        ]
+        store.write_anomalies(rows)
+        store.write_anomalies(rows[:1])  # the same id twice is written once
+        assert [r.id for r in store.list_anomalies()] == ["anm_2", "anm_1", "anm_0"]
+        assert [r.id for r in store.list_anomalies("key_1", since=101.5)] == ["anm_2"]
+        assert store.ack_anomaly("anm_1", "me", 5.0, AUDIT) and not store.ack_anomaly(
+            "anm_1", "me", 6.0, AUDIT
+        )
+        assert store.get_anomaly("anm_1") == AnomalyRow(
+            "anm_1", 101.0, "surge", "key_1", None, "key_1", 9.5, "alert", True, {"observed": 1}, 5.0, "me"
+        )
+
+        assert store.quarantine_key("key_1", 7.0, "anm_2", "surge", AUDIT)
+        assert other.keys_changed()  # another process's key cache notices
+        assert not store.quarantine_key("key_1", 8.0, "anm_3", "surge", AUDIT)
+        assert not other.keys_changed()  # nothing written the second time
+        assert store.list_quarantines() == {"key_1": (7.0, "anm_2", "surge")}
+        assert store.release_key("key_1", AUDIT) and not store.release_key("key_1", AUDIT)
+        assert other.keys_changed() and store.list_quarantines() == {}
+
+        store.save_baselines([("key:key_1", '{"n": 1}')], 1.0)
+        store.save_baselines([("key:key_1", '{"n": 2}'), ("team:t", "{}")], 2.0)
+        assert store.load_baselines() == {"key:key_1": '{"n": 2}', "team:t": "{}"}
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_baseline_survives_its_snapshot() -> None:
+    analyser = Analyser(AnomalySettings())
+    row = (
+        1000.0,
+        "key_1",
+        "team_1",
+        "10.1.2.3",
+        "OpenAI/Python 1.55.3",
+        "gpt-4o-mini",
+        "chat.completions",
+        200,
+        None,
+        30,
+        10,
+        0,
+    )
+    analyser.process([row], 1001.0)
+    snapshot = dict(analyser.snapshot())
+    assert set(snapshot) == {"key:key_1", "team:team_1"} and analyser.snapshot() == []  # only what changed
+    again = Analyser(AnomalySettings())
+    assert again.restore({**snapshot, "key:broken": {"first": "x"}, "odd:1": {}}) == 2
+    state = again.keys["key_1"]
+    assert state.n == 1 and "10.1.2.0/24" in state.nets and state.dump() == KeyState.load(state.dump()).dump()
+    assert "10.1.2.0/24" in again.teams["team_1"].nets
+
+
+def test_features_never_hold_the_secret() -> None:
+    secret = keys.generate()
+    fp = fingerprint(secret)
+    assert (
+        fp == fingerprint(secret) != fingerprint(keys.generate()) and len(fp) == 16 and secret[3:] not in fp
+    )
+    assert credential_prefix(secret) == secret[:7] and credential_prefix("sk-other") == "?"
+    assert agent_family("OpenAI/Python 1.55.3") == agent_family("OpenAI/Python 1.56.0") == "OpenAI/Python #"
+    assert network_of("2001:db8:1:2::5", 24, 48) == "2001:db8:1::/48" and network_of("nope", 24, 48) == "-"
