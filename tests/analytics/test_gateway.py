@@ -243,3 +243,12 @@ def test_the_admin_api_lists_acknowledges_and_releases(gw: Gateway) -> None:
         assert acked["acked_by"] == admin.tokens["key-manager"]["id"]
         assert api.post("/admin/anomalies/anm_nope/ack").status_code == 404
     assert send(gw, key, "10.1.1.5").status_code == 200
+
+
+def test_a_honeytoken_use_is_an_anomaly_and_still_answered_as_an_unknown_key(gw: Gateway) -> None:
+    honey = gw.create_key("bait", "--honeytoken")
+    r = send(gw, honey["key"], "10.7.7.7")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    found = poll(lambda: [e for e in events(gw) if e["detector"] == "honeytoken"])
+    assert found[0]["key_id"] == honey["id"] and found[0]["subject"] == "10.7.7.7"
+    assert honey["key"] not in json.dumps(events(gw))

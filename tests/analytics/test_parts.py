@@ -127,3 +127,37 @@ def test_features_never_hold_the_secret() -> None:
     assert credential_prefix(secret) == secret[:7] and credential_prefix("sk-other") == "?"
     assert agent_family("OpenAI/Python 1.55.3") == agent_family("OpenAI/Python 1.56.0") == "OpenAI/Python #"
     assert network_of("2001:db8:1:2::5", 24, 48) == "2001:db8:1::/48" and network_of("nope", 24, 48) == "-"
+
+
+def test_a_throttled_key_is_held_to_the_lower_rate_and_a_blocked_network_refused(tmp_path: Path) -> None:
+    import time
+
+    from keygate.analytics.watch import AnomalyWatch
+    from keygate.guards.anomaly import AnomalyGate, AnomalyRecord
+    from keygate.guards.client_ip import parse_ip
+    from keygate.keycache import KeyCache
+    from keygate.testing import context, key_record
+
+    store = SQLiteStore(tmp_path / "t.db")
+    store.migrate()
+    try:
+        watch = AnomalyWatch(AnomalySettings(throttle_rpm=3), store)
+        gate, record = AnomalyGate(watch, KeyCache(store)), AnomalyRecord(watch)
+        ctx = context("POST", "/v1/chat/completions", key=key_record("key_1"))
+        ctx.client_addr = parse_ip("10.5.5.5")
+        assert gate.request(ctx) is None and record.request(ctx) is None  # nothing in force
+        watch.board.throttle("key_1", time.time() + 60)
+        answers = [gate.request(ctx) for _ in range(5)]
+        assert answers[:3] == [None, None, None]
+        assert answers[3] is not None and answers[3].code == "key_throttled" and answers[3].status == 429
+        other = context("POST", "/v1/chat/completions", key=key_record("key_2"))
+        assert gate.request(other) is None  # only that key
+        assert watch.board.block("10.5.5.9", 24, 64, time.time() + 60) == "10.5.5.0/24"
+        refused = record.request(ctx)
+        assert refused is not None and refused.code == "network_blocked" and refused.status == 429
+        ctx.client_addr = parse_ip("10.5.6.5")
+        assert record.request(ctx) is None
+        watch.board.expire(time.time() + 120)
+        assert watch.board.blocked == {} and watch.board.throttled == {}
+    finally:
+        store.close()

@@ -220,9 +220,15 @@ class Analyser:
         state.new_nets = {n: t for n, t in state.new_nets.items() if t > ts - many.window}
         state.new_nets[net] = ts
         known = sorted(state.nets, key=state.nets.__getitem__, reverse=True)[:5]
-        self._emit(
-            "new_network", state, key_id, net, 1.0, {"network": net, "client_ip": ip, "known_networks": known}
-        )
+        if state.cooldown.get(f"many_networks:{key_id}", 0.0) <= ts:  # (not one alert per network of a leak)
+            self._emit(
+                "new_network",
+                state,
+                key_id,
+                net,
+                1.0,
+                {"network": net, "client_ip": ip, "known_networks": known},
+            )
         if len(state.new_nets) >= many.threshold:
             self._emit(
                 "many_networks",
