@@ -23,7 +23,7 @@ from keygate.store import SQLiteStore
 from keygate.testing import MockUpstream
 
 from ..admin.common import Admin
-from ..helpers import Gateway
+from ..helpers import Gateway, assert_no_secret_written
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -44,8 +44,20 @@ def config(mode: str = "act") -> dict[str, Any]:
 @pytest.fixture
 def gw(tmp_path: Path, mock: MockUpstream, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     mode = getattr(request, "param", "act")
-    with Gateway(tmp_path / "gw", mock.url, extra=config(mode)) as gateway:
+    gateway = Gateway(tmp_path / "gw", mock.url, extra=config(mode)).start()
+    try:
         yield gateway
+    finally:
+        gateway.stop()
+    # Not a key, presented or issued, in the database, the logs or the access log.
+    assert_no_secret_written(gateway.written_files(), gateway.secrets)
+
+
+def bad_key(gw: Gateway) -> str:
+    """A well-formed key keygate never issued (collected for the leak search)."""
+    key = keys.generate()
+    gw.secrets.append(key)
+    return key
 
 
 def send(gw: Gateway, key: str, ip: str, http: httpx.Client | None = None) -> httpx.Response:
@@ -162,7 +174,7 @@ def test_credential_stuffing_from_one_address_blocks_it(gw: Gateway) -> None:
     good = gw.create_key("good")["key"]
     with httpx.Client(timeout=10) as http:
         for _ in range(8):
-            assert send(gw, keys.generate(), "10.9.9.9", http).status_code == 401
+            assert send(gw, bad_key(gw), "10.9.9.9", http).status_code == 401
 
         def blocked() -> httpx.Response | None:
             r = send(gw, good, "10.9.9.9", http)
@@ -185,7 +197,7 @@ def test_observe_mode_reports_and_acts_on_nothing(gw: Gateway) -> None:
         for i in range(20):
             assert send(gw, key, f"10.2.{i}.7", http).status_code == 200
         for _ in range(10):
-            assert send(gw, keys.generate(), "10.9.9.9", http).status_code == 401
+            assert send(gw, bad_key(gw), "10.9.9.9", http).status_code == 401
         found = poll(
             lambda: [e for e in events(gw) if e["detector"] in ("many_networks", "credential_stuffing")]
         )

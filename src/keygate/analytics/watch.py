@@ -137,8 +137,12 @@ class AnomalyWatch(ListWriteBehind[Feature]):
         if event.action == "throttle" and event.key_id is not None:
             self.board.throttle(event.key_id, event.ts + s.throttle_duration)
         elif event.action == "block_network":
-            for ip in _addresses(event):
-                self.board.block(ip, s.block_prefix_v4, s.block_prefix_v6, event.ts + s.block_duration)
+            if "/" in event.subject:  # an event about a whole network (stuffing from many addresses)
+                ip, _, bits = event.subject.partition("/")
+                self.board.block(ip, int(bits), int(bits), event.ts + s.block_duration)
+            else:
+                for ip in _addresses(event):
+                    self.board.block(ip, s.block_prefix_v4, s.block_prefix_v6, event.ts + s.block_duration)
         elif event.action == "quarantine" and event.key_id is not None:
             details = redact(
                 json.dumps(
