@@ -255,6 +255,13 @@ def test_the_admin_api_lists_acknowledges_and_releases(gw: Gateway) -> None:
         assert acked["acked_by"] == admin.tokens["key-manager"]["id"]
         assert api.post("/admin/anomalies/anm_nope/ack").status_code == 404
     assert send(gw, key, "10.1.1.5").status_code == 200
+    # The CLI against the admin API: the same operations.
+    gw.env["KEYGATE_ADMIN_TOKEN"] = admin.tokens["key-manager"]["token"]
+    remote = json.loads(gw.cli("anomalies", "--admin-url", gw.admin_url, "--key", key_id, "--json").stdout)
+    assert [e["id"] for e in remote] == [e["id"] for e in events(gw, "--key", key_id)]
+    assert "was not quarantined" in gw.cli("keys", "release", "--admin-url", gw.admin_url, key_id).stdout
+    out = gw.cli("anomalies", "ack", "--admin-url", gw.admin_url, remote[-1]["id"]).stdout
+    assert out.startswith(f"Acknowledged {remote[-1]['id']}")
 
 
 def test_a_honeytoken_use_is_an_anomaly_and_still_answered_as_an_unknown_key(gw: Gateway) -> None:

@@ -161,3 +161,32 @@ def test_a_throttled_key_is_held_to_the_lower_rate_and_a_blocked_network_refused
         assert watch.board.blocked == {} and watch.board.throttled == {}
     finally:
         store.close()
+
+
+def test_stuffing_spread_over_a_network_is_reported_for_the_network() -> None:
+    analyser = Analyser(AnomalySettings())
+    # 5 addresses x 4 distinct keys: under the per-address threshold (8), over the network's (16)
+    batch = [
+        (
+            1000.0 + i,
+            None,
+            None,
+            f"10.8.8.{i % 5 + 1}",
+            fingerprint(f"k{i}"),
+            "kg_Abcd",
+            "-",
+            401,
+            "invalid_api_key",
+            0,
+            0,
+            1,
+        )
+        for i in range(20)
+    ]
+    found = analyser.process(batch, 1030.0)
+    stuffing = [e for e in found if e.detector == "credential_stuffing"]
+    assert [e.subject for e in stuffing] == ["10.8.8.0/24"]
+    assert stuffing[0].evidence["addresses"] == [f"10.8.8.{i}" for i in range(1, 6)]
+    prefix = [e for e in found if e.detector == "prefix_failures"]  # one prefix, five addresses
+    assert [e.subject for e in prefix] == ["kg_Abcd"] and prefix[0].evidence["count"] == 5
+    assert analyser.process(batch, 1031.0) == []  # reported once per window

@@ -222,7 +222,7 @@ class AdminAPI:
             Route(
                 "/admin/anomalies",
                 ep(
-                    "audit:read",
+                    "keys:read",
                     lambda c: anomalies.list_events(
                         s, c.query.get("key"), c.query.get("since"), self._limit(c)
                     ),
