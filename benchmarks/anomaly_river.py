@@ -24,9 +24,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from anomalies import replay  # noqa: E402
-from anomaly_traffic import DAY, generate  # noqa: E402
-from river import anomaly, compose, preprocessing  # noqa: E402
+from anomalies import replay
+from anomaly_traffic import DAY, generate
+from river import anomaly, compose, preprocessing
 
 RATE_ATTACKS = ("surge", "token_surge", "slow_exfiltration", "denial_burst")
 BLOCK = 300.0
@@ -65,9 +65,8 @@ def main() -> int:
     started = time.process_time()
     scored: list[tuple[float, str, float, int]] = []  # (score, key, block start, label)
     for key, items in blocks(trace).items():
-        model = compose.Pipeline(
-            preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(n_trees=15, height=8, window_size=250, seed=1)
-        )
+        trees = anomaly.HalfSpaceTrees(n_trees=15, height=8, window_size=250, seed=1)
+        model = compose.Pipeline(preprocessing.MinMaxScaler(), trees)
         for ts, feats, label in items:
             if ts < learn_until:
                 model.learn_one(feats)
