@@ -37,7 +37,11 @@ ALERTING = frozenset({"alert", "throttle", "block_network", "quarantine"})
 def _matches(event: Event, attack: Attack) -> bool:
     if not attack.start - 1 <= event.ts <= attack.end + attack.grace:
         return False
+    if attack.key_id is None and attack.team is not None:  # an attack on a whole team
+        return event.team_id == attack.team
     if attack.key_id is not None:
+        if event.key_id is None and event.detector == "team_surge":
+            return event.team_id == attack.team
         return event.key_id == attack.key_id
     if event.subject == attack.subject:
         return True
@@ -93,6 +97,7 @@ def replay(trace: Trace, settings: AnomalySettings | None = None) -> dict[str, A
                 "first": delay(first),
                 "expected": delay(first_expected),
                 "fast_target": attack.fast,
+                "required": attack.required,
                 "detectors": sorted({e.detector for e in mine}),
             }
         )
@@ -114,8 +119,8 @@ def replay(trace: Trace, settings: AnomalySettings | None = None) -> dict[str, A
         "false_alerts_per_1000_key_days": round(len(false_alerts) / key_days * 1000, 2),
         "false_quarantines_per_1000_key_days": round(len(false_quarantines) / key_days * 1000, 2),
         "false_alerts_per_1000_learned_key_days": round(len(false_alerts) / max(1.0, learned_days) * 1000, 2),
-        "all_detected": all(r["detected"] for r in results),
-        "all_expected": all(r["expected"] is not None for r in results),
+        "all_detected": all(r["detected"] for r in results if r["required"]),
+        "all_expected": all(r["expected"] is not None for r in results if r["required"]),
         "fast_within_5_min": all(
             r["expected"] is not None and r["expected"]["minutes"] <= 5 for r in results if r["fast_target"]
         ),
@@ -148,6 +153,7 @@ def _print(result: dict[str, Any]) -> None:
             f"{f.get('requests', '-'):>5} {f.get('minutes', '-'):>6}   {e.get('detector', '-'):20} "
             f"{e.get('requests', '-'):>5} {e.get('minutes', '-'):>6}"
             + ("  (<= 5 min target)" if r["fast_target"] else "")
+            + ("" if r["required"] else "  (extra class, not a target)")
         )
     print(
         f"\nfalse alerts: {result['false_alerts']} "
@@ -159,7 +165,7 @@ def _print(result: dict[str, Any]) -> None:
     for e in result["false_events"][:20]:
         print(f"  false {e['action']}: {e['detector']} {e['key_id'] or e['subject']} {e['evidence']}")
     print(
-        f"every attack detected: {result['all_detected']}; "
+        f"every attack of the issue's classes detected: {result['all_detected']}; "
         f"by an expected detector: {result['all_expected']}; "
         f"fast ones within 5 minutes: {result['fast_within_5_min']}"
     )

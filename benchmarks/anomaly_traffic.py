@@ -56,6 +56,10 @@ class Attack:
     # how long after its end an event still belongs to it: its requests stay in the detectors'
     # windows that long (six hours for slow exfiltration)
     grace: float = 1800.0
+    team: str | None = None  # the attacked key's team: a team event during the attack is about it
+    # One of the issue's attack classes (the targets hold for these); False: an extra class,
+    # reported but not a target (a whole team's moderate surge)
+    required: bool = True
 
 
 @dataclass
@@ -287,7 +291,18 @@ def generate(
         fast: bool,
         key: _Key | None = None,
     ) -> int:
-        attacks.append(Attack(kind, subject, start, end_, expected, fast, key.id if key else None))
+        attacks.append(
+            Attack(
+                kind,
+                subject,
+                start,
+                end_,
+                expected,
+                fast,
+                key.id if key else None,
+                team=key.team if key else None,
+            )
+        )
         if kind == "honeytoken":
             attacks[-1].key_id = subject
         if kind == "slow_exfiltration":
@@ -427,6 +442,20 @@ def generate(
     a = add("odd_hours", k.id, t0, t0 + 1800, ("odd_hours",), False, k)
     for i in range(20):
         request(k, t0 + i * 90, a, r=arng)
+    # a whole team at six times its keys' rates for 30 minutes (a shared deployment gone wrong)
+    team = all_keys[0].team
+    members = [m for m in all_keys if m.team == team]
+    for _ in range(200):
+        t0 = when(None)
+        if sum(_rate(m, t0, arng) for m in members) > 0:
+            break
+    a = add("team_surge", f"team:{team}", t0, t0 + 1800, ("team_surge", "surge"), False)
+    attacks[a].team = team
+    attacks[a].required = False
+    for m in members:
+        per_min = _rate(m, t0, arng) * 5 * s
+        for i in range(int(per_min * 30)):
+            request(m, t0 + i * 60 / per_min, a, r=arng)
     # a honeytoken
     ip = f"{_net(arng)}.{arng.randint(2, 250)}"
     t0 = when(None)

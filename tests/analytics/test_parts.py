@@ -190,3 +190,36 @@ def test_stuffing_spread_over_a_network_is_reported_for_the_network() -> None:
     prefix = [e for e in found if e.detector == "prefix_failures"]  # one prefix, five addresses
     assert [e.subject for e in prefix] == ["kg_Abcd"] and prefix[0].evidence["count"] == 5
     assert analyser.process(batch, 1031.0) == []  # reported once per window
+
+
+def test_a_team_surge_is_reported_for_the_team() -> None:
+    analyser = Analyser(AnomalySettings(learning_period=3600, min_learning_requests=5))
+    found = []
+    t = 0.0
+    for minute in range(120):  # two keys of one team at a request a minute each, then forty
+        per_key = 1 if minute < 110 else 20
+        batch = [
+            (
+                t + i * 60 / per_key,
+                k,
+                "team_1",
+                "10.1.1.5",
+                "sdk",
+                "gpt-4o-mini",
+                "chat.completions",
+                200,
+                None,
+                10,
+                5,
+                0,
+            )
+            for k in ("key_a", "key_b")
+            for i in range(per_key)
+        ]
+        t += 60
+        found += analyser.process(sorted(batch), t)
+    team = [e for e in found if e.detector == "team_surge"]
+    assert (
+        team and team[0].subject == "team:team_1" and team[0].key_id is None and team[0].team_id == "team_1"
+    )
+    assert team[0].evidence["observed"] >= 100

@@ -20,7 +20,7 @@ from anomalies import evaluate
 
 
 def check(result: dict[str, Any]) -> None:
-    missed = [a["attack"] for a in result["attacks"] if a["expected"] is None]
+    missed = [a["attack"] for a in result["attacks"] if a["expected"] is None and a["required"]]
     assert not missed, f"not detected: {missed}"
     slow = [a["attack"] for a in result["attacks"] if a["fast_target"] and a["expected"]["minutes"] > 5]
     assert not slow, f"not within five minutes: {slow}"

@@ -260,20 +260,71 @@ class KeyState:
 
 
 class TeamState:
-    """What a team's keys share: networks and models one of them used are not new for the others."""
+    """What a team's keys share: networks and models one of them used are not new for the others;
+    and the team's own request rate (all its keys together), with peaks learned like a key's."""
 
-    __slots__ = ("models", "nets")
+    __slots__ = (
+        "block",
+        "block_flagged",
+        "cooldown",
+        "first",
+        "how_peak",
+        "minutes",
+        "models",
+        "nets",
+        "peak5",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, first: float = 0.0) -> None:
+        self.first = first
         self.nets: dict[str, float] = {}
         self.models: dict[str, float] = {}
+        self.peak5 = 0.0  # highest five-minute request count of the team's keys together
+        self.how_peak = [0.0] * HOURS_OF_WEEK
+        self.minutes: dict[int, int] = {}  # minute -> requests (memory only)
+        self.block = -1
+        self.block_flagged = False
+        self.cooldown = 0.0  # no team event before this
+
+    def add(self, ts: float) -> None:
+        minute = int(ts // 60)
+        self.minutes[minute] = self.minutes.get(minute, 0) + 1
+
+    def window(self, now: float, seconds: float) -> int:
+        start = int(now // 60) - max(1, int(seconds // 60)) + 1
+        return sum(n for m, n in self.minutes.items() if m >= start)
+
+    def learn(self, now: float, learned: bool, keep: float) -> None:
+        """Fold the last finished five-minute block into the peaks (as KeyState's are learned)."""
+        block = int(now // 300)
+        if self.block >= 0 and block != self.block and not self.block_flagged:
+            start = self.block * 5
+            r = sum(n for m, n in self.minutes.items() if start <= m < start + 5)
+            how = hour_of_week(self.block * 300.0)
+            self.peak5 = grow(self.peak5, r, learned)
+            self.how_peak[how] = grow(self.how_peak[how], r, learned)
+        if block != self.block:
+            self.block, self.block_flagged = block, False
+        horizon = int(now // 60) - int(keep // 60) - 1
+        for m in [m for m in self.minutes if m < horizon]:
+            del self.minutes[m]
 
     def dump(self) -> dict[str, Any]:
-        return {"nets": self.nets, "models": self.models}
+        return {
+            "first": self.first,
+            "nets": self.nets,
+            "models": self.models,
+            "peak5": self.peak5,
+            "how_peak": self.how_peak,
+        }
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> TeamState:
-        state = cls()
+        state = cls(float(data.get("first", 0.0)))
         state.nets = {str(k): float(v) for k, v in dict(data.get("nets", {})).items()}
         state.models = {str(k): float(v) for k, v in dict(data.get("models", {})).items()}
+        state.peak5 = float(data.get("peak5", 0.0))
+        state.how_peak = [float(v) for v in data.get("how_peak", state.how_peak)]
+        if len(state.how_peak) != HOURS_OF_WEEK:
+            raise ValueError("baseline has the wrong shape")
         return state

@@ -12,6 +12,7 @@ Per-request detectors (the window ones are in :mod:`keygate.analytics.detectors`
   default) neither the key nor its team ever used. Score 1. The network is learned once reported.
 - **many_networks**: ``threshold`` or more such new networks within ``window`` (a leaked key used
   from many places at once). Score: new networks / threshold.
+- **team_surge**: a team's keys together far above the team's peak (``_team_rate``).
 - **new_usage**: after learning, a model, route or user-agent family (versions stripped) the key
   (or, for models, its team) never used, seen ``threshold`` times within ``window``. Score 1.
 - **odd_hours**: after learning, ``threshold`` requests within ``window`` in hours of the day
@@ -30,7 +31,7 @@ import logging
 from typing import Any
 
 from ..anomalyconf import AnomalySettings
-from .baselines import KeyState, TeamState, hour_of_day, remember
+from .baselines import KeyState, TeamState, hour_of_day, hour_of_week, remember
 from .detectors import Event, rate_detectors
 from .features import DENIALS, FAILURE, HONEYTOKEN, Feature, agent_family, network_of
 
@@ -62,6 +63,7 @@ class Analyser:
         """Fold ``batch`` in (in time order), run every detector, and return the new events."""
         self._events = []
         touched: dict[str, KeyState] = {}
+        teams: set[str] = set()
         for f in batch:
             ts, key_id, team_id, ip, agent, model, _, _, code, _, _, kind = f
             self._now = ts
@@ -71,12 +73,16 @@ class Analyser:
                 self._emit("honeytoken", None, key_id, ip, 1.0, {"client_ip": ip}, team_id)
             elif key_id is not None:
                 touched[key_id] = self._request(f)
+                if team_id is not None:
+                    teams.add(team_id)
         self._now = now
         s = self.settings
         for key_id, state in touched.items():
             learned = state.learned(now, s.learning_period, s.min_learning_requests)
             rate_detectors(s, key_id, state, now, learned, self._emit_for)
             state.prune(now, self._minutes, self._hours, learned)
+        for team_id in teams:
+            self._team_rate(team_id, self.teams[team_id], now)
         if len(self.keys) > s.max_keys:
             for key_id in sorted(self.keys, key=lambda k: self.keys[k].last)[: len(self.keys) - s.max_keys]:
                 del self.keys[key_id]
@@ -161,8 +167,10 @@ class Analyser:
         state = self.keys.get(key_id)
         if state is None:
             state = self.keys[key_id] = KeyState(ts, team_id)
-        team = self._team(team_id) if team_id is not None else None
+        team = self._team(team_id, ts) if team_id is not None else None
         state.team = team_id
+        if team is not None:
+            team.add(ts)
         learned = state.learned(ts, s.learning_period, s.min_learning_requests)
         state.n += 1
         state.last = ts
@@ -266,11 +274,41 @@ class Analyser:
             state.pending.pop((kind, value), None)
             state.see(kind, value, ts)
 
-    def _team(self, team_id: str) -> TeamState:
+    def _team(self, team_id: str, ts: float) -> TeamState:
         team = self.teams.get(team_id)
         if team is None:
-            team = self.teams[team_id] = TeamState()
+            team = self.teams[team_id] = TeamState(ts)
+        elif team.first == 0.0:  # (a baseline stored before teams kept their first request)
+            team.first = ts
         return team
+
+    def _team_rate(self, team_id: str, team: TeamState, now: float) -> None:
+        """team_surge: the team's keys together above ``factor`` times the team's peak for the
+        time (the larger of this hour of the week's and a quarter of the highest ever), at least
+        ``threshold`` requests in ``window``; after the learning period. Score: observed / baseline."""
+        rule = self.settings.detectors["team_surge"]
+        learned = now - team.first >= self.settings.learning_period
+        requests = team.window(now, rule.window)
+        if learned:
+            base = max(team.how_peak[hour_of_week(now)], team.peak5 / 4, 1.0)
+            if requests >= rule.threshold and requests > rule.factor * base:
+                team.block_flagged = True
+                if team.cooldown <= now:
+                    team.cooldown = now + rule.window
+                    self._events.append(
+                        Event(
+                            now,
+                            "team_surge",
+                            None,
+                            team_id,
+                            f"team:{team_id}",
+                            requests / base,
+                            rule.action,
+                            {"observed": requests, "baseline": round(base, 1), "window_s": rule.window},
+                            acted=self.settings.mode == "act",
+                        )
+                    )
+        team.learn(now, learned, self._minutes)
 
     # -- authentication failures -----------------------------------------------------------------
 
