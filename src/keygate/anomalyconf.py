@@ -144,5 +144,5 @@ class AnomalySettings:
     throttle_duration: float = setting(900.0, duration)
     block_duration: float = setting(900.0, duration)
     snapshot_interval: float = setting(60.0, duration)  # baselines written to the store this often
-    max_keys: int = setting(100_000, _count)  # baselines kept in memory at most (oldest dropped)
+    max_keys: int = setting(20_000, _count)  # baselines kept in memory at most (about 19 KiB each)
     detectors: dict[str, Detector] = setting(default_detectors, _detectors)
