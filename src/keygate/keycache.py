@@ -65,6 +65,11 @@ class KeyCache:
             return None
         return self._by_id.get(grace[0])
 
+    def check(self) -> None:
+        """Refresh if the store changed (for callers that look nothing up: token principals)."""
+        if self._store.keys_changed():
+            self.refresh()
+
     def records(self) -> list[KeyRecord]:
         """Every key record (current snapshot, refreshed if the store changed)."""
         if self._store.keys_changed():

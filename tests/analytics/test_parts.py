@@ -223,3 +223,24 @@ def test_a_team_surge_is_reported_for_the_team() -> None:
         team and team[0].subject == "team:team_1" and team[0].key_id is None and team[0].team_id == "team_1"
     )
     assert team[0].evidence["observed"] >= 100
+
+
+def test_a_token_principal_is_quarantined_by_its_id(tmp_path: Path) -> None:
+    from keygate.analytics.watch import AnomalyWatch
+    from keygate.guards.anomaly import AnomalyGate
+    from keygate.keycache import KeyCache
+    from keygate.testing import context
+    from keygate.types import KeyRecord
+
+    store = SQLiteStore(tmp_path / "j.db")
+    store.migrate()
+    try:
+        gate = AnomalyGate(AnomalyWatch(AnomalySettings(), store), KeyCache(store))
+        principal = KeyRecord(id="jwt:alice", name="alice", key_hash="", hint="jwt", created_at=0.0)
+        ctx = context("POST", "/v1/chat/completions", key=principal)
+        assert gate.request(ctx) is None
+        store.quarantine_key("jwt:alice", 1.0, "anm_1", "many_networks", AUDIT)
+        refused = gate.request(ctx)  # no key lookup in between: the gate itself saw the change
+        assert refused is not None and refused.code == "key_quarantined" and refused.status == 403
+    finally:
+        store.close()

@@ -135,6 +135,8 @@ class AnomalyGate(Guard):
         key = ctx.key
         if key is None:
             return None
+        if not key.key_hash:  # a JWT or OAuth principal: no key lookup refreshed the cache
+            self._keys.check()
         quarantined = self._keys.quarantined
         if quarantined and key.id in quarantined:
             return QUARANTINED
