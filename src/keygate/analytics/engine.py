@@ -19,7 +19,8 @@ Per-request detectors (the window ones are in :mod:`keygate.analytics.detectors`
   (UTC) the key was never active in. Score: requests / threshold.
 - **credential_stuffing**: ``threshold`` distinct invalid or revoked credentials from one address
   within ``window`` (or twice that from one network, over three addresses or more). Score:
-  distinct credentials / threshold.
+  distinct credentials / threshold. Loopback addresses are not counted (a local reverse proxy
+  outside ``trusted_proxies`` is every client at once).
 - **prefix_failures**: failures for one visible key prefix from ``threshold`` distinct addresses
   within ``window``. Score: addresses / threshold.
 - **honeytoken**: any use of a honeytoken key. Score 1.
@@ -27,6 +28,8 @@ Per-request detectors (the window ones are in :mod:`keygate.analytics.detectors`
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 from typing import Any
 
@@ -318,10 +321,16 @@ class Analyser:
         if len(self._by_addr) > _MAX_FAILURE_SUBJECTS:
             self.prune(ts)
         net = network_of(ip, s.ipv4_prefix, s.ipv6_prefix)
+        if _loopback(ip):
+            # The host itself, or a local reverse proxy not listed in trusted_proxies: every client
+            # behind it shares the address, and blocking it would block them all.
+            net = ""
         for table, subject, need in (
             (self._by_addr, ip, stuffing.threshold),
             (self._by_net, net, 2 * stuffing.threshold),
         ):
+            if not net:
+                break
             seen = table.setdefault(subject, {})
             seen[fp] = ts
             if len(seen) >= need:
@@ -400,6 +409,14 @@ class Analyser:
                 continue
             loaded += 1
         return loaded
+
+
+@functools.lru_cache(maxsize=4096)
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _active(state: KeyState) -> list[int]:
