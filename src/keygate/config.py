@@ -47,6 +47,7 @@ from .access_config import (
     parse_auth,
     parse_tls,
 )
+from .anomalyconf import AnomalySettings
 from .audit_config import AlertSink, AuditSettings, parse_alerts
 from .errors import ConfigError
 from .limitconf import LimitSettings, parse_limits
@@ -348,6 +349,7 @@ class Settings:
     alerts: tuple[AlertSink, ...] = setting((), caller)
     metrics: MetricsSettings = setting(MetricsSettings, lambda v, w: schema.build(MetricsSettings, v, w))
     tracing: TracingSettings = setting(TracingSettings, caller)  # tracing: and the OTEL_* variables
+    anomalies: AnomalySettings = setting(AnomalySettings, lambda v, w: schema.build(AnomalySettings, v, w))
     # Not settings of the file:
     pepper: Secret = field(default_factory=lambda: Secret(""))
     database_password: Secret | None = None

@@ -33,6 +33,9 @@ class KeyCache:
         self._by_id: dict[str, KeyRecord] = {}
         self._retry_at = 0.0  # a reload failed: try again after this (monotonic), else 0
         self.reloads = -1  # reloads after the first load (for the metrics)
+        # Quarantined key ids (behavioural analytics): read by the quarantine guard, refreshed with
+        # the keys (a quarantine or release bumps the same revision).
+        self.quarantined: dict[str, tuple[float, str, str]] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -42,6 +45,7 @@ class KeyCache:
         self._by_id = {r.id: r for r in self._by_hash.values()}
         self._grace = {h: (kid, exp) for h, kid, exp in self._store.list_grace_secrets(time.time())}
         self._teams = {t.id: t for t in self._store.list_teams()}
+        self.quarantined = self._store.list_quarantines()
 
     def _changed(self) -> bool:
         """Whether to reload now: the store says so, or a failed reload is due again."""
@@ -88,6 +92,11 @@ class KeyCache:
         if grace is None or grace[1] <= time.time():
             return None
         return self._by_id.get(grace[0])
+
+    def check(self) -> None:
+        """Refresh if the store changed (for callers that look nothing up: token principals)."""
+        if self._store.keys_changed():
+            self.refresh()
 
     def records(self) -> list[KeyRecord]:
         """Every key record (current snapshot, refreshed if the store changed)."""

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..events import Burst
 from ..metrics import Metrics
-from ..ops import audit_log, keys, teams, tokens, usage
+from ..ops import anomalies, audit_log, keys, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
@@ -277,6 +277,27 @@ class AdminAPI:
             Route(
                 "/admin/keys/{key_id}/revoke",
                 ep("keys:write", lambda c: keys.revoke(s, c.actor, key_id(c))[0]),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/keys/{key_id}/release",
+                ep("keys:write", lambda c: anomalies.release(s, c.actor, key_id(c))),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/anomalies",
+                ep(
+                    "keys:read",
+                    lambda c: anomalies.list_events(
+                        s, c.query.get("key"), c.query.get("since"), self._limit(c)
+                    ),
+                    query=("key", "since", "limit"),
+                ),
+                methods=GET,
+            ),
+            Route(
+                "/admin/anomalies/{event_id}/ack",
+                ep("keys:write", lambda c: anomalies.ack(s, c.actor, c.params["event_id"])),
                 methods=["POST"],
             ),
             Route("/admin/teams", ep("teams:read", lambda c: teams.list_views(s)), methods=GET),

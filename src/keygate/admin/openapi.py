@@ -201,6 +201,29 @@ _REF = {
     "description": "an id or name; null or empty for none",
 }
 
+_ANOMALY = _obj(
+    {
+        "id": {"type": "string"},
+        "time": {"type": "string"},
+        "ts": {"type": "number"},
+        "detector": {"type": "string"},
+        "key_id": _NSTR,
+        "team_id": _NSTR,
+        "subject": {"type": "string"},
+        "score": {"type": "number"},
+        "action": {"type": "string", "enum": ["log", "alert", "throttle", "block_network", "quarantine"]},
+        "acted": {"type": "boolean", "description": "false in observe mode: nothing was done"},
+        "evidence": {"type": "object", "description": "counts, networks, baseline against observed"},
+        "acked_at": _NSTR,
+        "acked_by": _NSTR,
+    },
+    ["id", "time", "ts", "detector", "key_id", "subject", "score", "action", "acted", "evidence"],
+)
+_RELEASE = _obj(
+    {"key_id": {"type": "string"}, "released": {"type": "boolean"}, "was_quarantined": {"type": "boolean"}},
+    ["key_id", "released", "was_quarantined"],
+)
+
 _SCHEMAS: dict[str, Any] = {
     "Error": _ERROR_SCHEMA,
     "Key": _KEY,
@@ -237,6 +260,8 @@ _SCHEMAS: dict[str, Any] = {
     "AuditEntry": _AUDIT,
     "AuditVerification": _AUDIT_VERIFY,
     "AuditAnchor": _AUDIT_ANCHOR,
+    "Anomaly": _ANOMALY,
+    "Release": _RELEASE,
     "AdminToken": _TOKEN,
     "CreatedAdminToken": {
         "allOf": [
@@ -296,6 +321,31 @@ def openapi_document() -> dict[str, Any]:
             },
             "/admin/keys/{key_id}/revoke": {
                 "post": _op("revokeKey", "revoke a key (idempotent)", _ref("Key"), params=[key_id]),
+            },
+            "/admin/keys/{key_id}/release": {
+                "post": _op(
+                    "releaseKey", "end a key's quarantine (audited)", _ref("Release"), params=[key_id]
+                ),
+            },
+            "/admin/anomalies": {
+                "get": _op(
+                    "listAnomalies",
+                    "anomaly events, newest first",
+                    _list("Anomaly"),
+                    params=[
+                        _query("key", {"type": "string", "description": "a key id"}),
+                        _query("since", {"type": "string", "description": "1h, 7d, or an ISO 8601 time"}),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ],
+                ),
+            },
+            "/admin/anomalies/{event_id}/ack": {
+                "post": _op(
+                    "ackAnomaly",
+                    "acknowledge an anomaly event (audited)",
+                    _ref("Anomaly"),
+                    params=[_path_param("event_id")],
+                ),
             },
             "/admin/teams": {
                 "get": _op("listTeams", "list teams", _list("Team")),

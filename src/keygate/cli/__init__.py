@@ -16,6 +16,7 @@ from . import (
     _policy,
     access_policy,
     admin_tokens,
+    anomalies,
     audit,
     keys,
     master_key,
@@ -26,7 +27,7 @@ from . import (
     usage,
 )
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit, migrate)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit, anomalies, migrate)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..ops import anomalies as anomaly_ops
 from ..ops import keys as ops
 from . import _remote, key_rotation
 from ._common import actor, local_store, print_json, print_table, shown
@@ -42,6 +43,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     r = ks.add_parser("revoke", parents=[common], help="revoke a key; effective on the next request")
     r.add_argument("key_id", metavar="ID")
     r.set_defaults(handler=revoke, remote=True)
+    rel = ks.add_parser("release", parents=[common], help="end a key's quarantine (audited)")
+    rel.add_argument("key_id", metavar="ID")
+    rel.set_defaults(handler=release, remote=True)
     key_rotation.register(ks, common)
 
 
@@ -136,4 +140,14 @@ def revoke(args: argparse.Namespace) -> int:
         with local_store(args) as (_, store):
             _, changed = ops.revoke(store, actor(), args.key_id)
     print(f"Revoked {args.key_id}." if changed else f"{args.key_id} was already revoked.")
+    return 0
+
+
+def release(args: argparse.Namespace) -> int:
+    if _remote.is_remote(args):
+        result = _remote.call(args, "POST", f"/admin/keys/{_remote.segment(args.key_id)}/release")
+    else:
+        with local_store(args) as (_, store):
+            result = anomaly_ops.release(store, actor(), args.key_id)
+    print(f"Released {args.key_id}." if result["released"] else f"{args.key_id} was not quarantined.")
     return 0

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..analytics.actions import AlertSink, LogAuditSink
+from ..analytics.watch import AnomalyWatch
 from ..chain import Guard
 from ..config import Settings
 from ..counters import Counters, SharedCounters
@@ -19,6 +21,7 @@ from ..recorder import Recorder
 from ..spend import SpendBook
 from ..store import Store
 from .access import build_authenticate
+from .anomaly import AnomalyGate, AnomalyRecord
 from .body import BodyReader
 from .budget import budget_guard
 from .client_ip import ClientIP
@@ -46,14 +49,16 @@ class Parts:
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
     events: SecurityEvents | None = None  # lockouts, honeytokens, budgets, denials: audit and alerts
     observe: Callable[[Any], None] | None = None  # each finished request, for the metrics (metrics.py)
+    alerts: AlertSink | None = None  # where anomaly alerts go (None: the operator log and the audit trail)
 
 
 def default_guards(parts: Parts) -> list[Guard]:
     """The request path, in order.
 
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
-    only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
-    → prompt scan → rate limits → budget → global upstream caps → (forward).
+    only) → client IP → anomaly record (blocked networks; features for the analyser) → lockout →
+    authenticate → honeytoken → anomaly gate (quarantined and throttled keys) → access policy →
+    body → request policy → prompt scan → rate limits → budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
     a refused request costs no quota and a masked body is the one they estimate. On counters
@@ -83,10 +88,17 @@ def default_guards(parts: Parts) -> list[Guard]:
             budget_guard(counters, limits, parts.spend, parts.events),
             global_limit(limits.global_),
         ]
+    watch = None
+    if parts.store is not None and settings.anomalies.enabled:
+        sink = parts.alerts
+        if sink is None:  # the operator log and the audit trail, and the alert sinks of `alerts:`
+            sink = LogAuditSink(parts.store, parts.events.alerter if parts.events is not None else None)
+        watch = AnomalyWatch(settings.anomalies, parts.store, sink)
     return [
         Record(parts.recorder, parts.events, parts.observe),
         RotationWatch(parts.keys, settings.rotation_warning_days),
         ClientIP(access.network),
+        *([AnomalyRecord(watch)] if watch is not None else []),
         *(
             [AuthLockout(access.network.lockout, counters, parts.events)]
             if access.network.lockout.enabled
@@ -94,6 +106,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         ),
         build_authenticate(settings, parts.keys),
         Honeytoken(parts.events),
+        *([AnomalyGate(watch, parts.keys)] if watch is not None else []),
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),

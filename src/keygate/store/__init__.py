@@ -21,11 +21,13 @@ from ..config import (
 if TYPE_CHECKING:
     from .postgres import PostgresStore
 
+from .analytics_sql import AnomalyRow
 from .base import AdminToken, AuditEntry, Store, UpstreamDef, UpstreamKeyRow, UsageSummary
 from .sqlite import SQLiteStore
 
 __all__ = [
     "AdminToken",
+    "AnomalyRow",
     "AuditEntry",
     "SQLiteStore",
     "Store",

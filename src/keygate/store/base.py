@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..audit_chain import ChainRow
 from ..types import AuditRecord, KeyRecord, Team, UsageRow
 from ..vault import Sealed
+
+if TYPE_CHECKING:  # (analytics_sql imports the audit writer, which imports this module)
+    from .analytics_sql import AnomalyRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +236,30 @@ class Store(Protocol):
 
     def upstream_key_enables(self) -> dict[str, float]: ...
     def count_sealed_upstream_keys(self) -> int: ...
+
+    # -- behavioural analytics (store/analytics_sql.py; a quarantine counts for keys_changed) ------
+    def write_anomalies(self, rows: Sequence[AnomalyRow]) -> None: ...
+    def list_anomalies(
+        self, key_id: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[AnomalyRow]:
+        """The newest events first."""
+        ...
+
+    def get_anomaly(self, event_id: str) -> AnomalyRow | None: ...
+    def ack_anomaly(self, event_id: str, by: str, when: float, audit: AuditRecord) -> bool: ...
+    def quarantine_key(
+        self, key_id: str, ts: float, event_id: str, detector: str, audit: AuditRecord
+    ) -> bool:
+        """False if the key was quarantined already (nothing written)."""
+        ...
+
+    def release_key(self, key_id: str, audit: AuditRecord) -> bool:
+        """False if the key was not quarantined (nothing written)."""
+        ...
+
+    def list_quarantines(self) -> dict[str, tuple[float, str, str]]:
+        """Quarantined key id -> (since, event id, detector)."""
+        ...
+
+    def save_baselines(self, rows: Sequence[tuple[str, str]], ts: float) -> None: ...
+    def load_baselines(self) -> dict[str, str]: ...

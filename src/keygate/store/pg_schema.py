@@ -17,6 +17,7 @@ import time
 import psycopg
 
 from .admin_tokens import PG_ADMIN_TOKENS_MIGRATION
+from .analytics_sql import PG_MIGRATION as _ANALYTICS
 from .audit_sql import PG_MIGRATION as _AUDIT_CHAIN
 from .secrets_sql import PG_ENABLES_MIGRATION
 from .secrets_sql import PG_MIGRATION as _SECRETS
@@ -103,6 +104,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
     PG_ENABLES_MIGRATION,
     _USAGE_ESTIMATED,
     _AUDIT_CHAIN,
+    _ANALYTICS,
 ]
 
 # Tables in the order a copy fills them (``keygate migrate --from``); each has these columns.
@@ -118,6 +120,9 @@ TABLES: tuple[str, ...] = (
     "spend",
     "usage",
     "audit",
+    "anomalies",
+    "key_quarantine",
+    "anomaly_baselines",
 )
 
 

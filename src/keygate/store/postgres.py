@@ -30,6 +30,7 @@ from ..errors import StoreUnavailable
 from ..types import Secret, UsageRow
 from . import pg_schema
 from .admin_tokens import AdminTokensMixin
+from .analytics_sql import AnalyticsMixin
 from .audit_sql import AuditMixin
 from .keys_sql import KeysMixin
 from .pg_conn import CONNECTION_ERRORS, PgConn, PoolReader, Row, unavailable
@@ -58,7 +59,7 @@ def connect_kwargs(password: Secret | None, connect_timeout: float) -> dict[str,
     return kwargs
 
 
-class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
+class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin):
     """The networked store. Thread-safe: each call borrows a pooled connection."""
 
     def __init__(

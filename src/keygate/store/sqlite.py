@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin
+from .analytics_sql import MIGRATION as _ANALYTICS_MIGRATION
+from .analytics_sql import AnalyticsMixin
 from .audit_sql import MIGRATION as _AUDIT_CHAIN_MIGRATION
 from .audit_sql import AuditMixin
 from .keys_sql import KeysMixin
@@ -107,10 +109,11 @@ _MIGRATIONS: list[tuple[str, str]] = [
     _ENABLES_MIGRATION,
     _USAGE_ESTIMATED_MIGRATION,
     _AUDIT_CHAIN_MIGRATION,
+    _ANALYTICS_MIGRATION,
 ]
 
 
-class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin):
+class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path, audit_key: bytes | None = None) -> None:

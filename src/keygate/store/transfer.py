@@ -39,6 +39,9 @@ KEYED: dict[str, str] = {
     "upstream_keys": "id",
     "upstream_key_enables": "key_id",
     "spend": "name",
+    "anomalies": "id",
+    "key_quarantine": "key_id",
+    "anomaly_baselines": "scope",
 }
 SEQUENCED = ("usage", "audit")  # copied past the last id a previous copy recorded
 REVISIONS = ("keys_rev", "upstreams_rev")
