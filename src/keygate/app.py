@@ -37,6 +37,7 @@ from .forward import Answer, Forwarder, scrub, transport_error
 from .headers import NO_BANNER, conflicting_key, duplicated, filter_response
 from .logs import redact
 from .metering import StreamMeter, usage_from_json
+from .object_lists import Lister
 from .sockets import SendWindow
 from .tls import hsts_headers
 
@@ -58,10 +59,13 @@ def parse_peer(client: str) -> str:
 class Gateway:
     """The RSGI app. Built by :func:`keygate.server.build` from settings and its parts."""
 
-    def __init__(self, settings: Settings, chain: Chain, forwarder: Forwarder) -> None:
+    def __init__(
+        self, settings: Settings, chain: Chain, forwarder: Forwarder, lister: Lister | None = None
+    ) -> None:
         self.settings = settings
         self.chain = chain
         self.forwarder = forwarder
+        self.lister = lister  # lists of stored objects: the caller's only (object_lists.py)
         self._ids = itertools.count(1)
         self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
         # On every answer: an empty Server header, so granian adds no banner of its own, and HSTS
@@ -127,7 +131,10 @@ class Gateway:
             return self._send_error(ctx, err)
         if ctx.stream:
             return await self._until_disconnect(ctx, self._streamed(ctx))
-        answer = await self.forwarder.open(ctx)
+        if route.action == "list" and self.lister is not None:
+            answer = await self.lister.page(ctx)
+        else:
+            answer = await self.forwarder.open(ctx)
         if not isinstance(answer, Answer):
             return self._send_error(ctx, answer)
         try:
@@ -171,8 +178,13 @@ class Gateway:
             return self._send_error(ctx, answer.refusal)
         if status >= 400:
             body = scrub(body, answer.lease.key.secret)
-        elif ctx.route is not None and ctx.route.metered:
-            usage_from_json(body, ctx.usage)
+        else:
+            route = ctx.route
+            if route is not None:
+                if route.metered:
+                    usage_from_json(body, ctx.usage)
+                if route.kind:
+                    ctx.answer = body  # ids of what it created (guards/objects.py)
         out = self._reply_headers(ctx, answer)
         ctx.status = status
         ctx.proto.response_bytes(status, out, body)

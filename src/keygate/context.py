@@ -33,6 +33,7 @@ class Context:
     """Everything one request carries along the chain. No globals, no hidden state."""
 
     __slots__ = (
+        "answer",
         "body",
         "client_addr",
         "client_ip",
@@ -108,6 +109,9 @@ class Context:
         self.upstream: Upstream | None = None
         self.status = 0
         self.usage = Usage()
+        # the app, on routes of stored objects (Route.kind): the whole answer's body, for the
+        # ownership guard (guards/objects.py) to read the ids it creates
+        self.answer: bytes | None = None
         self.error: KeygateError | None = None
         self.extras: dict[str, Any] = {}  # a guard's private state between its own phases
 

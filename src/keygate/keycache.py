@@ -61,6 +61,10 @@ class KeyCache:
             return None
         return self._by_id.get(grace[0])
 
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        """A key record by id, from the current snapshot (the caller's own lookup refreshed it)."""
+        return self._by_id.get(key_id)
+
     def records(self) -> list[KeyRecord]:
         """Every key record (current snapshot, refreshed if the store changed)."""
         if self._store.keys_changed():

@@ -31,7 +31,10 @@ from .errors import ConfigError
 from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
+from .guards.objects import Visibility
 from .keycache import KeyCache
+from .object_lists import Lister
+from .ownership import Ownership
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
@@ -67,14 +70,16 @@ def build(settings: Settings) -> Parts:
         keys = KeyCache(store)
         counters = MemoryCounters()  # in process; a networked implementation plugs in here
         spend = SpendBook(counters, store, settings.usage_flush_interval)
-        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store)))
+        objects = Ownership(store, settings.usage_flush_interval)
+        chain = Chain(default_guards(GuardParts(settings, keys, recorder, counters, spend, store, objects)))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring)
         check_ready_to_serve(settings, pool)
     except BaseException:
         store.close()
         raise
-    gateway = Gateway(settings, chain, Forwarder(settings, pool))
+    forwarder = Forwarder(settings, pool)
+    gateway = Gateway(settings, chain, forwarder, Lister(Visibility(objects, keys), forwarder))
     return Parts(settings, store, recorder, keys, gateway, pool)
 
 

@@ -12,6 +12,7 @@ from ..chain import Guard
 from ..config import Settings
 from ..counters import Counters
 from ..keycache import KeyCache
+from ..ownership import Ownership
 from ..recorder import Recorder
 from ..spend import SpendBook
 from ..store import Store
@@ -22,6 +23,7 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
+from .objects import ObjectAccess, ObjectReferences, Visibility
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
 from .ratelimit import rate_limit
@@ -39,14 +41,16 @@ class Parts:
     counters: Counters  # rate limits, concurrency gates, budgets in flight
     spend: SpendBook  # budget spend, persisted in batches
     store: Store | None = None  # security events for the audit trail (prompt scan), written in batches
+    objects: Ownership | None = None  # owners of stored objects (files, batches...), cached in process
 
 
 def default_guards(parts: Parts) -> list[Guard]:
     """The request path, in order.
 
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
-    only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
-    → prompt scan → rate limits → budget → global upstream caps → (forward).
+    only) → client IP → lockout → authenticate → honeytoken → access policy → objects (a stored
+    object's owner only) → body → request policy → object references → prompt scan → rate limits →
+    budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
     a refused request costs no quota and a masked body is the one they estimate.
@@ -54,6 +58,8 @@ def default_guards(parts: Parts) -> list[Guard]:
     settings = parts.settings
     access, limits, scan = settings.access, settings.limits, settings.prompt_scan
     trail = AuditTrail(parts.store, settings.usage_flush_interval) if parts.store is not None else None
+    budget = budget_guard(parts.counters, limits, parts.spend)
+    seen = Visibility(parts.objects, parts.keys) if parts.objects is not None else None
     return [
         Record(parts.recorder),
         RotationWatch(parts.keys, settings.rotation_warning_days),
@@ -62,10 +68,12 @@ def default_guards(parts: Parts) -> list[Guard]:
         build_authenticate(settings, parts.keys),
         Honeytoken(),
         AccessPolicy(),
+        *([ObjectAccess(seen, budget)] if seen is not None else []),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
+        *([ObjectReferences(seen, limits, budget)] if seen is not None else []),
         PromptScan(scan.secrets, scan.pii, trail),
         rate_limit(parts.counters, limits),
-        budget_guard(parts.counters, limits, parts.spend),
+        budget,
         global_limit(limits.global_),
     ]

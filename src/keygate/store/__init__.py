@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import AdminToken, AuditEntry, Store, UpstreamDef, UpstreamKeyRow, UsageSummary
+from .base import (
+    AdminToken,
+    AuditEntry,
+    ObjectChange,
+    ObjectRow,
+    Store,
+    UpstreamDef,
+    UpstreamKeyRow,
+    UsageSummary,
+)
 from .sqlite import SQLiteStore
 
 __all__ = [
     "AdminToken",
     "AuditEntry",
+    "ObjectChange",
+    "ObjectRow",
     "SQLiteStore",
     "Store",
     "UpstreamDef",

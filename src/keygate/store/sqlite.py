@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 from ..types import AuditRecord, KeyRecord, Team
 from .admin_tokens import ADMIN_TOKENS_MIGRATION, AdminTokensMixin, insert_audit
 from .base import KEY_FIELDS
+from .objects_sql import MIGRATION as _OBJECTS_MIGRATION
+from .objects_sql import ObjectsMixin
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
@@ -106,6 +108,7 @@ _MIGRATIONS: list[tuple[str, str]] = [
     ("0003_admin_tokens", ADMIN_TOKENS_MIGRATION),
     _ENABLES_MIGRATION,
     _USAGE_ESTIMATED_MIGRATION,
+    _OBJECTS_MIGRATION,
 ]
 
 _KEY_COLUMNS = (
@@ -134,7 +137,7 @@ def _team_from_row(row: Sequence[Any]) -> Team:
     return Team(id=row[0], name=row[1], created_at=row[2], policy=json.loads(row[3]))
 
 
-class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
+class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin, ObjectsMixin):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path) -> None:
@@ -147,6 +150,7 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
         self._wal_map: mmap.mmap | None = None
         self._wal_file: BinaryIO | None = None
         self._wal_header = b""
+        self._objects_seen = (b"", -1)  # objects_changed(): the WAL-index header and data_version
 
     def _wal_index(self) -> mmap.mmap | None:
         """The -shm file mapped read-only, once it exists (WAL mode); None before that.
@@ -336,4 +340,18 @@ class SQLiteStore(UsageMixin, SecretsMixin, AdminTokensMixin):
         if rev == self._keys_rev:
             return False
         self._keys_rev = rev
+        return True
+
+    def objects_changed(self) -> bool:
+        """Cheap check, like :meth:`keys_changed`: may an ownership record have changed since the
+        last call? (True also for other commits; the caller then reads ``objects_rev``.)"""
+        shm = self._wal_index()
+        header = shm[:48] if shm is not None else b""
+        if shm is not None and header == self._objects_seen[0]:
+            return False
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        if shm is not None and version == self._objects_seen[1]:
+            self._objects_seen = (header, version)
+            return False
+        self._objects_seen = (header, version)
         return True
