@@ -35,7 +35,7 @@ from ..errors import (
     error_body,
     error_headers,
 )
-from ..ops import keys, teams, tokens, usage
+from ..ops import keys, objects, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
@@ -247,6 +247,29 @@ class AdminAPI:
                     query=("limit", "action"),
                 ),
                 methods=GET,
+            ),
+            Route(
+                "/admin/objects",
+                ep(
+                    "objects:read",
+                    lambda c: objects.list_views(s, c.query.get("key"), c.query.get("kind"), self._limit(c)),
+                    query=("key", "kind", "limit"),
+                ),
+                methods=GET,
+            ),
+            Route(
+                "/admin/objects/{object_id}/assign",
+                ep(
+                    "objects:write",
+                    lambda c: objects.assign(s, c.actor, c.params["object_id"], c.body),
+                    body=True,
+                ),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/objects/{object_id}/unassign",
+                ep("objects:write", lambda c: objects.unassign(s, c.actor, c.params["object_id"])),
+                methods=["POST"],
             ),
             Route("/admin/tokens", ep("tokens:read", lambda c: tokens.list_views(s)), methods=GET),
             Route(

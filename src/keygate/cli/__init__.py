@@ -18,13 +18,14 @@ from . import (
     admin_tokens,
     keys,
     master_key,
+    objects,
     serve,
     teams,
     upstreams,
     usage,
 )
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, objects)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 
