@@ -136,11 +136,12 @@ class ObjectAccess(Guard):
         if action == "delete":
             self._book.forget(route.object_id)
             return
+        if route.kind == "file" and route.upstream_path.endswith("/content"):
+            self._settle(ctx, route, ctx.answer)
+            return
         try:
             data: Any = orjson.loads(ctx.answer)
         except orjson.JSONDecodeError:
-            if route.kind == "file" and route.upstream_path.endswith("/content"):
-                self._settle(ctx, route, ctx.answer)
             return
         if type(data) is not dict:
             return
@@ -182,8 +183,10 @@ class ObjectAccess(Guard):
             self._settle_batch(batch_id, {})  # nothing to read: the hold is released
 
     def _settle(self, ctx: Context, route: Route, body: bytes) -> None:
+        """A batch's output file read for the first time: its lines' usage is the request's
+        usage (so it is recorded against the key), and settles the batch's hold."""
         batch_id = self._book.meta(route.object_id).get("batch")
-        if type(batch_id) is not str:
+        if type(batch_id) is not str or self._book.meta(batch_id).get("settled"):
             return
         used = results_usage(body)
         usage = ctx.usage
@@ -195,10 +198,11 @@ class ObjectAccess(Guard):
 
     def _settle_batch(self, batch_id: str, used: dict[str, list[int]]) -> None:
         meta = self._book.meta(batch_id)
-        hold = meta.get("hold")
-        if not hold or meta.get("settled") or self._budget is None:
+        if meta.get("settled"):
             return
-        self._budget.settle_batch(hold["names"], hold["amounts"], used)
+        hold = meta.get("hold")
+        if hold and self._budget is not None:
+            self._budget.settle_batch(hold["names"], hold["amounts"], used)
         self._book.note(batch_id, {**meta, "settled": True})
 
 
