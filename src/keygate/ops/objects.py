@@ -56,6 +56,8 @@ def object_view(row: ObjectRow) -> dict[str, Any]:
 def list_views(
     store: Store, key_id: str | None = None, kind: str | None = None, limit: int = 1000
 ) -> list[dict[str, Any]]:
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit must be an integer from 1 to 1000", param="limit")
     if kind is not None and kind not in KINDS:
         raise InvalidRequest(f"kind: one of {', '.join(KINDS)}", param="kind")
     return [object_view(r) for r in store.list_objects(key_id, kind, limit)]
