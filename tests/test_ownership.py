@@ -77,7 +77,7 @@ def test_the_check_costs_at_most_5_microseconds(tmp_path: Path) -> None:
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        for i in range(n):
+        for _i in range(n):
             book.owner("file-1234")
         best = min(best, (time.perf_counter() - start) / n)
     assert best < 5e-6, f"{best * 1e6:.2f} µs per check"
