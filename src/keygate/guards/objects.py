@@ -46,6 +46,7 @@ _NOUNS = {
     "response": "response",
     "chat_completion": "chat completion",
 }
+_MAYBE_STORED = frozenset({"response", "chat_completion"})
 _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -133,6 +134,8 @@ class ObjectAccess(Guard):
         if ctx.status >= 300:
             return
         action = route.action
+        if action == "create" and route.kind in _MAYBE_STORED and not _stored(route, ctx.json):
+            return  # (a chat completion without "store": true: nothing to read, nothing recorded)
         if action == "delete":
             self._book.forget(route.object_id)
             return
