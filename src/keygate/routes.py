@@ -316,18 +316,30 @@ _DYNAMIC_PREFIXES: Final = (
 ROUTE_NAMES: Final = frozenset([r.name for r in _STATIC.values()] + [d[2].name for d in _DYNAMIC])
 
 
+def _by_segment() -> dict[tuple[str, str], list[tuple[re.Pattern[str], Route]]]:
+    """The dynamic routes by method and first path segment after /v1/ ("files", "chat"...), so a
+    match tries only the few patterns of its own collection."""
+    out: dict[tuple[str, str], list[tuple[re.Pattern[str], Route]]] = {}
+    for method, pattern, facts in _DYNAMIC:
+        segment = pattern.pattern[len("^/v1/") :].split("/", 1)[0]
+        out.setdefault((method, segment), []).append((pattern, facts))
+    return out
+
+
+_DYNAMIC_BY: Final = _by_segment()
+
+
 def match(method: str, path: str) -> Route | None:
     """The route for this method and raw path, or None when it is not forwarded."""
     route = _STATIC.get((method, path))
     if route is not None:
         return route
     if path.startswith(_DYNAMIC_PREFIXES) and ".." not in path:  # (no id has two dots in a row)
-        for m, pattern, facts in _DYNAMIC:
+        for pattern, facts in _DYNAMIC_BY.get((method, path[4 : path.find("/", 4)]), ()):
             # fullmatch: a pattern's `$` alone would also match before a trailing newline
-            if m == method:
-                found = pattern.fullmatch(path)
-                if found is not None:
-                    return _with_path(facts, path[len("/v1") :], found.group(1) if facts.kind else "")
+            found = pattern.fullmatch(path)
+            if found is not None:
+                return _with_path(facts, path[len("/v1") :], found.group(1) if facts.kind else "")
     return None
 
 

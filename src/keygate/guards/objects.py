@@ -19,7 +19,7 @@ the owner's team. An object keygate did not create belongs to no key until an op
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -53,10 +53,13 @@ _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 def not_found(kind: str, param: str | None = None) -> NotFound:
     """OpenAI's 404 for an object that does not exist (or that the caller may not know of)."""
     noun = _NOUNS.get(kind, "object")
-    where = f" (named by '{param}')" if param else ""
-    return NotFound(
-        f"No such {noun}{where}.", code="not_found" if param is None else "object_not_found", param=param
-    )
+    if param is None:
+        return NotFound(f"No such {noun}.", code="not_found")
+    return NotFound(f"No such {noun} (named by '{param}').", code="object_not_found", param=param)
+
+
+# The by-id refusals, made once (returned as values, never raised: errors.py).
+_REFUSED: Final = {kind: not_found(kind) for kind in _NOUNS}
 
 
 def sharing(owner: KeyRecord, team: Team | None) -> bool:
@@ -112,7 +115,7 @@ class ObjectAccess(Guard):
             return None
         if self._seen.visible(ctx, route.object_id, route.kind):
             return None
-        return not_found(route.kind)
+        return _REFUSED.get(route.kind) or not_found(route.kind)
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         pending = ctx.extras.get("objects.stream")
