@@ -257,13 +257,16 @@ class ObjectReferences(Guard):
             for param, kind, object_id in references(ctx.body, data):
                 if not self._seen.visible(ctx, object_id, kind):
                     return not_found(kind, param)
-        if route.action == "create":
-            if ctx.stream and route.kind in ("response", "chat_completion") and _stored(route, data):
-                ctx.extras["objects.stream"] = route.kind
-            if route.kind == "batch":
-                return self._batch(ctx, data or {})
-            if route.kind == "file":
-                return self._summarise_upload(ctx)
+        if route.action != "create":
+            return None
+        kind = route.kind
+        if kind in _MAYBE_STORED:
+            if ctx.stream and _stored(route, data):
+                ctx.extras["objects.stream"] = kind
+        elif kind == "batch":
+            return self._batch(ctx, data or {})
+        elif kind == "file":
+            return self._summarise_upload(ctx)
         return None
 
     def _batch(self, ctx: Context, data: dict[str, Any]) -> KeygateError | None:
