@@ -362,3 +362,16 @@ def test_query_parameters_are_the_routes_own(gw: Gateway, mock: MockUpstream) ->
         # a by-id route of another kind's id: the id is not one of this key's files
         r = http.get("/files/vs_123")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_a_batch_the_upstream_refuses_releases_its_hold(gw: Gateway, mock: MockUpstream) -> None:
+    key = gw.create_key("refused", "--budget-tokens", "120")  # room for one line's hold, not two
+    sdk = OpenAI(base_url=gw.url, api_key=key["key"], max_retries=0)
+    source = sdk.files.create(file=("in.jsonl", jsonl(CHAT_LINE)), purpose="batch")
+    error = {"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}}
+    mock.reply_next(400, error)
+    with pytest.raises(BadRequestError):
+        sdk.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert sdk.batches.create(
+        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id

@@ -132,9 +132,13 @@ class ObjectAccess(Guard):
 
     def complete(self, ctx: Context) -> None:
         route = ctx.route
-        if route is None or not route.kind or ctx.key is None or ctx.answer is None:
+        if route is None or not route.kind or ctx.key is None:
             return
-        if ctx.status >= 300:
+        if ctx.status >= 300 or ctx.answer is None:
+            # a batch the upstream did not create (or that was never sent): its hold is released
+            held = ctx.extras.pop("objects.release", None) if route.kind == "batch" else None
+            if held is not None and self._budget is not None:
+                self._budget.settle_batch(held[0], held[1], {})
             return
         action = route.action
         if action == "create" and route.kind in _MAYBE_STORED and not _stored(route, ctx.json):
@@ -318,7 +322,3 @@ class ObjectReferences(Guard):
             ctx.extras["objects.meta"] = {"summary": summarise(scanner.raw_value, self._limits)}
         return None
 
-    def complete(self, ctx: Context) -> None:
-        held = ctx.extras.pop("objects.release", None)
-        if held is not None and ctx.status >= 300 and self._budget is not None:
-            self._budget.settle_batch(held[0], held[1], {})  # the batch was not created: release
