@@ -146,6 +146,8 @@ class ObjectAccess(Guard):
         if action == "delete":
             self._book.forget(route.object_id)
             return
+        if action == "list":
+            return
         if route.kind == "file" and route.upstream_path.endswith("/content"):
             self._settle(ctx, route, ctx.answer)
             return
