@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,14 @@ import orjson
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 
+from keygate import routes
+from keygate.context import Context
+from keygate.guards.objects import ObjectAccess, Visibility
+from keygate.keycache import KeyCache
+from keygate.ownership import Ownership
+from keygate.store import ObjectChange, SQLiteStore
 from keygate.testing import MockUpstream
+from keygate.types import KeyRecord
 
 from ..helpers import UPSTREAM_SECRET, Gateway
 
@@ -375,3 +383,24 @@ def test_a_batch_the_upstream_refuses_releases_its_hold(gw: Gateway, mock: MockU
     assert sdk.batches.create(
         input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
     ).id
+
+
+def test_the_ownership_check_of_a_by_id_route_costs_at_most_5_microseconds(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "k.db")
+    store.migrate()
+    store.write_objects([ObjectChange(f"file-{n}", "file", f"key_{n % 2}", 0.0) for n in range(10_000)])
+    guard = ObjectAccess(Visibility(Ownership(store), KeyCache(store)), None)
+    owner = KeyRecord("key_1", "a", "h", "h", 0.0)
+    mine, theirs = (Context("r", "GET", f"/v1/files/file-{n}", "", {}, "") for n in (5, 4))
+    for ctx in (mine, theirs):
+        ctx.route, ctx.key = routes.match("GET", ctx.path), owner
+    assert guard.request(mine) is None and guard.request(theirs) is not None
+    for ctx in (mine, theirs):
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _i in range(10_000):
+                guard.request(ctx)
+            best = min(best, (time.perf_counter() - start) / 10_000)
+        assert best < 5e-6, f"{best * 1e6:.2f} µs"
+    store.close()
