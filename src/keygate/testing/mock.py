@@ -12,6 +12,11 @@ carries the headers a real upstream sends, including ones a gateway must strip (
 `openai-organization`, ...), and a rejected key is echoed in full in the 401 body, so a gateway's
 tests can prove such bodies never reach their clients.
 
+Stored objects (files, uploads, batches, vector stores, conversations, stored responses and chat
+completions) are kept in memory with OpenAI-like ids and cursor pagination (``_objects.py``); a
+batch completes at once, its output file holding the mock's answer to each line. ``reset()``
+forgets them too.
+
 Run it standalone with ``python -m keygate.testing --port 9000 [--api-key K ...]``.
 """
 
