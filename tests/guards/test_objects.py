@@ -19,8 +19,9 @@ from openai import BadRequestError, NotFoundError, OpenAI, PermissionDeniedError
 
 from keygate import routes
 from keygate.context import Context
-from keygate.guards.objects import ObjectAccess, Visibility
+from keygate.guards.objects import StoredObjects, Visibility
 from keygate.keycache import KeyCache
+from keygate.limitconf import LimitSettings
 from keygate.ownership import Ownership
 from keygate.store import ObjectChange, SQLiteStore
 from keygate.testing import MockUpstream
@@ -389,7 +390,7 @@ def test_the_ownership_check_of_a_by_id_route_costs_at_most_5_microseconds(tmp_p
     store = SQLiteStore(tmp_path / "k.db")
     store.migrate()
     store.write_objects([ObjectChange(f"file-{n}", "file", f"key_{n % 2}", 0.0) for n in range(10_000)])
-    guard = ObjectAccess(Visibility(Ownership(store), KeyCache(store)), None)
+    guard = StoredObjects(Visibility(Ownership(store), KeyCache(store)), LimitSettings(), None)
     owner = KeyRecord("key_1", "a", "h", "h", 0.0)
     mine, theirs = (Context("r", "GET", f"/v1/files/file-{n}", "", {}, "") for n in (5, 4))
     for ctx in (mine, theirs):

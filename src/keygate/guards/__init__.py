@@ -23,7 +23,7 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
-from .objects import ObjectAccess, ObjectReferences, Visibility
+from .objects import StoredObjects, Visibility
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
 from .ratelimit import rate_limit
@@ -48,9 +48,9 @@ def default_guards(parts: Parts) -> list[Guard]:
     """The request path, in order.
 
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
-    only) → client IP → lockout → authenticate → honeytoken → access policy → objects (a stored
-    object's owner only) → body → request policy → object references → prompt scan → rate limits →
-    budget → global upstream caps → (forward).
+    only) → client IP → lockout → authenticate → honeytoken → access policy → body → request policy
+    → stored objects (the caller's only, by id and in bodies) → prompt scan → rate limits → budget →
+    global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
     a refused request costs no quota and a masked body is the one they estimate.
@@ -68,10 +68,9 @@ def default_guards(parts: Parts) -> list[Guard]:
         build_authenticate(settings, parts.keys),
         Honeytoken(),
         AccessPolicy(),
-        *([ObjectAccess(seen, budget)] if seen is not None else []),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
-        *([ObjectReferences(seen, limits, budget)] if seen is not None else []),
+        *([StoredObjects(seen, limits, budget)] if seen is not None else []),
         PromptScan(scan.secrets, scan.pii, trail),
         rate_limit(parts.counters, limits),
         budget,

@@ -1,16 +1,19 @@
 """Stored OpenAI objects are isolated per client key (docs/objects.md).
 
-Two guards, one concern:
+One guard, :class:`StoredObjects`, after the body is read and the request policy applied:
 
-- :class:`ObjectAccess` (before the body is read): a route acting on one stored object
-  (``Route.action`` "use" or "delete", ``Route.object_id`` from the path) is forwarded only when the
-  caller may see the object; otherwise 404 in OpenAI's shape, as if it did not exist, and the
-  upstream is never contacted. Its complete phase records what a successful answer created (the
-  answer's id becomes the caller's), and ends the record of what was deleted.
-- :class:`ObjectReferences` (after the body and the request policy): every object the body names
-  (``guards/_refs.py``) must be visible to the caller, or 404 naming the field; a batch is checked
-  against the key's policy and held on its budgets (``guards/_batches.py``); an uploaded batch
-  input file is summarised for that check.
+- a route acting on one stored object (``Route.action`` "use" or "delete", ``Route.object_id``
+  from the path) is forwarded only when the caller may see the object; otherwise 404 in OpenAI's
+  shape, as if it did not exist, and the upstream is never contacted;
+- every object the body names (``guards/_refs.py``) must be visible to the caller, or 404 naming
+  the field; a batch is checked against the key's policy and held on its budgets
+  (``guards/_batches.py``); an uploaded batch input file is summarised for that check;
+- its complete phase records what a successful answer created (the answer's id becomes the
+  caller's), ends the record of what was deleted, and settles a batch when its results are read.
+
+One guard rather than one before the body and one after: every request pays for each guard's
+phase call, and the by-id check needs nothing the body guard could save it from (a by-id route
+with a body is bounded by the body limit like any other).
 
 Who may see an object: the key record that created it (a rotated key is the same record); and, when
 the owner's key or team policy says ``share_objects: team`` and neither says ``key``, every key of
@@ -91,15 +94,17 @@ class Visibility:
         return owner is not None and owner.team_id == team_id and sharing(owner, ctx.team)
 
 
-class ObjectAccess(Guard):
-    """By-id routes: the caller's objects only. Records what successful answers create or delete."""
+class StoredObjects(Guard):
+    """The caller's objects only: on by-id routes and in bodies; batches under the key's policy and
+    budgets; what successful answers create or delete is recorded."""
 
     name = "objects"
-    needs = frozenset({"key", "team", "route"})
+    needs = frozenset({"key", "team", "route", "body", "json", "stream"})
 
-    def __init__(self, seen: Visibility, budget: BudgetGuardBase | None) -> None:
+    def __init__(self, seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None) -> None:
         self._seen = seen
         self._book = seen.book
+        self._limits = limits
         self._budget = budget
 
     async def start(self) -> None:
@@ -111,11 +116,27 @@ class ObjectAccess(Guard):
     def request(self, ctx: Context) -> KeygateError | None:
         route = ctx.route
         assert route is not None
-        if not route.object_id:
+        if not route.kind:
             return None
-        if self._seen.visible(ctx, route.object_id, route.kind):
+        object_id = route.object_id
+        if object_id and not self._seen.visible(ctx, object_id, route.kind):
+            return _REFUSED.get(route.kind) or not_found(route.kind)
+        data = ctx.json
+        if route.references and data:
+            for param, kind, object_id in references(ctx.body, data):
+                if not self._seen.visible(ctx, object_id, kind):
+                    return not_found(kind, param)
+        if route.action != "create":
             return None
-        return _REFUSED.get(route.kind) or not_found(route.kind)
+        kind = route.kind
+        if kind in _MAYBE_STORED:
+            if ctx.stream and _stored(route, data):
+                ctx.extras["objects.stream"] = kind
+        elif kind == "batch":
+            return self._batch(ctx, data or {})
+        elif kind == "file":
+            return self._summarise_upload(ctx)
+        return None
 
     def chunk(self, ctx: Context, data: bytes) -> KeygateError | None:
         pending = ctx.extras.get("objects.stream")
@@ -217,64 +238,6 @@ class ObjectAccess(Guard):
             self._budget.settle_batch(hold["names"], hold["amounts"], used)
         self._book.note(batch_id, {**meta, "settled": True})
 
-
-def _stored(route: Route, data: dict[str, Any] | None) -> bool:
-    """Whether the upstream keeps what this request creates: a response unless ``store`` is false,
-    a chat completion only when ``store`` is true."""
-    store = data.get("store") if data else None
-    return store is not False if route.kind == "response" else store is True
-
-
-def _first_id(data: bytes, kind: str) -> str | None:
-    """The object id in a stream's first events (``"id":"resp_..."`` / ``"id":"chatcmpl-..."``)."""
-    mark = b'"id":"resp_' if kind == "response" else b'"id":"chatcmpl-'
-    at = data.find(mark)
-    if at < 0:
-        return None
-    start = at + 6
-    end = data.find(b'"', start)
-    if end < 0:
-        return None
-    try:
-        return data[start:end].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-
-
-class ObjectReferences(Guard):
-    """Objects named in bodies must be the caller's; batches follow the key's policy and budgets."""
-
-    name = "object_references"
-    needs = frozenset({"key", "team", "route", "body", "json", "stream"})
-
-    def __init__(self, seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None) -> None:
-        self._seen = seen
-        self._book = seen.book
-        self._limits = limits
-        self._budget = budget
-
-    def request(self, ctx: Context) -> KeygateError | None:
-        route = ctx.route
-        assert route is not None
-        if not route.kind:
-            return None
-        data = ctx.json
-        if route.references and data:
-            for param, kind, object_id in references(ctx.body, data):
-                if not self._seen.visible(ctx, object_id, kind):
-                    return not_found(kind, param)
-        if route.action != "create":
-            return None
-        kind = route.kind
-        if kind in _MAYBE_STORED:
-            if ctx.stream and _stored(route, data):
-                ctx.extras["objects.stream"] = kind
-        elif kind == "batch":
-            return self._batch(ctx, data or {})
-        elif kind == "file":
-            return self._summarise_upload(ctx)
-        return None
-
     def _batch(self, ctx: Context, data: dict[str, Any]) -> KeygateError | None:
         file_id = data.get("input_file_id")
         if type(file_id) is not str:
@@ -324,3 +287,25 @@ class ObjectReferences(Guard):
             ctx.extras["objects.meta"] = {"summary": summarise(scanner.raw_value, self._limits)}
         return None
 
+
+def _stored(route: Route, data: dict[str, Any] | None) -> bool:
+    """Whether the upstream keeps what this request creates: a response unless ``store`` is false,
+    a chat completion only when ``store`` is true."""
+    store = data.get("store") if data else None
+    return store is not False if route.kind == "response" else store is True
+
+
+def _first_id(data: bytes, kind: str) -> str | None:
+    """The object id in a stream's first events (``"id":"resp_..."`` / ``"id":"chatcmpl-..."``)."""
+    mark = b'"id":"resp_' if kind == "response" else b'"id":"chatcmpl-'
+    at = data.find(mark)
+    if at < 0:
+        return None
+    start = at + 6
+    end = data.find(b'"', start)
+    if end < 0:
+        return None
+    try:
+        return data[start:end].decode("ascii")
+    except UnicodeDecodeError:
+        return None
