@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-_MARK: Final = b"_id"  # every name below holds it (file_id, file_ids, input_file_id, vector_store_ids)
+MARK: Final = b"_id"  # every name below holds it (file_id, file_ids, input_file_id, vector_store_ids)
 _NONE: Final[list[tuple[str, str, str]]] = []  # (returned, never changed)
 # Body field -> the kind of object it names (a list of ids for the plural names).
 _SINGLE: Final = {"file_id": "file", "input_file_id": "file"}
@@ -28,7 +28,7 @@ def references(body: bytes, data: dict[str, Any]) -> list[Reference]:
     """Every stored object ``data`` (the parsed ``body``) names; [] when it names none."""
     previous = data.get("previous_response_id")
     conversation = data.get("conversation")
-    if previous is None and conversation is None and _MARK not in body:
+    if previous is None and conversation is None and MARK not in body:
         return _NONE  # (the usual request: two dict lookups and one byte search)
     found: list[Reference] = []
     if type(previous) is str:
@@ -37,7 +37,7 @@ def references(body: bytes, data: dict[str, Any]) -> list[Reference]:
         conversation = conversation.get("id")
     if type(conversation) is str:
         found.append(("conversation", "conversation", conversation))
-    if _MARK not in body:
+    if MARK not in body:
         return found
     stack: list[Any] = [data]
     while stack:

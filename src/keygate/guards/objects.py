@@ -36,7 +36,7 @@ from ..ownership import Ownership
 from ..routes import Route
 from ..types import KeyRecord, Team
 from ._batches import MAX_SUMMARISED, check_lines, results_usage, summarise
-from ._refs import references
+from ._refs import MARK, references
 from .budget import BudgetGuardBase
 from .policy import policies
 
@@ -122,10 +122,13 @@ class StoredObjects(Guard):
         if object_id and not self._seen.visible(ctx, object_id, route.kind):
             return _REFUSED.get(route.kind) or not_found(route.kind)
         data = ctx.json
-        if route.references and data:
-            for param, kind, object_id in references(ctx.body, data):
-                if not self._seen.visible(ctx, object_id, kind):
-                    return not_found(kind, param)
+        if data and route.references:
+            body = ctx.body
+            # (inlined: the usual body names nothing, and a call costs more than these tests)
+            if MARK in body or "previous_response_id" in data or "conversation" in data:
+                for param, kind, ref_id in references(body, data):
+                    if not self._seen.visible(ctx, ref_id, kind):
+                        return not_found(kind, param)
         if route.action != "create":
             return None
         kind = route.kind
@@ -162,8 +165,11 @@ class StoredObjects(Guard):
                 self._budget.settle_batch(held[0], held[1], {})
             return
         action = route.action
-        if action == "create" and route.kind in _MAYBE_STORED and not _stored(route, ctx.json):
-            return  # (a chat completion without "store": true: nothing to read, nothing recorded)
+        if action == "create" and route.kind in _MAYBE_STORED:
+            body = ctx.json
+            store = body.get("store") if body else None
+            if store is not True and (store is False or route.kind == "chat_completion"):
+                return  # not stored upstream (see _stored): nothing to read, nothing recorded
         if action == "delete":
             self._book.forget(route.object_id)
             return
