@@ -17,53 +17,22 @@ from collections.abc import Callable
 import orjson
 
 from ..multipart import FieldScanner, FormError, boundary_of
+from ._page import Kind, Result, page
 from ._payloads import Json, chat_completion, embeddings, new_id, response
+from ._stores import StoresMixin
 
 _BODY_LIMIT = 64 * 1024 * 1024
 _ID = r"([A-Za-z0-9._:-]+)"
 
 
-class _Kind:
-    """One collection: objects by id, in creation order."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, Json] = {}
-
-
-def _page(items: list[Json], query: dict[str, str], default_order: str = "desc") -> Json:
-    """OpenAI's cursor page over ``items`` (creation order), honouring limit, order, after, before."""
-    order = query.get("order", default_order)
-    ordered = list(reversed(items)) if order == "desc" else list(items)
-    limit = max(1, min(int(query.get("limit", "20") or 20), 10000))
-    ids = [i["id"] for i in ordered]
-    if "after" in query and query["after"] in ids:
-        ordered = ordered[ids.index(query["after"]) + 1 :]
-        chosen, more = ordered[:limit], len(ordered) > limit
-    elif "before" in query and query["before"] in ids:
-        ordered = ordered[: ids.index(query["before"])]
-        chosen, more = ordered[-limit:], len(ordered) > limit
-    else:
-        chosen, more = ordered[:limit], len(ordered) > limit
-    return {
-        "object": "list",
-        "data": chosen,
-        "first_id": chosen[0]["id"] if chosen else None,
-        "last_id": chosen[-1]["id"] if chosen else None,
-        "has_more": more,
-    }
-
-
-Result = tuple[int, Json | bytes]
-
-
-class Objects:
+class Objects(StoresMixin):
     """Every stored object of one mock upstream, behind one lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.files, self.uploads, self.batches = _Kind(), _Kind(), _Kind()
-        self.vector_stores, self.conversations = _Kind(), _Kind()
-        self.responses, self.chats = _Kind(), _Kind()
+        self.files, self.uploads, self.batches = Kind(), Kind(), Kind()
+        self.vector_stores, self.conversations = Kind(), Kind()
+        self.responses, self.chats = Kind(), Kind()
         self.contents: dict[str, bytes] = {}
         self.parts: dict[str, list[tuple[str, bytes]]] = {}
         self.vs_files: dict[str, dict[str, Json]] = {}
@@ -74,7 +43,7 @@ class Objects:
             (m, re.compile("^/v1/" + p.replace("{}", _ID) + "$"), f)
             for m, p, f in (
                 ("POST", "files", self._file_create),
-                ("GET", "files", lambda q, b, c: (200, _page(list(self.files.items.values()), q))),
+                ("GET", "files", lambda q, b, c: (200, page(list(self.files.items.values()), q))),
                 ("GET", "files/{}", lambda q, b, c, i: self._get(self.files, i)),
                 ("DELETE", "files/{}", lambda q, b, c, i: self._delete(self.files, i, "file")),
                 ("GET", "files/{}/content", self._file_content),
@@ -83,14 +52,14 @@ class Objects:
                 ("POST", "uploads/{}/complete", self._upload_complete),
                 ("POST", "uploads/{}/cancel", self._upload_cancel),
                 ("POST", "batches", self._batch_create),
-                ("GET", "batches", lambda q, b, c: (200, _page(list(self.batches.items.values()), q))),
+                ("GET", "batches", lambda q, b, c: (200, page(list(self.batches.items.values()), q))),
                 ("GET", "batches/{}", lambda q, b, c, i: self._get(self.batches, i)),
                 ("POST", "batches/{}/cancel", self._batch_cancel),
                 ("POST", "vector_stores", self._vs_create),
                 (
                     "GET",
                     "vector_stores",
-                    lambda q, b, c: (200, _page(list(self.vector_stores.items.values()), q)),
+                    lambda q, b, c: (200, page(list(self.vector_stores.items.values()), q)),
                 ),
                 ("GET", "vector_stores/{}", lambda q, b, c, i: self._get(self.vector_stores, i)),
                 ("POST", "vector_stores/{}", lambda q, b, c, i: self._update(self.vector_stores, i, b)),
@@ -198,11 +167,11 @@ class Objects:
             }
         }
 
-    def _get(self, kind: _Kind, object_id: str) -> Result:
+    def _get(self, kind: Kind, object_id: str) -> Result:
         found = kind.items.get(object_id)
         return (200, found) if found is not None else self._missing()
 
-    def _update(self, kind: _Kind, object_id: str, body: bytes) -> Result:
+    def _update(self, kind: Kind, object_id: str, body: bytes) -> Result:
         found = kind.items.get(object_id)
         if found is None:
             return self._missing()
@@ -212,7 +181,7 @@ class Objects:
                 found[name] = changes[name]
         return 200, found
 
-    def _delete(self, kind: _Kind, object_id: str, deleted: str) -> Result:
+    def _delete(self, kind: Kind, object_id: str, deleted: str) -> Result:
         if kind.items.pop(object_id, None) is None:
             return self._missing()
         self.contents.pop(object_id, None)
@@ -362,167 +331,3 @@ class Objects:
             return self._missing("batch")
         batch["status"] = "cancelled"
         return 200, batch
-
-    # -- vector stores ----------------------------------------------------------------------------
-
-    def _vs_file(self, vs_id: str, file_id: str) -> Json:
-        entry: Json = {
-            "id": file_id,
-            "object": "vector_store.file",
-            "created_at": int(time.time()),
-            "vector_store_id": vs_id,
-            "status": "completed",
-            "usage_bytes": len(self.contents.get(file_id, b"")),
-            "last_error": None,
-            "attributes": {},
-        }
-        self.vs_files.setdefault(vs_id, {})[file_id] = entry
-        return entry
-
-    def _vs_create(self, q: dict[str, str], body: bytes, ctype: str) -> Result:
-        data = orjson.loads(body or b"{}")
-        store: Json = {
-            "id": new_id("vs_"),
-            "object": "vector_store",
-            "created_at": int(time.time()),
-            "name": data.get("name"),
-            "usage_bytes": 0,
-            "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
-            "status": "completed",
-            "last_active_at": int(time.time()),
-            "metadata": data.get("metadata") or {},
-        }
-        self.vector_stores.items[store["id"]] = store
-        self.vs_files[store["id"]] = {}
-        for file_id in data.get("file_ids") or []:
-            self._vs_file(store["id"], file_id)
-        return 200, store
-
-    def _vs_search(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str) -> Result:
-        if vs_id not in self.vector_stores.items:
-            return self._missing("vector store")
-        query = orjson.loads(body).get("query")
-        return 200, {
-            "object": "vector_store.search_results.page",
-            "search_query": [query],
-            "data": [],
-            "has_more": False,
-            "next_page": None,
-        }
-
-    def _vs_file_add(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str) -> Result:
-        if vs_id not in self.vector_stores.items:
-            return self._missing("vector store")
-        return 200, self._vs_file(vs_id, orjson.loads(body)["file_id"])
-
-    def _vs_files(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str) -> Result:
-        if vs_id not in self.vector_stores.items:
-            return self._missing("vector store")
-        return 200, _page(list(self.vs_files.get(vs_id, {}).values()), q)
-
-    def _vs_file_get(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str, file_id: str) -> Result:
-        found = self.vs_files.get(vs_id, {}).get(file_id)
-        return (200, found) if found is not None else self._missing("file")
-
-    def _vs_file_delete(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str, file_id: str) -> Result:
-        if self.vs_files.get(vs_id, {}).pop(file_id, None) is None:
-            return self._missing("file")
-        return 200, {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
-
-    def _vs_batch_create(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str) -> Result:
-        if vs_id not in self.vector_stores.items:
-            return self._missing("vector store")
-        ids = orjson.loads(body).get("file_ids") or []
-        for file_id in ids:
-            self._vs_file(vs_id, file_id)
-        batch: Json = {
-            "id": new_id("vsfb_"),
-            "object": "vector_store.files_batch",
-            "created_at": int(time.time()),
-            "vector_store_id": vs_id,
-            "status": "completed",
-            "file_counts": {
-                "in_progress": 0,
-                "completed": len(ids),
-                "failed": 0,
-                "cancelled": 0,
-                "total": len(ids),
-            },
-        }
-        self.vs_batches.setdefault(vs_id, {})[batch["id"]] = batch
-        return 200, batch
-
-    def _vs_batch_get(self, q: dict[str, str], body: bytes, ctype: str, vs_id: str, batch_id: str) -> Result:
-        found = self.vs_batches.get(vs_id, {}).get(batch_id)
-        return (200, found) if found is not None else self._missing("file batch")
-
-    # -- conversations --------------------------------------------------------------------------
-
-    def _conv_create(self, q: dict[str, str], body: bytes, ctype: str) -> Result:
-        data = orjson.loads(body or b"{}")
-        conv: Json = {
-            "id": new_id("conv_"),
-            "object": "conversation",
-            "created_at": int(time.time()),
-            "metadata": data.get("metadata") or {},
-        }
-        self.conversations.items[conv["id"]] = conv
-        self.items[conv["id"]] = [self._item(i) for i in data.get("items") or []]
-        return 200, conv
-
-    @staticmethod
-    def _item(item: Json) -> Json:
-        return {"id": new_id("msg_"), "type": "message", "status": "completed", **item}
-
-    def _conv_items(self, q: dict[str, str], body: bytes, ctype: str, conv_id: str) -> Result:
-        if conv_id not in self.conversations.items:
-            return self._missing("conversation")
-        return 200, _page(self.items.get(conv_id, []), q)
-
-    def _conv_add_items(self, q: dict[str, str], body: bytes, ctype: str, conv_id: str) -> Result:
-        if conv_id not in self.conversations.items:
-            return self._missing("conversation")
-        added = [self._item(i) for i in orjson.loads(body).get("items") or []]
-        self.items.setdefault(conv_id, []).extend(added)
-        return 200, {
-            "object": "list",
-            "data": added,
-            "first_id": added[0]["id"] if added else None,
-            "last_id": added[-1]["id"] if added else None,
-            "has_more": False,
-        }
-
-    def _conv_item(self, q: dict[str, str], body: bytes, ctype: str, conv_id: str, item_id: str) -> Result:
-        found = next((i for i in self.items.get(conv_id, []) if i["id"] == item_id), None)
-        return (200, found) if found is not None else self._missing("item")
-
-    def _conv_item_delete(
-        self, q: dict[str, str], body: bytes, ctype: str, conv_id: str, item_id: str
-    ) -> Result:
-        items = self.items.get(conv_id, [])
-        self.items[conv_id] = [i for i in items if i["id"] != item_id]
-        conv = self.conversations.items.get(conv_id)
-        return (200, conv) if conv is not None else self._missing("conversation")
-
-    # -- stored responses and chat completions --------------------------------------------------
-
-    def _response_cancel(self, q: dict[str, str], body: bytes, ctype: str, response_id: str) -> Result:
-        found = self.responses.items.get(response_id)
-        if found is None:
-            return self._missing("response")
-        found["status"] = "cancelled"
-        return 200, found
-
-    def _input_items(self, q: dict[str, str], body: bytes, ctype: str, response_id: str) -> Result:
-        if response_id not in self.responses.items:
-            return self._missing("response")
-        return 200, _page(self.items.get(response_id, []), q)
-
-    def _chat_list(self, q: dict[str, str], body: bytes, ctype: str) -> Result:
-        items = [c for c in self.chats.items.values() if "model" not in q or c.get("model") == q["model"]]
-        return 200, _page(items, q, "asc")
-
-    def _chat_messages(self, q: dict[str, str], body: bytes, ctype: str, chat_id: str) -> Result:
-        if chat_id not in self.chats.items:
-            return self._missing("chat completion")
-        return 200, _page(self.messages.get(chat_id, []), q, "asc")

@@ -13,7 +13,7 @@ carries the headers a real upstream sends, including ones a gateway must strip (
 tests can prove such bodies never reach their clients.
 
 Stored objects (files, uploads, batches, vector stores, conversations, stored responses and chat
-completions) are kept in memory with OpenAI-like ids and cursor pagination (``_objects.py``); a
+completions) are kept in memory with OpenAI-like ids and cursor pagination (``_objects.py``, ``_stores.py``, ``_page.py``); a
 batch completes at once, its output file holding the mock's answer to each line. ``reset()``
 forgets them too.
 
