@@ -243,8 +243,11 @@ def test_request_ids_are_unique_and_on_errors_too(gateway: Gateway, client_key: 
 def test_a_routes_own_query_parameters_are_forwarded_as_keygate_writes_them(
     gateway: Gateway, client_key: str, mock: MockUpstream
 ) -> None:
+    made = gateway.create_key("query")
+    client_key = made["key"]
+    gateway.cli("objects", "assign", "resp_abc", "--key", made["id"])  # (a response keygate did not make)
     client = sdk(gateway, client_key)
-    # The mock has no such route: its own 404 (any 4xx but 401/403/429) is relayed, not retried.
+    # The mock has no such response: its own 404 (any 4xx but 401/403/429) is relayed, not retried.
     with pytest.raises(openai.NotFoundError):
         client.responses.input_items.list(
             "resp_abc",
@@ -256,7 +259,7 @@ def test_a_routes_own_query_parameters_are_forwarded_as_keygate_writes_them(
         f"{gateway.url}/responses/resp_abc?stream=false&include=reasoning.encrypted_content&starting_after=%33",
         headers=bearer(client_key),
     )
-    assert r.status_code == 404 and "Invalid URL" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "No such" in r.json()["error"]["message"]  # the mock's own
     assert [(seen.path, seen.query) for seen in mock.requests] == [
         (
             "/v1/responses/resp_abc/input_items",
@@ -756,7 +759,7 @@ def test_no_server_banner_on_any_answer(gateway: Gateway, client_key: str, mock:
     answers = [
         httpx.get(f"{gateway.url}/models", headers=bearer(client_key)),  # relayed
         httpx.get(f"{gateway.url}/models"),  # 401
-        httpx.get(f"{gateway.base}/v1/files", headers=bearer(client_key)),  # 404
+        httpx.get(f"{gateway.base}/v1/assistants", headers=bearer(client_key)),  # 404
         httpx.post(
             f"{gateway.url}/chat/completions", json={**CHAT, "stream": True}, headers=bearer(client_key)
         ),
@@ -898,7 +901,7 @@ def test_stalled_body_times_out(tmp_path: Path, upstream: MockUpstream, mock: Mo
     "path",
     [
         "/admin/keys",
-        "/v1/files",
+        "/v1/assistants",
         "/v1/chat/completions/../../admin",
         "/v1/models/..%2f..%2fadmin",
         "/v1/models/%2e%2e",
@@ -1082,6 +1085,9 @@ def test_a_chunk_guard_cuts_the_stream_with_an_error_event(
 
 def test_the_sdk_cancels_a_background_response(gateway: Gateway, client_key: str, mock: MockUpstream) -> None:
     # The SDK's cancel carries no JSON body; keygate forwards the action without one.
+    made = gateway.create_key("cancel")
+    client_key = made["key"]
+    gateway.cli("objects", "assign", "resp_1", "--key", made["id"])  # (made elsewhere: assigned)
     mock.reply_next(200, {"id": "resp_1", "object": "response", "status": "cancelled", "output": []})
     cancelled = sdk(gateway, client_key).responses.cancel("resp_1")
     assert cancelled.status == "cancelled"

@@ -243,3 +243,24 @@ def test_a_bare_cr_or_lf_in_a_part_header_is_refused(junk: bytes) -> None:
     body = form(part('form-data; name="model"', b"whisper-1", junk.decode("latin-1")))
     assert "malformed header line" in refused(body)
     assert fields(form(part('form-data; name="model"', b"whisper-1", "X-Other: y"))) == {"model": "whisper-1"}
+
+
+def _scan_raw(body: bytes, limit: int = 1 << 20) -> tuple[dict[str, str], bytes | None]:
+    scanner = FieldScanner(b"b", ("purpose",), len(body), "file", limit)
+    for n in range(0, len(body), 7):  # (in small pieces: the raw part spans many)
+        scanner.feed(body[n : n + 7])
+    return scanner.close(), scanner.raw_value
+
+
+def test_a_raw_part_is_kept_as_sent_up_to_its_bound() -> None:
+    body = form(part('form-data; name="purpose"', b"batch"), FILE)
+    got, raw = _scan_raw(body)
+    assert got == {"purpose": "batch"} and raw == b"ID3\x00\r\n--not-the-boundary"
+    assert _scan_raw(body, limit=4)[1] is None  # longer than the bound: not kept at all
+
+
+@pytest.mark.parametrize("name", ["file", "FILE", " file"])
+def test_a_second_raw_part_or_one_named_like_it_is_refused(name: str) -> None:
+    body = form(FILE, part(f'form-data; name="{name}"', b"other"))
+    with pytest.raises(FormError):
+        _scan_raw(body)

@@ -15,9 +15,10 @@ from keygate.errors import InvalidRequest
 def test_allowlisted_routes() -> None:
     assert routes.match("POST", "/v1/chat/completions").name == "chat.completions"  # type: ignore[union-attr]
     assert routes.match("GET", "/v1/models/gpt-4o").upstream_path == "/models/gpt-4o"  # type: ignore[union-attr]
-    assert routes.match("GET", "/v1/chat/completions") is None
-    assert routes.match("POST", "/v1/files") is None
+    assert routes.match("GET", "/v1/chat/completions").action == "list"  # type: ignore[union-attr]
+    assert routes.match("PUT", "/v1/files") is None
     assert routes.match("DELETE", "/v1/models/gpt-4o") is None
+    assert routes.match("GET", "/v1/assistants") is None
 
 
 @given(st.text(max_size=40))
@@ -111,7 +112,80 @@ def test_route_names() -> None:
         "moderations",
         "images",
         "audio",
+        "files",
+        "uploads",
+        "batches",
+        "vector_stores",
+        "conversations",
     } == routes.ROUTE_NAMES
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name", "kind", "action", "object_id"),
+    [
+        ("POST", "/v1/files", "files", "file", "create", ""),
+        ("GET", "/v1/files", "files", "file", "list", ""),
+        ("GET", "/v1/files/file-1", "files", "file", "use", "file-1"),
+        ("GET", "/v1/files/file-1/content", "files", "file", "use", "file-1"),
+        ("DELETE", "/v1/files/file-1", "files", "file", "delete", "file-1"),
+        ("POST", "/v1/uploads", "uploads", "upload", "create", ""),
+        ("POST", "/v1/uploads/upload_1/parts", "uploads", "upload", "use", "upload_1"),
+        ("POST", "/v1/uploads/upload_1/complete", "uploads", "upload", "use", "upload_1"),
+        ("POST", "/v1/uploads/upload_1/cancel", "uploads", "upload", "use", "upload_1"),
+        ("POST", "/v1/batches", "batches", "batch", "create", ""),
+        ("GET", "/v1/batches", "batches", "batch", "list", ""),
+        ("GET", "/v1/batches/batch_1", "batches", "batch", "use", "batch_1"),
+        ("POST", "/v1/batches/batch_1/cancel", "batches", "batch", "use", "batch_1"),
+        ("POST", "/v1/vector_stores", "vector_stores", "vector_store", "create", ""),
+        ("GET", "/v1/vector_stores", "vector_stores", "vector_store", "list", ""),
+        ("POST", "/v1/vector_stores/vs_1", "vector_stores", "vector_store", "use", "vs_1"),
+        ("DELETE", "/v1/vector_stores/vs_1", "vector_stores", "vector_store", "delete", "vs_1"),
+        ("POST", "/v1/vector_stores/vs_1/search", "vector_stores", "vector_store", "use", "vs_1"),
+        ("DELETE", "/v1/vector_stores/vs_1/files/file-1", "vector_stores", "vector_store", "use", "vs_1"),
+        (
+            "GET",
+            "/v1/vector_stores/vs_1/file_batches/vsfb_1/files",
+            "vector_stores",
+            "vector_store",
+            "use",
+            "vs_1",
+        ),
+        ("POST", "/v1/conversations", "conversations", "conversation", "create", ""),
+        ("DELETE", "/v1/conversations/conv_1/items/msg_1", "conversations", "conversation", "use", "conv_1"),
+        ("DELETE", "/v1/conversations/conv_1", "conversations", "conversation", "delete", "conv_1"),
+        ("POST", "/v1/responses", "responses", "response", "create", ""),
+        ("GET", "/v1/responses/resp_1/input_items", "responses", "response", "use", "resp_1"),
+        ("DELETE", "/v1/responses/resp_1", "responses", "response", "delete", "resp_1"),
+        ("POST", "/v1/chat/completions", "chat.completions", "chat_completion", "create", ""),
+        (
+            "POST",
+            "/v1/chat/completions/chatcmpl-1",
+            "chat.completions",
+            "chat_completion",
+            "use",
+            "chatcmpl-1",
+        ),
+        (
+            "GET",
+            "/v1/chat/completions/chatcmpl-1/messages",
+            "chat.completions",
+            "chat_completion",
+            "use",
+            "chatcmpl-1",
+        ),
+        ("GET", "/v1/models/gpt-4o", "models", "", "", ""),
+    ],
+)
+def test_stored_object_facts(
+    method: str, path: str, name: str, kind: str, action: str, object_id: str
+) -> None:
+    route = routes.match(method, path)
+    assert route is not None
+    assert (route.name, route.kind, route.action, route.object_id) == (name, kind, action, object_id)
+    assert route.upstream_path == path.removeprefix("/v1")
+    assert route.uses_model == (
+        kind in ("", "response", "chat_completion") and action in ("", "create", "list")
+    )
 
 
 @pytest.mark.parametrize(

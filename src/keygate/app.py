@@ -38,6 +38,7 @@ from .forward import Answer, Forwarder, scrub, transport_error
 from .headers import NO_BANNER, conflicting_key, duplicated, filter_response
 from .logs import redact
 from .metering import StreamMeter, usage_from_json
+from .object_lists import Lister
 from .sockets import SendWindow
 from .tls import hsts_headers
 
@@ -63,13 +64,19 @@ class Gateway:
     """The RSGI app. Built by :func:`keygate.server.build` from settings and its parts."""
 
     def __init__(
-        self, settings: Settings, chain: Chain, forwarder: Forwarder, tracing: Tracing | None = None
+        self,
+        settings: Settings,
+        chain: Chain,
+        forwarder: Forwarder,
+        tracing: Tracing | None = None,
+        lister: Lister | None = None,
     ) -> None:
         self.settings = settings
         self.chain = chain
         self.forwarder = forwarder
         self.tracing = tracing  # None unless the OTEL_* variables turn tracing on
         self.arrivals = 0  # requests taken so far (the metrics' in-flight gauge)
+        self.lister = lister  # lists of stored objects: the caller's only (object_lists.py)
         self._ids = itertools.count(1)
         self._id_prefix = "kg-" + os.urandom(4).hex() + "-"
         # On every answer: an empty Server header, so granian adds no banner of its own, and HSTS
@@ -141,7 +148,10 @@ class Gateway:
             return self._send_error(ctx, err)
         if ctx.stream:
             return await self._until_disconnect(ctx, self._streamed(ctx))
-        answer = await self.forwarder.open(ctx)
+        if route.action == "list" and self.lister is not None:
+            answer = await self.lister.page(ctx)
+        else:
+            answer = await self.forwarder.open(ctx)
         ctx.upstream_ended = perf_counter()
         if not isinstance(answer, Answer):
             return self._send_error(ctx, answer)
@@ -187,8 +197,13 @@ class Gateway:
             return self._send_error(ctx, answer.refusal)
         if status >= 400:
             body = scrub(body, answer.lease.key.secret)
-        elif ctx.route is not None and ctx.route.metered:
-            usage_from_json(body, ctx.usage)
+        else:
+            route = ctx.route
+            if route is not None:
+                if route.metered:
+                    usage_from_json(body, ctx.usage)
+                if route.kind:
+                    ctx.answer = body  # ids of what it created (guards/objects.py)
         if ctx.span is not None and status < 400:
             ctx.span.body(body)
         out = self._reply_headers(ctx, answer)

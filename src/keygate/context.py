@@ -33,6 +33,7 @@ class Context:
     """Everything one request carries along the chain. No globals, no hidden state."""
 
     __slots__ = (
+        "answer",
         "body",
         "client_addr",
         "client_ip",
@@ -112,6 +113,9 @@ class Context:
         self.upstream: Upstream | None = None
         self.status = 0
         self.usage = Usage()
+        # the app, on routes of stored objects (Route.kind): the whole answer's body, for the
+        # ownership guard (guards/objects.py) to read the ids it creates
+        self.answer: bytes | None = None
         self.error: KeygateError | None = None
         # forwarding and the relay (perf_counter, 0.0 until it happens), for the metrics: the first
         # upstream attempt sent, the upstream's answer read to its end, a stream's first piece

@@ -95,8 +95,12 @@ class KeyCache:
 
     def check(self) -> None:
         """Refresh if the store changed (for callers that look nothing up: token principals)."""
-        if self._store.keys_changed():
-            self.refresh()
+        if self._changed():
+            self._reload()
+
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        """A key record by id, from the current snapshot (the caller's own lookup refreshed it)."""
+        return self._by_id.get(key_id)
 
     def records(self) -> list[KeyRecord]:
         """Every key record (current snapshot, refreshed if the store changed)."""

@@ -134,9 +134,19 @@ def check_header_lines(body: bytes, boundary: bytes) -> None:
 class FieldScanner:
     """Parse one body fed in chunks (in order, then :meth:`close`), keeping the wanted fields."""
 
-    def __init__(self, boundary: bytes, names: Collection[str], size: int) -> None:
+    def __init__(
+        self, boundary: bytes, names: Collection[str], size: int, raw: str | None = None, raw_limit: int = 0
+    ) -> None:
+        # ``raw``: one more part whose bytes are kept as they are (up to ``raw_limit``; longer:
+        # ``raw_value`` stays None), e.g. the file of an upload, for a caller that reads it.
+        self._raw_name = raw
+        self._raw_limit = raw_limit
+        self._raw_parts: list[bytes] | None = None
+        self._raw_size = 0
+        self.raw_value: bytes | None = None
+        self._raw_seen = False
         self._names = frozenset(names)
-        self._folded = {n.casefold(): n for n in self._names}
+        self._folded = {n.casefold(): n for n in (*self._names, *((raw,) if raw else ()))}
         self._parser = _mp.PushMultipartParser(
             boundary, content_length=size, max_segment_count=MAX_PARTS, strict=True
         )
@@ -195,9 +205,17 @@ class FieldScanner:
                     if self._current is not None and self._kept <= MAX_VALUE:
                         self._value.append(event)
                         self._kept += len(event)
+                    elif self._raw_parts is not None:
+                        self._raw_size += len(event)
+                        if self._raw_size <= self._raw_limit:
+                            self._raw_parts.append(event)
                 elif event is None:
                     if self._current is not None:
                         self._finish(self._current)
+                    elif self._raw_parts is not None:
+                        if self._raw_size <= self._raw_limit:
+                            self.raw_value = b"".join(self._raw_parts)
+                        self._raw_parts = None
                 else:
                     self._begin(event)
         except _mp.MultipartError as exc:
@@ -213,6 +231,12 @@ class FieldScanner:
         if "\\" in name or "%" in name or '"' in name:
             raise FormError("A part of the multipart body has a name keygate cannot read unambiguously.")
         self._current = None
+        if name == self._raw_name:
+            if self._raw_seen:
+                raise FormError(f"The multipart body gives '{name}' twice.", param=name)
+            self._raw_seen = True
+            self._raw_parts, self._raw_size = [], 0
+            return
         if name in self._names:
             if name in self.fields:
                 raise FormError(f"The multipart body gives '{name}' twice.", param=name)

@@ -57,6 +57,21 @@ class Route:
     # The query parameters this route forwards (their syntax: QUERY_PARAMS); any other is a 400,
     # and what is forwarded is re-encoded by keygate (canonical_query), never the client's string.
     query: frozenset[str] = frozenset()
+    # Stored objects (docs/objects.md; the ownership guard, guards/objects.py, reads these). ``kind``
+    # is the kind of object the route acts on ("file", "batch", ...; empty: none); ``action`` what
+    # it does with it: "create" (the answer's id becomes the caller's), "list" (the answer is
+    # filtered to the caller's objects and re-paged), "use" (the object ``object_id`` from the
+    # path must be the caller's: retrieve, modify, cancel, its children) or "delete" ("use", and a
+    # successful answer ends the ownership record).
+    kind: str = ""
+    action: str = ""
+    object_id: str = ""
+    # The body may name stored objects (previous_response_id, conversation, file ids, vector stores):
+    # each is checked before forwarding.
+    references: bool = False
+    # The request uses a model, so a model allowlist needs one named (False: managing files, batches,
+    # vector stores and conversations, where no model runs).
+    uses_model: bool = True
 
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
@@ -76,6 +91,9 @@ _CHAT = Route(
         (b'"arguments":"', b'"arguments":""'),  # tool_calls[].function (and function_call)
     ),
     output_multipliers=("n",),
+    kind="chat_completion",  # stored only with "store": true
+    action="create",
+    references=True,
 )
 _COMPLETIONS = Route(
     "completions",
@@ -100,7 +118,42 @@ _RESPONSES = Route(
     # every *.delta event: output text, refusals, function-call arguments, reasoning (summary) text
     output_events=((b'"delta":"', b'"delta":""'),),
     unbounded_fields=("background",),
+    kind="response",  # stored unless "store": false
+    action="create",
+    references=True,
 )
+
+
+def _objects(name: str, kind: str, path: str, body: str = "json", **facts: object) -> Route:
+    """A collection route of stored objects (create or list), which names no model."""
+    return Route(name, "POST" if body != "none" else "GET", path, body, kind=kind, uses_model=False, **facts)  # type: ignore[arg-type]
+
+
+# Query parameters, by name: the syntax of one value, and whether the name may repeat (an array,
+# sent as include[]=a&include[]=b by the official SDKs, or include=a&include=b). Values are held to
+# characters that need no encoding, so keygate writes the forwarded query itself.
+_INCLUDABLE = r"[a-z][a-z0-9_]{0,63}(\.[a-z][a-z0-9_]{0,63}){0,7}"  # e.g. message.output_text.logprobs
+QUERY_PARAMS: Final[dict[str, tuple[re.Pattern[str], bool]]] = {
+    "after": (re.compile(_ID), False),
+    "before": (re.compile(_ID), False),
+    "limit": (re.compile(r"[0-9]{1,4}"), False),
+    "order": (re.compile(r"asc|desc"), False),
+    "include": (re.compile(_INCLUDABLE), True),
+    "include[]": (re.compile(_INCLUDABLE), True),
+    "include_obfuscation": (re.compile(r"true|false"), False),
+    "starting_after": (re.compile(r"[0-9]{1,9}"), False),
+    "stream": (re.compile(r"true|false"), False),
+    "purpose": (re.compile(r"[a-z][a-z0-9_-]{0,31}"), False),
+    "model": (re.compile(_ID), False),
+    "filter": (re.compile(r"in_progress|completed|failed|cancelled"), False),
+}
+_RETRIEVE_QUERY: Final = frozenset(
+    {"include", "include[]", "include_obfuscation", "starting_after", "stream"}
+)
+_ITEMS_QUERY: Final = frozenset({"after", "before", "limit", "order", "include", "include[]"})
+_PAGE_QUERY: Final = frozenset({"after", "limit"})
+_LIST_QUERY: Final = frozenset({"after", "before", "limit", "order"})
+_INCLUDE_QUERY: Final = frozenset({"include", "include[]"})
 
 _STATIC: Final[dict[tuple[str, str], Route]] = {
     (r.method, "/v1" + r.upstream_path): r
@@ -117,40 +170,163 @@ _STATIC: Final[dict[tuple[str, str], Route]] = {
         Route("audio", "POST", "/audio/speech", "json", unit_billed=True),
         Route("audio", "POST", "/audio/transcriptions", "multipart", streams=True, unit_billed=True),
         Route("audio", "POST", "/audio/translations", "multipart", unit_billed=True),
+        _objects("files", "file", "/files", "multipart", action="create"),
+        _objects("files", "file", "/files", "none", action="list", query=_LIST_QUERY | {"purpose"}),
+        _objects("uploads", "upload", "/uploads", action="create"),
+        _objects("batches", "batch", "/batches", action="create", references=True),
+        _objects("batches", "batch", "/batches", "none", action="list", query=_PAGE_QUERY),
+        _objects("vector_stores", "vector_store", "/vector_stores", action="create", references=True),
+        _objects("vector_stores", "vector_store", "/vector_stores", "none", action="list", query=_LIST_QUERY),
+        _objects("conversations", "conversation", "/conversations", action="create", references=True),
+        Route(
+            "chat.completions",
+            "GET",
+            "/chat/completions",
+            "none",
+            kind="chat_completion",
+            action="list",
+            query=_PAGE_QUERY | {"order", "model"},
+        ),
     )
 }
 
-# Query parameters, by name: the syntax of one value, and whether the name may repeat (an array,
-# sent as include[]=a&include[]=b by the official SDKs, or include=a&include=b). Values are held to
-# characters that need no encoding, so keygate writes the forwarded query itself.
-_INCLUDABLE = r"[a-z][a-z0-9_]{0,63}(\.[a-z][a-z0-9_]{0,63}){0,7}"  # e.g. message.output_text.logprobs
-QUERY_PARAMS: Final[dict[str, tuple[re.Pattern[str], bool]]] = {
-    "after": (re.compile(_ID), False),
-    "before": (re.compile(_ID), False),
-    "limit": (re.compile(r"[0-9]{1,4}"), False),
-    "order": (re.compile(r"asc|desc"), False),
-    "include": (re.compile(_INCLUDABLE), True),
-    "include[]": (re.compile(_INCLUDABLE), True),
-    "include_obfuscation": (re.compile(r"true|false"), False),
-    "starting_after": (re.compile(r"[0-9]{1,9}"), False),
-    "stream": (re.compile(r"true|false"), False),
-}
-_RETRIEVE_QUERY: Final = frozenset(
-    {"include", "include[]", "include_obfuscation", "starting_after", "stream"}
-)
-_ITEMS_QUERY: Final = frozenset({"after", "before", "limit", "order", "include", "include[]"})
+# Routes with identifiers in the path: (method, pattern, route facts). The first identifier is the
+# stored object the route acts on (a child route: its parent, whose owner owns the children).
+_Dyn = tuple[str, re.Pattern[str], Route]
 
-# Routes with an identifier in the path: (method, pattern, name, body, query parameters).
-_DYNAMIC: Final[list[tuple[str, re.Pattern[str], str, str, frozenset[str]]]] = [
-    ("GET", re.compile(rf"^/v1/models/({_ID})$"), "models", "none", frozenset()),
-    ("GET", re.compile(rf"^/v1/responses/({_ID})$"), "responses", "none", _RETRIEVE_QUERY),
-    ("DELETE", re.compile(rf"^/v1/responses/({_ID})$"), "responses", "none", frozenset()),
-    ("POST", re.compile(rf"^/v1/responses/({_ID})/cancel$"), "responses", "none", frozenset()),
-    ("GET", re.compile(rf"^/v1/responses/({_ID})/input_items$"), "responses", "none", _ITEMS_QUERY),
+
+def _dyn(method: str, pattern: str, name: str, body: str = "none", **facts: object) -> _Dyn:
+    full = "^/v1/" + pattern.replace("{id}", f"({_ID})").replace("{sub}", _ID) + "$"
+    return (method, re.compile(full), Route(name, method, "", body, **facts))  # type: ignore[arg-type]
+
+
+def _owned(kind: str, name: str, items: list[tuple[str, str, str, frozenset[str]]]) -> list[_Dyn]:
+    """By-id routes of one kind of stored object: (method, path pattern, body, query)."""
+    out = []
+    for method, pattern, body, query in items:
+        action = "delete" if method == "DELETE" and pattern.count("{") == 1 else "use"
+        refs = body == "json" and kind in ("vector_store", "conversation")
+        out.append(
+            _dyn(
+                method,
+                pattern,
+                name,
+                body,
+                query=query,
+                kind=kind,
+                action=action,
+                references=refs,
+                uses_model=False,
+            )
+        )
+    return out
+
+
+_NONE: Final = frozenset[str]()
+_DYNAMIC: Final[list[_Dyn]] = [
+    _dyn("GET", "models/{id}", "models"),
+    *_owned(
+        "response",
+        "responses",
+        [
+            ("GET", "responses/{id}", "none", _RETRIEVE_QUERY),
+            ("DELETE", "responses/{id}", "none", _NONE),
+            ("POST", "responses/{id}/cancel", "none", _NONE),
+            ("GET", "responses/{id}/input_items", "none", _ITEMS_QUERY),
+        ],
+    ),
+    *_owned(
+        "file",
+        "files",
+        [
+            ("GET", "files/{id}", "none", _NONE),
+            ("DELETE", "files/{id}", "none", _NONE),
+            ("GET", "files/{id}/content", "none", _NONE),
+        ],
+    ),
+    *_owned(
+        "upload",
+        "uploads",
+        [
+            ("POST", "uploads/{id}/parts", "multipart", _NONE),
+            ("POST", "uploads/{id}/complete", "json", _NONE),
+            ("POST", "uploads/{id}/cancel", "none", _NONE),
+        ],
+    ),
+    *_owned(
+        "batch",
+        "batches",
+        [("GET", "batches/{id}", "none", _NONE), ("POST", "batches/{id}/cancel", "none", _NONE)],
+    ),
+    *_owned(
+        "vector_store",
+        "vector_stores",
+        [
+            ("GET", "vector_stores/{id}", "none", _NONE),
+            ("POST", "vector_stores/{id}", "json", _NONE),
+            ("DELETE", "vector_stores/{id}", "none", _NONE),
+            ("POST", "vector_stores/{id}/search", "json", _NONE),
+            ("POST", "vector_stores/{id}/files", "json", _NONE),
+            ("GET", "vector_stores/{id}/files", "none", _LIST_QUERY | {"filter"}),
+            ("GET", "vector_stores/{id}/files/{sub}", "none", _NONE),
+            ("POST", "vector_stores/{id}/files/{sub}", "json", _NONE),
+            ("DELETE", "vector_stores/{id}/files/{sub}", "none", _NONE),
+            ("GET", "vector_stores/{id}/files/{sub}/content", "none", _NONE),
+            ("POST", "vector_stores/{id}/file_batches", "json", _NONE),
+            ("GET", "vector_stores/{id}/file_batches/{sub}", "none", _NONE),
+            ("POST", "vector_stores/{id}/file_batches/{sub}/cancel", "none", _NONE),
+            ("GET", "vector_stores/{id}/file_batches/{sub}/files", "none", _LIST_QUERY | {"filter"}),
+        ],
+    ),
+    *_owned(
+        "conversation",
+        "conversations",
+        [
+            ("GET", "conversations/{id}", "none", _NONE),
+            ("POST", "conversations/{id}", "json", _NONE),
+            ("DELETE", "conversations/{id}", "none", _NONE),
+            ("GET", "conversations/{id}/items", "none", _ITEMS_QUERY - {"before"}),
+            ("POST", "conversations/{id}/items", "json", _INCLUDE_QUERY),
+            ("GET", "conversations/{id}/items/{sub}", "none", _INCLUDE_QUERY),
+            ("DELETE", "conversations/{id}/items/{sub}", "none", _NONE),
+        ],
+    ),
+    *_owned(
+        "chat_completion",
+        "chat.completions",
+        [
+            ("GET", "chat/completions/{id}", "none", _NONE),
+            ("POST", "chat/completions/{id}", "json", _NONE),
+            ("DELETE", "chat/completions/{id}", "none", _NONE),
+            ("GET", "chat/completions/{id}/messages", "none", _PAGE_QUERY | {"order"}),
+        ],
+    ),
 ]
-_DYNAMIC_PREFIXES: Final = ("/v1/models/", "/v1/responses/")
+_DYNAMIC_PREFIXES: Final = (
+    "/v1/models/",
+    "/v1/responses/",
+    "/v1/files/",
+    "/v1/uploads/",
+    "/v1/batches/",
+    "/v1/vector_stores/",
+    "/v1/conversations/",
+    "/v1/chat/completions/",
+)
 
-ROUTE_NAMES: Final = frozenset([r.name for r in _STATIC.values()] + [d[2] for d in _DYNAMIC])
+ROUTE_NAMES: Final = frozenset([r.name for r in _STATIC.values()] + [d[2].name for d in _DYNAMIC])
+
+
+def _by_segment() -> dict[tuple[str, str], list[tuple[re.Pattern[str], Route]]]:
+    """The dynamic routes by method and first path segment after /v1/ ("files", "chat"...), so a
+    match tries only the few patterns of its own collection."""
+    out: dict[tuple[str, str], list[tuple[re.Pattern[str], Route]]] = {}
+    for method, pattern, facts in _DYNAMIC:
+        segment = pattern.pattern[len("^/v1/") :].split("/", 1)[0]
+        out.setdefault((method, segment), []).append((pattern, facts))
+    return out
+
+
+_DYNAMIC_BY: Final = _by_segment()
 
 
 def match(method: str, path: str) -> Route | None:
@@ -159,11 +335,27 @@ def match(method: str, path: str) -> Route | None:
     if route is not None:
         return route
     if path.startswith(_DYNAMIC_PREFIXES) and ".." not in path:  # (no id has two dots in a row)
-        for m, pattern, name, body, query in _DYNAMIC:
+        for pattern, facts in _DYNAMIC_BY.get((method, path[4 : path.find("/", 4)]), ()):
             # fullmatch: a pattern's `$` alone would also match before a trailing newline
-            if m == method and pattern.fullmatch(path):
-                return Route(name, method, path[len("/v1") :], body, query=query)
+            found = pattern.fullmatch(path)
+            if found is not None:
+                return _with_path(facts, path[len("/v1") :], found.group(1) if facts.kind else "")
     return None
+
+
+def _with_path(facts: Route, upstream_path: str, object_id: str) -> Route:
+    return Route(
+        facts.name,
+        facts.method,
+        upstream_path,
+        facts.body,
+        query=facts.query,
+        kind=facts.kind,
+        action=facts.action,
+        object_id=object_id,
+        references=facts.references,
+        uses_model=facts.uses_model,
+    )
 
 
 # A parameter name an error may repeat to the client: a plain lower-case word, never key-shaped.

@@ -35,9 +35,12 @@ from .events import SecurityEvents
 from .forward import Forwarder
 from .guards import Parts as GuardParts
 from .guards import default_guards
+from .guards.objects import Visibility
 from .guards.per_instance import check_config as check_shared_limits
 from .keycache import KeyCache
 from .metrics import Metrics, Sources
+from .object_lists import Lister
+from .ownership import Ownership
 from .recorder import Recorder
 from .sockets import OwnSocketServer, listening_socket
 from .spend import SpendBook
@@ -86,7 +89,10 @@ def build(settings: Settings) -> Parts:
             store, Alerter(settings.alerts), settings.audit, settings.usage_flush_interval
         )
         metrics = Metrics(settings)
-        guard_parts = GuardParts(settings, keys, recorder, counters, spend, store, events, metrics.observe)
+        objects = Ownership(store, settings.usage_flush_interval)
+        guard_parts = GuardParts(
+            settings, keys, recorder, counters, spend, store, events, metrics.observe, objects=objects
+        )
         chain = Chain(default_guards(guard_parts))
         keyring = Keyring.from_secrets(settings.master_key, settings.previous_master_key)
         pool = UpstreamPool(settings, store, keyring, events)
@@ -99,7 +105,9 @@ def build(settings: Settings) -> Parts:
     except BaseException:
         store.close()
         raise
-    gateway = Gateway(settings, chain, Forwarder(settings, pool), tracing)
+    forwarder = Forwarder(settings, pool)
+    lister = Lister(Visibility(objects, keys), forwarder)
+    gateway = Gateway(settings, chain, forwarder, tracing, lister)
     metrics.sources = Sources(pool, keys, recorder, counters, lambda: gateway.arrivals)
     return Parts(settings, store, recorder, keys, gateway, pool, events, counters, metrics, tracing)
 

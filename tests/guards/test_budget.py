@@ -826,7 +826,9 @@ def test_client_metadata_cannot_hide_the_usage_of_a_response(gw: Gateway, mock: 
 
 
 def test_images_and_outputs_asked_for_are_held_at_their_worst_case(gw: Gateway, mock: MockUpstream) -> None:
-    key = gw.create_key("media", "--budget-tokens", "10000/day")["key"]
+    made = gw.create_key("media", "--budget-tokens", "10000/day")
+    key = made["key"]
+    gw.cli("objects", "assign", "file-abc", "--key", made["id"])  # (a file keygate did not make)
     url = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     fifty = [{"role": "user", "content": [{"type": "text", "text": "describe"}, *[url] * 50]}]
     r = _post(gw, key, messages=fifty)
@@ -850,6 +852,7 @@ def test_background_responses_are_refused_and_stored_ones_cost_nothing(
     assert info.value.code == "background_not_allowed_with_budget"
     assert mock.requests == []
     # Retrieving a stored response is never charged and needs no price, whatever it reports
+    gw.cli("objects", "assign", "resp_1", "--key", key["id"])  # (made elsewhere: assigned)
     stored = {
         "id": "resp_1",
         "object": "response",

@@ -180,3 +180,10 @@ def test_token_budgets_are_whole() -> None:
 def test_bad_budgets_are_refused_by_field(name: str, bad: Any, message: str) -> None:
     assert refused({name: bad}).startswith(f"policy.{name}")
     assert message in refused({name: bad})
+
+
+def test_share_objects_is_key_or_team() -> None:
+    assert validate_policy({"share_objects": "team"}) == {"share_objects": "team"}
+    assert validate_policy({"share_objects": "key"}) == {"share_objects": "key"}
+    for bad in ("everyone", True, None, ["team"]):
+        assert "policy.share_objects: expected one of key, team" in refused({"share_objects": bad})

@@ -56,7 +56,7 @@ def test_context_stream_model_and_given_headers() -> None:
     ctx = context("GET", "/v1/models")
     assert ctx.body == b"" and ctx.json is None and ctx.headers == {}
     assert ctx.route is not None and ctx.route.name == "models"
-    assert context("GET", "/v1/files").route is None
+    assert context("GET", "/v1/assistants").route is None
     key, team = key_record("key_a"), Team("team_1", "t", 0.0)
     ctx = context(key=key, team=team)
     assert (ctx.key, ctx.team) == (key, team)

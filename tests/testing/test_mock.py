@@ -307,7 +307,7 @@ def test_unknown_route_and_bad_bodies(upstream: MockUpstream, client: OpenAI, ra
             "code": None,
         }
     }
-    assert raw_http.get("/chat/completions").status_code == 404
+    assert raw_http.get("/assistants").status_code == 404
     bad_json = raw_http.post("/chat/completions", content=b"{nope")
     assert bad_json.status_code == 400 and "could not parse the JSON" in bad_json.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError):

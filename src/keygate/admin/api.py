@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..events import Burst
 from ..metrics import Metrics
-from ..ops import anomalies, audit_log, keys, teams, tokens, usage
+from ..ops import anomalies, audit_log, keys, objects, teams, tokens, usage
 from ..ops.audit import Actor
 from ..ops.views import key_view
 from ..store import AdminToken, Store
@@ -346,6 +346,29 @@ class AdminAPI:
                 methods=GET,
             ),
             Route("/admin/audit/anchor", ep("audit:read", lambda c: audit_log.anchor(s)), methods=GET),
+            Route(
+                "/admin/objects",
+                ep(
+                    "objects:read",
+                    lambda c: objects.list_views(s, c.query.get("key"), c.query.get("kind"), self._limit(c)),
+                    query=("key", "kind", "limit"),
+                ),
+                methods=GET,
+            ),
+            Route(
+                "/admin/objects/{object_id}/assign",
+                ep(
+                    "objects:write",
+                    lambda c: objects.assign(s, c.actor, c.params["object_id"], c.body),
+                    body=True,
+                ),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/objects/{object_id}/unassign",
+                ep("objects:write", lambda c: objects.unassign(s, c.actor, c.params["object_id"])),
+                methods=["POST"],
+            ),
             Route("/admin/tokens", ep("tokens:read", lambda c: tokens.list_views(s)), methods=GET),
             Route(
                 "/admin/tokens",

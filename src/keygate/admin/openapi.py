@@ -22,8 +22,8 @@ _POLICY = {
     "description": (
         "rules of a key or team; fields: models, routes, allow_ips, expires_at, max_body_bytes,"
         " max_output_tokens, rps, rpm, rph, rpd, tpm, max_concurrent, budget_usd, budget_tokens,"
-        " honeytoken, rotate_every, prompt_scan (see docs/access-control.md and docs/limits.md); an unknown"
-        " field or a malformed value is refused with 400"
+        " honeytoken, rotate_every, prompt_scan, share_objects (see docs/access-control.md,"
+        " docs/limits.md and docs/objects.md); an unknown field or a malformed value is refused with 400"
     ),
 }
 _TIME = {"type": "string", "description": "UTC, ISO 8601 (YYYY-MM-DDTHH:MM:SSZ), or '-'"}
@@ -270,6 +270,15 @@ _SCHEMAS: dict[str, Any] = {
         ]
     },
     "AdminTokenCreate": _obj({"role": _ROLE, "name": _NAME}, ["role"], closed=True),
+    "StoredObject": _obj(
+        {"id": {"type": "string"}, "kind": {"type": "string"}, "key_id": _NSTR, "recorded_at": _TIME},
+        ["id", "kind", "key_id", "recorded_at"],
+    ),
+    "ObjectAssign": _obj({"key_id": {"type": "string"}}, ["key_id"], closed=True),
+    "ObjectUnassigned": _obj(
+        {"id": {"type": "string"}, "kind": {"type": "string"}, "key_id": _NSTR, "previous_key_id": _NSTR},
+        ["id", "kind", "key_id", "previous_key_id"],
+    ),
 }
 
 
@@ -280,6 +289,7 @@ def _list(name: str) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 document served at ``GET /openapi.json``."""
     key_id, team, token_id = _path_param("key_id"), _path_param("team"), _path_param("token_id")
+    object_id = _path_param("object_id")
     return {
         "openapi": "3.0.3",
         "info": {"title": "keygate admin API", "version": "1"},
@@ -388,6 +398,35 @@ def openapi_document() -> dict[str, Any]:
             },
             "/admin/audit/anchor": {
                 "get": _op("auditAnchor", "the audit chain's head, to keep elsewhere", _ref("AuditAnchor")),
+            },
+            "/admin/objects": {
+                "get": _op(
+                    "listObjects",
+                    "ownership records of stored objects (files, batches, ...), newest first",
+                    _list("StoredObject"),
+                    params=[
+                        _query("key", {"type": "string"}),
+                        _query("kind", {"type": "string"}),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ],
+                ),
+            },
+            "/admin/objects/{object_id}/assign": {
+                "post": _op(
+                    "assignObject",
+                    "make a key the owner of a stored object (audited)",
+                    _ref("StoredObject"),
+                    body="ObjectAssign",
+                    params=[object_id],
+                ),
+            },
+            "/admin/objects/{object_id}/unassign": {
+                "post": _op(
+                    "unassignObject",
+                    "leave a stored object to no key (audited)",
+                    _ref("ObjectUnassigned"),
+                    params=[object_id],
+                ),
             },
             "/admin/tokens": {
                 "get": _op("listAdminTokens", "list admin tokens (never their secrets)", _list("AdminToken")),

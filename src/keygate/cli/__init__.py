@@ -21,13 +21,14 @@ from . import (
     keys,
     master_key,
     migrate,
+    objects,
     serve,
     teams,
     upstreams,
     usage,
 )
 
-AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit, anomalies, migrate)
+AREAS = (serve, keys, teams, usage, upstreams, master_key, admin_tokens, audit, anomalies, objects, migrate)
 POLICY_OPTIONS = (access_policy.OPTIONS, _limits.LimitOptions())
 
 

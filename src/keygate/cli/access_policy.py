@@ -24,6 +24,7 @@ FIELDS = (
     "max_body_bytes",
     "max_output_tokens",
     "prompt_scan",
+    "share_objects",
 )
 
 
@@ -86,6 +87,12 @@ class AccessPolicyOptions:
             help="personal data in request bodies (card numbers, IBANs, email addresses, phone numbers): "
             "block, mask, log or off (default: the gateway's prompt_scan.pii setting, off unless configured)",
         )
+        group.add_argument(
+            "--share-objects",
+            choices=("key", "team"),
+            help="who sees the stored objects (files, batches, responses...) a key creates: the key "
+            "alone (the default) or every key of its team",
+        )
         if update:
             group.add_argument(
                 "--clear",
@@ -113,6 +120,8 @@ class AccessPolicyOptions:
             policy["max_body_bytes"] = args.max_body_bytes
         if args.max_output_tokens is not None:
             policy["max_output_tokens"] = args.max_output_tokens
+        if args.share_objects:
+            policy["share_objects"] = args.share_objects
         scan = {"secrets": args.prompt_secrets, "pii": args.prompt_pii}
         if any(scan.values()):
             # each flag replaces its own part of the field; the other part is kept

@@ -17,6 +17,7 @@ from ..config import Settings
 from ..counters import Counters, SharedCounters
 from ..events import SecurityEvents
 from ..keycache import KeyCache
+from ..ownership import Ownership
 from ..recorder import Recorder
 from ..spend import SpendBook
 from ..store import Store
@@ -28,6 +29,7 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
+from .objects import StoredObjects, Visibility
 from .per_instance import NeedsSharedCounters, networked
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
@@ -50,6 +52,7 @@ class Parts:
     events: SecurityEvents | None = None  # lockouts, honeytokens, budgets, denials: audit and alerts
     observe: Callable[[Any], None] | None = None  # each finished request, for the metrics (metrics.py)
     alerts: AlertSink | None = None  # where anomaly alerts go (None: the operator log and the audit trail)
+    objects: Ownership | None = None  # owners of stored objects (files, batches...), cached in process
 
 
 def default_guards(parts: Parts) -> list[Guard]:
@@ -58,7 +61,8 @@ def default_guards(parts: Parts) -> list[Guard]:
     record (complete phase: accounts every request, rejected or not) → rotation watch (background
     only) → client IP → anomaly record (blocked networks; features for the analyser) → lockout →
     authenticate → honeytoken → anomaly gate (quarantined and throttled keys) → access policy →
-    body → request policy → prompt scan → rate limits → budget → global upstream caps → (forward).
+    body → request policy → stored objects (the caller's only, by id and in bodies) → prompt scan
+    → rate limits → budget → global upstream caps → (forward).
 
     The prompt scan runs once the body is read and the model allowed, and before the limits, so
     a refused request costs no quota and a masked body is the one they estimate. On counters
@@ -74,6 +78,9 @@ def default_guards(parts: Parts) -> list[Guard]:
     )
     counters = parts.counters
     limit_guards: list[Guard]
+    # The budget guard also holds a batch's worst case for the stored-objects guard; on shared
+    # counters it is not in the chain (SharedLimits decides) and refuses batches under a budget.
+    budget = budget_guard(counters, limits, parts.spend, parts.events)
     if isinstance(counters, SharedCounters):
         limit_guards = [
             SharedLimits(counters, limits, parts.spend, settings.on_counter_failure, parts.events)
@@ -85,7 +92,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         limit_guards = [
             *alone,
             rate_limit(counters, limits),
-            budget_guard(counters, limits, parts.spend, parts.events),
+            budget,
             global_limit(limits.global_),
         ]
     watch = None
@@ -94,6 +101,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         if sink is None:  # the operator log and the audit trail, and the alert sinks of `alerts:`
             sink = LogAuditSink(parts.store, parts.events.alerter if parts.events is not None else None)
         watch = AnomalyWatch(settings.anomalies, parts.store, sink)
+    seen = Visibility(parts.objects, parts.keys) if parts.objects is not None else None
     return [
         Record(parts.recorder, parts.events, parts.observe),
         RotationWatch(parts.keys, settings.rotation_warning_days),
@@ -110,6 +118,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
+        *([StoredObjects(seen, limits, budget)] if seen is not None else []),
         PromptScan(scan.secrets, scan.pii, trail),
         *limit_guards,
     ]

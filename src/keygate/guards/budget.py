@@ -389,6 +389,54 @@ class BudgetGuardBase(Guard):
             if before < plan.soft[i] <= after:
                 self._crossed(plan.budgets[i], name, after)
 
+    # -- batches: a worst case held at creation, settled when the results are read -------------
+
+    def hold_batch(
+        self, ctx: Context, models: dict[str, list[int]]
+    ) -> tuple[list[str], list[float]] | KeygateError | None:
+        """Hold a batch's worst case (``models``: per model ``[prompt, output]`` tokens over its
+        lines, each priced at its model's price) on the key's budgets, all or nothing; the counters
+        and amounts held (for :meth:`settle_batch`), a refusal, or None when no budget applies."""
+        key, team = ctx.key, ctx.team
+        assert key is not None
+        plan = self._plan(key, team)
+        if not plan.budgets:
+            return None
+        tokens = float(sum(p + o for p, o in models.values()))
+        usd = 0.0
+        if plan.usd:
+            for model, (prompt, output) in models.items():
+                price = self._price(model)
+                if price is None:
+                    return _not_priced(model)
+                usd += (prompt * price.input + output * price.output) / 1e6
+        amounts = [tokens if b.kind == "tokens" else usd for b in plan.budgets]
+        names = list(plan.counter_names(ctx.ts))
+        if not isinstance(self._counters, SyncCounters):
+            return PermissionDenied(
+                "This key has a budget, and batches are held on budgets only with in-process counters.",
+                code="batch_not_metered",
+            )
+        refused = self._counters.reserve_now(names, plan.limits, amounts)
+        if refused is not None:
+            return self._exhausted(plan.budgets[refused], ctx.ts, names[refused])
+        for name in names:
+            self._book.touch(name)
+        return names, amounts
+
+    def settle_batch(self, names: list[str], amounts: list[float], used: dict[str, list[int]]) -> None:
+        """Release a batch's hold and add what its results report (``used``: per model
+        ``[prompt, completion, cached]``; a counter's kind is in its name, ``scope|usd|period``)."""
+        tokens = float(sum(p + c for p, c, _ in used.values()))
+        usd = 0.0
+        for model, (prompt, completion, cached) in used.items():
+            price = self._price(model)
+            if price is not None:
+                usd += price.cost(prompt, min(cached, prompt), completion)
+        for name, held in zip(names, amounts, strict=True):
+            self._counters.settle(name, held, usd if name.split("|")[1] == "usd" else tokens)
+            self._book.touch(name)
+
     def _crossed(self, b: Budget, counter: str, spent: float) -> None:
         """Settled spend crossed the soft threshold: tell once per budget period and process."""
         if counter not in self._notified:

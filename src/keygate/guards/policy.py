@@ -69,8 +69,9 @@ def names_model(route: Route | None) -> bool:
 
     Every route with a body does (where the body names none, OpenAI picks a default model, which
     the allowlist has not allowed); the routes without one (listing models, a stored response and
-    its actions, such as ``POST /v1/responses/{id}/cancel``) do not."""
-    return route is not None and route.body != "none"
+    its actions, such as ``POST /v1/responses/{id}/cancel``) do not, nor do the routes managing
+    stored objects, where no model runs (``Route.uses_model``: files, batches, vector stores...)."""
+    return route is not None and route.body != "none" and route.uses_model
 
 
 NO_MODEL = PermissionDenied(

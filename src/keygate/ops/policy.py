@@ -85,6 +85,16 @@ def _prompt_scan(name: str, value: Any) -> dict[str, str]:
     return out
 
 
+SHARE_MODES = ("key", "team")
+
+
+def _share(name: str, value: Any) -> str:
+    """Who sees a key's stored objects: the key alone, or its team (guards/objects.py)."""
+    if value not in SHARE_MODES:
+        raise InvalidRequest(f"policy.{name}: expected one of {', '.join(SHARE_MODES)}", param="policy")
+    return str(value)
+
+
 _ACCESS: dict[str, Callable[[str, Any], Any]] = {
     "models": lambda n, v: _str_list(n, v),
     "routes": lambda n, v: _str_list(n, v, _route),
@@ -96,6 +106,7 @@ _ACCESS: dict[str, Callable[[str, Any], Any]] = {
     "rotate_every": _positive_int,
     "rotated_at": _timestamp,
     "prompt_scan": _prompt_scan,
+    "share_objects": _share,
 }
 
 

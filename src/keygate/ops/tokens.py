@@ -39,10 +39,16 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
             "tokens:read",
             "tokens:write",
             "metrics:read",
+            "objects:read",
+            "objects:write",
         }
     ),
-    "key-manager": frozenset({"keys:read", "keys:write", "teams:read", "teams:write"}),
-    "auditor": frozenset({"keys:read", "teams:read", "usage:read", "audit:read", "tokens:read"}),
+    "key-manager": frozenset(
+        {"keys:read", "keys:write", "teams:read", "teams:write", "objects:read", "objects:write"}
+    ),
+    "auditor": frozenset(
+        {"keys:read", "teams:read", "usage:read", "audit:read", "tokens:read", "objects:read"}
+    ),
     "metrics": frozenset({"metrics:read"}),
 }
 

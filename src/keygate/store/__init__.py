@@ -22,13 +22,24 @@ if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 from .analytics_sql import AnomalyRow
-from .base import AdminToken, AuditEntry, Store, UpstreamDef, UpstreamKeyRow, UsageSummary
+from .base import (
+    AdminToken,
+    AuditEntry,
+    ObjectChange,
+    ObjectRow,
+    Store,
+    UpstreamDef,
+    UpstreamKeyRow,
+    UsageSummary,
+)
 from .sqlite import SQLiteStore
 
 __all__ = [
     "AdminToken",
     "AnomalyRow",
     "AuditEntry",
+    "ObjectChange",
+    "ObjectRow",
     "SQLiteStore",
     "Store",
     "UpstreamDef",

@@ -112,6 +112,30 @@ class UpstreamKeyRow:
         return self.status
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """One ownership record as stored."""
+
+    id: str
+    kind: str
+    key_id: str | None
+    created_at: float
+    rev: int
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectChange:
+    """A change the data plane writes behind: ``key_id`` None ends the ownership (a delete);
+    ``meta`` None keeps what the row holds."""
+
+    id: str
+    kind: str
+    key_id: str | None
+    ts: float
+    meta: dict[str, Any] | None = None
+
+
 KEY_FIELDS = frozenset({"name", "team_id", "upstream", "metadata", "policy"})
 """The fields of a key record :meth:`Store.update_key` may change."""
 
@@ -263,3 +287,27 @@ class Store(Protocol):
 
     def save_baselines(self, rows: Sequence[tuple[str, str]], ts: float) -> None: ...
     def load_baselines(self) -> dict[str, str]: ...
+
+    # -- stored OpenAI objects and their owners (a change bumps objects_rev) -----------------------
+    def write_objects(self, changes: Sequence[ObjectChange]) -> None:
+        """What the data plane saw: creates (an owner), deletes (none), keygate's notes (meta)."""
+        ...
+
+    def set_object_owner(
+        self, object_id: str, kind: str, key_id: str | None, ts: float, audit: AuditRecord
+    ) -> ObjectRow | None:
+        """Assign or (``key_id`` None) unassign an object, audited; the row as it was before."""
+        ...
+
+    def get_object(self, object_id: str) -> ObjectRow | None: ...
+    def list_objects(
+        self, key_id: str | None = None, kind: str | None = None, limit: int = 1000
+    ) -> list[ObjectRow]: ...
+    def objects_since(self, rev: int) -> tuple[int, list[ObjectRow]]:
+        """The current objects_rev and the rows changed after ``rev``, tombstones included."""
+        ...
+
+    def objects_rev(self) -> int: ...
+    def objects_changed(self) -> bool:
+        """Cheap, safe on every request: may an ownership record have changed since the last call?"""
+        ...

@@ -58,6 +58,8 @@ class Listener:
         self._on_recovered = on_recovered
         # Read on every request (keys_changed): plain attributes, set from the listener thread.
         self.keys_flag = True  # the first look reports a change, as the SQLite store's does
+        self.objects_flag = True  # the same for the owners of stored objects (objects_rev)
+        self._objects_rev: str | None = None
         self.down = False
         self.running = False
         self._keys_rev: str | None = None
@@ -113,6 +115,11 @@ class Listener:
                     self.keys_flag = True
             elif what == "upstreams":
                 self._upstreams = _newer(self._upstreams, rev)
+            elif what == "objects":
+                newest = _newer(self._objects_rev, rev)
+                if newest != self._objects_rev:
+                    self._objects_rev = newest
+                    self.objects_flag = True
 
     def suspect(self) -> None:
         """A call just failed to reach the database: fail fast until the listener proves it back."""
@@ -182,10 +189,13 @@ class Listener:
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
         self._poll_now = False
-        rows = conn.execute(b"SELECT k, v FROM meta WHERE k IN ('keys_rev', 'upstreams_rev')").fetchall()
+        rows = conn.execute(
+            b"SELECT k, v FROM meta WHERE k IN ('keys_rev', 'upstreams_rev', 'objects_rev')"
+        ).fetchall()
         revs = {str(k): str(v) for k, v in rows}
         self._saw("keys", revs.get("keys_rev", "0"))
         self._saw("upstreams", revs.get("upstreams_rev", "0"))
+        self._saw("objects", revs.get("objects_rev", "0"))
         if self.down or self._outage:
             self.down = self._outage = False
             log.warning("database reachable again: writing what was buffered")

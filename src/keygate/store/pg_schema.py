@@ -19,6 +19,7 @@ import psycopg
 from .admin_tokens import PG_ADMIN_TOKENS_MIGRATION
 from .analytics_sql import PG_MIGRATION as _ANALYTICS
 from .audit_sql import PG_MIGRATION as _AUDIT_CHAIN
+from .objects_sql import PG_MIGRATION as _OBJECTS
 from .secrets_sql import PG_ENABLES_MIGRATION
 from .secrets_sql import PG_MIGRATION as _SECRETS
 from .usage_sql import PG_MIGRATION as _USAGE_ESTIMATED
@@ -105,6 +106,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
     _USAGE_ESTIMATED,
     _AUDIT_CHAIN,
     _ANALYTICS,
+    _OBJECTS,
 ]
 
 # Tables in the order a copy fills them (``keygate migrate --from``); each has these columns.
@@ -123,6 +125,7 @@ TABLES: tuple[str, ...] = (
     "anomalies",
     "key_quarantine",
     "anomaly_baselines",
+    "objects",
 )
 
 

@@ -33,6 +33,7 @@ from .admin_tokens import AdminTokensMixin
 from .analytics_sql import AnalyticsMixin
 from .audit_sql import AuditMixin
 from .keys_sql import KeysMixin
+from .objects_sql import ObjectsMixin
 from .pg_conn import CONNECTION_ERRORS, PgConn, PoolReader, Row, unavailable
 from .pg_listen import CHANNEL, Listener
 from .secrets_sql import SecretsMixin
@@ -59,7 +60,9 @@ def connect_kwargs(password: Secret | None, connect_timeout: float) -> dict[str,
     return kwargs
 
 
-class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin):
+class PostgresStore(
+    AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin, ObjectsMixin
+):
     """The networked store. Thread-safe: each call borrows a pooled connection."""
 
     def __init__(
@@ -151,7 +154,7 @@ class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokens
         return self._listener
 
     @staticmethod
-    def _bump(conn: SqlConn, what: str) -> None:
+    def _bump(conn: SqlConn, what: str) -> str:
         row = conn.execute(
             "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = ? RETURNING v",
             (f"{what}_rev",),
@@ -160,6 +163,7 @@ class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokens
         conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{what}:{rev}"))
         if isinstance(conn, PgConn):
             conn.bumped[what] = rev
+        return rev
 
     @staticmethod
     def _bump_keys_rev(conn: SqlConn) -> None:
@@ -168,6 +172,18 @@ class PostgresStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokens
     @staticmethod
     def _bump_upstreams_rev(conn: SqlConn) -> None:
         PostgresStore._bump(conn, "upstreams")
+
+    @staticmethod
+    def _bump_objects_rev(conn: SqlConn) -> int:
+        return int(PostgresStore._bump(conn, "objects"))
+
+    def objects_changed(self) -> bool:
+        # As keys_changed: one flag, set by the listener on a notification or a newer revision.
+        listener = self._listener if self._listener.running else self._listening()
+        if listener.objects_flag:
+            listener.objects_flag = False
+            return True
+        return False
 
     def keys_changed(self) -> bool:
         # One attribute read while nothing changed: the listener thread sets the flag.

@@ -23,6 +23,8 @@ from .analytics_sql import AnalyticsMixin
 from .audit_sql import MIGRATION as _AUDIT_CHAIN_MIGRATION
 from .audit_sql import AuditMixin
 from .keys_sql import KeysMixin
+from .objects_sql import MIGRATION as _OBJECTS_MIGRATION
+from .objects_sql import ObjectsMixin
 from .secrets_sql import ENABLES_MIGRATION as _ENABLES_MIGRATION
 from .secrets_sql import MIGRATION as _SECRETS_MIGRATION
 from .secrets_sql import SecretsMixin
@@ -110,10 +112,13 @@ _MIGRATIONS: list[tuple[str, str]] = [
     _USAGE_ESTIMATED_MIGRATION,
     _AUDIT_CHAIN_MIGRATION,
     _ANALYTICS_MIGRATION,
+    _OBJECTS_MIGRATION,
 ]
 
 
-class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin):
+class SQLiteStore(
+    AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMixin, AnalyticsMixin, ObjectsMixin
+):
     """The embedded store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: Path, audit_key: bytes | None = None) -> None:
@@ -127,6 +132,7 @@ class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMi
         self._wal_map: mmap.mmap | None = None
         self._wal_file: BinaryIO | None = None
         self._wal_header = b""
+        self._objects_seen = (b"", -1)  # objects_changed(): the WAL-index header and data_version
 
     def _wal_index(self) -> mmap.mmap | None:
         """The -shm file mapped read-only, once it exists (WAL mode); None before that.
@@ -231,4 +237,18 @@ class SQLiteStore(AuditMixin, KeysMixin, UsageMixin, SecretsMixin, AdminTokensMi
         if rev == self._keys_rev:
             return False
         self._keys_rev = rev
+        return True
+
+    def objects_changed(self) -> bool:
+        """Cheap check, like :meth:`keys_changed`: may an ownership record have changed since the
+        last call? (True also for other commits; the caller then reads ``objects_rev``.)"""
+        shm = self._wal_index()
+        header = shm[:48] if shm is not None else b""
+        if shm is not None and header == self._objects_seen[0]:
+            return False
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        if shm is not None and version == self._objects_seen[1]:
+            self._objects_seen = (header, version)
+            return False
+        self._objects_seen = (header, version)
         return True

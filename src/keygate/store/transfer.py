@@ -42,9 +42,10 @@ KEYED: dict[str, str] = {
     "anomalies": "id",
     "key_quarantine": "key_id",
     "anomaly_baselines": "scope",
+    "objects": "id",
 }
 SEQUENCED = ("usage", "audit")  # copied past the last id a previous copy recorded
-REVISIONS = ("keys_rev", "upstreams_rev")
+REVISIONS = ("keys_rev", "upstreams_rev", "objects_rev")
 BATCH = 2000
 
 

@@ -445,3 +445,23 @@ def image_generation(body: Json) -> Json:
 def transcription() -> Json:
     """The JSON body of a transcription or translation."""
     return {"text": TRANSCRIPT_TEXT}
+
+
+def stored_from_stream(path: str, request: Json, events: list[bytes]) -> Json | None:
+    """What the upstream keeps of a streamed response (its final ``response``) or chat completion
+    (the stream's id on a whole answer), read back from the events it sent."""
+    for event in reversed(events):
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            data = orjson.loads(line[6:])
+            if path == "/v1/responses":
+                if str(data.get("type", "")).startswith("response.") and isinstance(
+                    data.get("response"), dict
+                ):
+                    found = data["response"]
+                    if found.get("status") != "in_progress":
+                        return found  # type: ignore[no-any-return]
+            elif isinstance(data.get("id"), str):
+                return {**chat_completion(request), "id": data["id"]}
+    return None

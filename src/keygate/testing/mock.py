@@ -12,6 +12,11 @@ carries the headers a real upstream sends, including ones a gateway must strip (
 `openai-organization`, ...), and a rejected key is echoed in full in the 401 body, so a gateway's
 tests can prove such bodies never reach their clients.
 
+Stored objects (files, uploads, batches, vector stores, conversations, stored responses and chat
+completions) are kept in memory with OpenAI-like ids and cursor pagination (``_objects.py``,
+``_stores.py``, ``_page.py``); a batch completes at once, its output file holding the mock's answer
+to each line. ``reset()`` forgets them too.
+
 Run it standalone with ``python -m keygate.testing --port 9000 [--api-key K ...]``.
 """
 
@@ -34,7 +39,8 @@ from typing import Any
 import orjson
 
 from . import _payloads as payloads
-from ._routes import Reply, StreamReply, failure_reply, find_route, invalid, unauthorized
+from ._objects import Objects
+from ._routes import Reply, StreamReply, failure_reply, find_route, invalid, json_reply, unauthorized
 
 __all__ = ["DEFAULT_API_KEY", "FAILURE_MODES", "MockUpstream", "RecordedRequest"]
 
@@ -79,6 +85,7 @@ class _State:
         self.persistent: _Failure | None = None
         self.stream_aborts = 0
         self.connections: set[socket.socket] = set()
+        self.objects = Objects()  # stored files, batches, vector stores, responses...
 
     def record(self, request: RecordedRequest) -> _Failure | Reply | StreamReply | None:
         """Record a request and take the scripted reply or failure (if any) it gets."""
@@ -124,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self._started = time.monotonic()
         path, _, query = self.path.partition("?")
+        self._query = query
         try:
             body = self._read_body()
         except (ValueError, OSError):
@@ -168,11 +176,49 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Reply | StreamReply:
         if key is None or key not in self.server.state.api_keys:
             return unauthorized(key)
+        stored = self._stored(path, body, headers.get("content-type", ""))
+        if stored is not None:
+            return stored
         found = find_route(self.command, path)
         if found is None:
             return invalid(f"Invalid URL ({self.command} {path})", 404)
         route, arg = found
-        return route(body, headers.get("content-type", ""), arg)
+        reply = route(body, headers.get("content-type", ""), arg)
+        if self.command == "POST" and path in ("/v1/responses", "/v1/chat/completions"):
+            self._keep(path, body, reply)
+        return reply
+
+    def _stored(self, path: str, body: bytes, content_type: str) -> Reply | None:
+        """The answer of a stored-object route (files, batches, ... : testing/_objects.py)."""
+        handled = self.server.state.objects.handle(self.command, path, self._query, body, content_type)
+        if handled is None:
+            return None
+        status, payload = handled
+        if isinstance(payload, bytes):
+            return Reply(status, payload, "application/octet-stream")
+        return json_reply(status, payload)
+
+    def _keep(self, path: str, body: bytes, reply: Reply | StreamReply) -> None:
+        """Store what a created response or chat completion says (as the real API does)."""
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(request, dict):
+            return
+        objects = self.server.state.objects
+        if isinstance(reply, Reply):
+            if reply.status != 200:
+                return
+            answer = orjson.loads(reply.body)
+        else:
+            answer = payloads.stored_from_stream(path, request, reply.events)
+            if answer is None:
+                return
+        if path == "/v1/responses":
+            objects.keep_response(request, answer)
+        else:
+            objects.keep_chat(request, answer)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
@@ -394,6 +440,7 @@ class MockUpstream:
             self._state.scripted.clear()
             self._state.persistent = None
             self._state.stream_aborts = 0
+            self._state.objects = Objects()
 
     def set_api_keys(self, keys: Iterable[str]) -> None:
         """Accept exactly these bearer keys from now on; any other key gets a 401."""
