@@ -12,7 +12,7 @@ from keygate.types import AuditRecord
 
 
 def _store(path: Path) -> SQLiteStore:
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, audit_key=b"t" * 32)
     store.migrate()
     return store
 
@@ -45,7 +45,7 @@ def test_what_it_sees_is_at_once_its_own_and_soon_the_stores(tmp_path: Path) -> 
 
 
 def test_another_process_change_is_seen_on_the_next_check(tmp_path: Path) -> None:
-    mine, theirs = _store(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db")
+    mine, theirs = _store(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db", audit_key=b"t" * 32)
     book = Ownership(mine)
     assert book.owner("vs_1") is None
     theirs.write_objects([ObjectChange("vs_1", "vector_store", "key_b", time.time())])

@@ -1,70 +1,36 @@
 """keygate.store.objects_sql: ownership records, on SQLite and, with the very same SQL, on
-PostgreSQL (the mixin run over a psycopg connection that only translates ``?`` placeholders)."""
+PostgreSQL (both stores mix it in)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from keygate.store import ObjectChange, SQLiteStore
-from keygate.store.objects_sql import PG_MIGRATION, ObjectsMixin
+from keygate.store.postgres import PostgresStore
 from keygate.types import AuditRecord
 
+from .. import postgres
 
-class _Cursor:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        return self._conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
-
-
-class PGObjects(ObjectsMixin):
-    """The mixin on PostgreSQL: what the PostgreSQL store will do with it."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._pg = conn
-
-    def _conn(self) -> Any:
-        return _Cursor(self._pg)
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._pg.transaction():
-            yield _Cursor(self._pg)
+KEY = b"t" * 32  # the audit chain key of these stores
 
 
 @pytest.fixture
-def pg() -> Iterator[PGObjects]:
-    name = "kg_objects_" + secrets.token_hex(4)
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={name}", autocommit=True) as conn:
-            conn.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
-            conn.execute(
-                "CREATE TABLE audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION, actor TEXT,"
-                " action TEXT, target TEXT, origin TEXT, details TEXT)"
-            )
-            for statement in PG_MIGRATION[1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            yield PGObjects(conn)
-    finally:
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name}")
+def pg() -> Iterator[PostgresStore]:
+    with postgres.database() as url:
+        store = PostgresStore(url, audit_key=KEY)
+        store.migrate()
+        yield store
+        store.close()
 
 
 @pytest.fixture
 def lite(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "k.db")
+    store = SQLiteStore(tmp_path / "k.db", audit_key=KEY)
     store.migrate()
     yield store
     store.close()
