@@ -81,10 +81,11 @@ def redis_info(port: int) -> dict[str, float]:
 
     client = redis.Redis(port=port)
     try:
-        stats, cpu = client.info("stats"), client.info("cpu")
+        stats, cpu, calls = client.info("stats"), client.info("cpu"), client.info("commandstats")
     finally:
         client.close()
     return {
+        "evalsha": float(calls.get("cmdstat_evalsha", {}).get("calls", 0)),
         "commands": float(stats["total_commands_processed"]),
         "reads": float(stats["total_reads_processed"]),
         "cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
@@ -198,6 +199,7 @@ def measure(
         }
         if redis_before is not None and redis_port:
             after = redis_info(redis_port)
+            row["redis_evalsha_per_req"] = round((after["evalsha"] - redis_before["evalsha"]) / requests, 2)
             row["redis_commands_per_req"] = round(
                 (after["commands"] - redis_before["commands"]) / requests, 2
             )
@@ -265,9 +267,10 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     base = rows[0]["keygate_cpu_us_per_req"] or 0.0
     lines = [
-        "| configuration | req/s | keygate CPU µs/req | vs embedded | Redis cmds/req | Redis round trips/req"
+        "| configuration | req/s | keygate CPU µs/req | vs embedded | EVALSHA/req"
+        " | Redis commands/req (scripts' own included) | Redis reads (round trips)/req"
         " | Redis CPU µs/req | PostgreSQL xact/s | usage rows/xact |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         cpu = r["keygate_cpu_us_per_req"]
@@ -280,6 +283,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             *(
                 str(r.get(k, ""))
                 for k in (
+                    "redis_evalsha_per_req",
                     "redis_commands_per_req",
                     "redis_round_trips_per_req",
                     "redis_cpu_us_per_req",

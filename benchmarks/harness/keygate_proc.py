@@ -59,6 +59,7 @@ class Keygate:
     def write_config(self, name: str, port: int, upstream_base_url: str) -> Path:
         config: dict[str, Any] = {
             "listen": f"127.0.0.1:{port}",
+            "admin_listen": f"127.0.0.1:{free_port()}",  # several instances may run side by side
             "database_url": f"sqlite:///{self.tmp / 'keygate.db'}",
             "access_log": str(self.tmp / "access.log"),
             "upstreams": {"openai": {"base_url": upstream_base_url, "api_key": "${OPENAI_API_KEY}"}},
