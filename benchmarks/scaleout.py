@@ -2,12 +2,15 @@
 """Scaled out against the embedded default, in one run: keygate on SQLite with in-process counters,
 then one and two keygate instances sharing one PostgreSQL database and one Redis.
 
-    python benchmarks/scaleout.py                    # limits-typical.yaml on every instance
-    python benchmarks/scaleout.py --duration 20s --connections 64
+    python benchmarks/scaleout.py
+    python benchmarks/scaleout.py --duration 20 --connections 64
 
-Every configuration serves the same JSON chat request against the same nginx mock upstream, with
-the limits of ``limits-typical.yaml`` (a request rate, a token rate, a concurrency cap and a dollar
-budget per key, high enough that nothing is refused), so the counters do their full work. For each:
+Every configuration serves the same JSON chat request against the same nginx mock upstream. Five
+configurations: the embedded default without limits and with the limits of ``limits-typical.yaml``
+(a request rate, a token rate, a concurrency cap and a dollar budget per key, high enough that
+nothing is refused, so the counters do their full work); one instance on PostgreSQL + Redis
+without limits and with them; two such instances with them. What the Redis-backed limits cost over
+in-process ones is (scaled with limits - scaled without) - (embedded with - embedded without). For each:
 requests/s, keygate CPU µs per request (summed over the instances), and, scaled out, Redis commands
 and round trips (read events) per request, Redis CPU per request, PostgreSQL transactions per second
 and usage rows written per transaction. Redis is a private ``redis-server`` on a free port (so no
@@ -222,31 +225,27 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     with ExitStack() as stack:
         upstream = stack.enter_context(start_mock_upstream(tools.nginx, tmp))
         nginx_pid = upstream.process.pid
-        embedded = make_setup(tmp / "embedded", limits, {})
-        rows.append(
-            measure(
-                "embedded (SQLite, in process)",
-                embedded,
-                1,
-                upstream.json_base_url,
-                nginx_pid,
-                args,
-                tools.wrk,
-                None,
-                None,
+        for label, extra in (("embedded, no limits", {}), ("embedded (SQLite, in process)", limits)):
+            embedded = make_setup(tmp / f"embedded-{len(rows)}", extra, {})
+            rows.append(
+                measure(label, embedded, 1, upstream.json_base_url, nginx_pid, args, tools.wrk, None, None)
             )
-        )
-        print(rows[-1], flush=True)
-        for instances in (1, 2):
+            print(rows[-1], flush=True)
+        for instances, with_limits in ((1, False), (1, True), (2, True)):
             redis_port = stack.enter_context(private_redis(tmp))
             database_url = stack.enter_context(fresh_database(args.pg))
             shared = {
                 "KEYGATE_PEPPER": secrets.token_urlsafe(32),
                 "KEYGATE_MASTER_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
             }
-            extra = {**limits, "database_url": database_url, "redis_url": f"redis://127.0.0.1:{redis_port}/0"}
-            setup = make_setup(tmp / f"scaled-{instances}", extra, shared)
+            extra = {
+                **(limits if with_limits else {}),
+                "database_url": database_url,
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            }
+            setup = make_setup(tmp / f"scaled-{len(rows)}", extra, shared)
             label = f"PostgreSQL + Redis, {instances} instance{'s' if instances > 1 else ''}"
+            label += "" if with_limits else ", no limits"
             rows.append(
                 measure(
                     label,
@@ -265,7 +264,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    base = rows[0]["keygate_cpu_us_per_req"] or 0.0
+    base = rows[1]["keygate_cpu_us_per_req"] or 0.0  # the embedded default with the same limits
     lines = [
         "| configuration | req/s | keygate CPU µs/req | vs embedded | EVALSHA/req"
         " | Redis commands/req (scripts' own included) | Redis reads (round trips)/req"
@@ -274,7 +273,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         cpu = r["keygate_cpu_us_per_req"]
-        delta = f"{cpu - base:+.0f}" if cpu is not None and r is not rows[0] else ""
+        delta = f"{cpu - base:+.0f}" if cpu is not None and r is not rows[1] else ""
         cells = [
             r["configuration"] + (f" ({r['errors']} errors)" if r["errors"] else ""),
             f"{r['rps']:,.0f}",
