@@ -9,6 +9,7 @@ fresh one on the shared PostgreSQL server (a private one where the test stops it
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -179,6 +180,9 @@ def test_a_revoke_from_the_cli_is_refused_by_all_three_within_100_ms(nodes: Clus
         for c in clients:
             c.close()
     assert took < 0.1, f"the revoke took {took * 1000:.0f} ms to reach every instance"
+    # The audit entries the instances and the CLI processes wrote form one chain on PostgreSQL.
+    verified = nodes.nodes[2].cli("audit", "verify", "--json")
+    assert json.loads(verified.stdout)["ok"] is True
 
 
 def test_an_instance_killed_with_streams_in_flight_frees_its_slots_within_the_lease(
