@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from keygate.store import pg_schema
 from keygate.store.postgres import PostgresStore
 from keygate.testing import MockUpstream
 
 from .. import postgres as pg
-from ..helpers import UPSTREAM_SECRET, Gateway
+from ..helpers import SRC, UPSTREAM_SECRET, Gateway
 
 KEY = b"t" * 32  # the audit chain key of stores the tests open themselves
 
@@ -111,3 +114,27 @@ def test_urls_are_checked_and_never_take_a_literal_password(tmp_path: Path, mock
     assert bad.returncode == 2 and "no literal password" in bad.stderr and "hunter2" not in bad.stderr
     alone = gw.cli("migrate", "--from", "sqlite:///x.db", check=False)
     assert alone.returncode == 1 and "--from and --to go together" in alone.stderr
+
+
+def test_several_processes_migrating_one_fresh_database_at_once_take_turns(
+    tmp_path: Path, mock: MockUpstream, shared_secrets: dict[str, str]
+) -> None:
+    """Four `keygate migrate` processes started together on an empty database (as instances
+    starting at once do): the advisory lock makes them take turns, every one succeeds, and each
+    migration is applied once."""
+    with pg.database() as fresh:
+        gw = Gateway(tmp_path, mock.url, extra=pg.on_postgres(fresh), env=shared_secrets)
+        command = [sys.executable, "-m", "keygate", "--config", str(gw.config_path), "migrate"]
+        env = {**gw.env, "PYTHONPATH": SRC}
+        procs = [
+            subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        results = [(p.wait(60), p.stderr.read() if p.stderr else b"") for p in procs]
+        for p in procs:
+            for stream in (p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
+        assert [code for code, _ in results] == [0, 0, 0, 0], results
+        names = [r[0] for r in pg.execute(fresh, "SELECT name FROM schema_migrations")]
+        assert sorted(names) == sorted(n for n, _ in pg_schema.PG_MIGRATIONS)  # each once
