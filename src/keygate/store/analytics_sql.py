@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..types import AuditRecord
-from .sql import SqlConn
+from .sql import SqlConn, where
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS anomalies (
@@ -115,17 +115,9 @@ class AnalyticsMixin:
     def list_anomalies(
         self, key_id: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AnomalyRow]:
-        where: list[str] = ["1=1"]
-        args: list[Any] = []
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        args.append(limit)
-        sql = f"SELECT {_COLUMNS} FROM anomalies WHERE {' AND '.join(where)} ORDER BY ts DESC, id LIMIT ?"  # noqa: S608
-        return [_row(r) for r in self._conn().execute(sql, args).fetchall()]
+        clause, args = where(("key_id = ?", key_id), ("ts >= ?", since))
+        sql = f"SELECT {_COLUMNS} FROM anomalies WHERE {clause} ORDER BY ts DESC, id LIMIT ?"  # noqa: S608
+        return [_row(r) for r in self._conn().execute(sql, [*args, limit]).fetchall()]
 
     def get_anomaly(self, event_id: str) -> AnomalyRow | None:
         sql = f"SELECT {_COLUMNS} FROM anomalies WHERE id = ?"  # noqa: S608 (constant columns)

@@ -36,48 +36,31 @@ from .sql import SqlConn
 # row starts after the entries already stored (they predate the chain; ``chain_start`` says from
 # where it holds); SQLiteStore.migrate then chains those entries too when it has the key (the
 # pepper), and moves ``chain_start`` back to 1.
+_HEAD_DDL = """
+    CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        chain_start BIGINT NOT NULL
+    );
+    INSERT INTO audit_head (id, seq, hash, chain_start)
+        SELECT 1, COALESCE(MAX(id), 0),
+            '0000000000000000000000000000000000000000000000000000000000000000',
+            COALESCE(MAX(id), 0) + 1
+        FROM audit WHERE 1 = 1
+        ON CONFLICT (id) DO NOTHING;
+    CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
+    CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
+"""
+# The same but for the columns: SQLite has no ADD COLUMN IF NOT EXISTS.
 MIGRATION = (
     "0005_audit_chain",
-    """
-    ALTER TABLE audit ADD COLUMN prev TEXT;
-    ALTER TABLE audit ADD COLUMN hash TEXT;
-    CREATE TABLE IF NOT EXISTS audit_head (
-        id INTEGER PRIMARY KEY,
-        seq BIGINT NOT NULL,
-        hash TEXT NOT NULL,
-        chain_start BIGINT NOT NULL
-    );
-    INSERT INTO audit_head (id, seq, hash, chain_start)
-        SELECT 1, COALESCE(MAX(id), 0),
-            '0000000000000000000000000000000000000000000000000000000000000000',
-            COALESCE(MAX(id), 0) + 1
-        FROM audit WHERE 1 = 1
-        ON CONFLICT (id) DO NOTHING;
-    CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
-    CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
-    """,
+    "ALTER TABLE audit ADD COLUMN prev TEXT; ALTER TABLE audit ADD COLUMN hash TEXT;" + _HEAD_DDL,
 )
-
 PG_MIGRATION = (
     "0005_audit_chain",
-    """
-    ALTER TABLE audit ADD COLUMN IF NOT EXISTS prev TEXT;
-    ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT;
-    CREATE TABLE IF NOT EXISTS audit_head (
-        id INTEGER PRIMARY KEY,
-        seq BIGINT NOT NULL,
-        hash TEXT NOT NULL,
-        chain_start BIGINT NOT NULL
-    );
-    INSERT INTO audit_head (id, seq, hash, chain_start)
-        SELECT 1, COALESCE(MAX(id), 0),
-            '0000000000000000000000000000000000000000000000000000000000000000',
-            COALESCE(MAX(id), 0) + 1
-        FROM audit WHERE 1 = 1
-        ON CONFLICT (id) DO NOTHING;
-    CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
-    CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor)
-    """,
+    "ALTER TABLE audit ADD COLUMN IF NOT EXISTS prev TEXT;"
+    " ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT;" + _HEAD_DDL,
 )
 
 log = logging.getLogger("keygate.audit")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..types import AuditRecord
 from .base import ObjectChange, ObjectRow
-from .sql import SqlConn
+from .sql import SqlConn, where
 
 _DDL = """
     INSERT INTO meta (k, v) VALUES ('objects_rev', '0') ON CONFLICT (k) DO NOTHING;
@@ -109,17 +109,10 @@ class ObjectsMixin:
         self, key_id: str | None = None, kind: str | None = None, limit: int = 1000
     ) -> list[ObjectRow]:
         """Owned records (no tombstones), newest first."""
-        where, args = ["key_id IS NOT NULL"], []
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
+        clause, args = where(("key_id = ?", key_id), ("kind = ?", kind))
         sql = (
-            f"SELECT {_COLUMNS} FROM objects WHERE "  # noqa: S608 (constant fragments, bound values)
-            + " AND ".join(where)
-            + " ORDER BY created_at DESC, id LIMIT ?"
+            f"SELECT {_COLUMNS} FROM objects WHERE key_id IS NOT NULL AND {clause}"  # noqa: S608 (constant fragments, bound values)
+            " ORDER BY created_at DESC, id LIMIT ?"
         )
         return [_row(r) for r in self._conn().execute(sql, [*args, limit]).fetchall()]
 

@@ -26,3 +26,12 @@ class Rows(Protocol):
 class SqlConn(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Rows: ...
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Rows: ...
+
+
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause of the ``(fragment, value)`` conditions whose value is not None (each
+    fragment a constant holding one ``?``), and their values in order; ``1=1`` when none apply.
+    Only constant fragments are joined: every value is a bound parameter."""
+    given = [(fragment, value) for fragment, value in conditions if value is not None]
+    clause = " AND ".join(fragment for fragment, _ in given) or "1=1"
+    return clause, [value for _, value in given]

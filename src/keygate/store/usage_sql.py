@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..types import UsageRow
 from .base import UsageSummary
-from .sql import SqlConn
+from .sql import SqlConn, where
 
 # Added after 0001_core: whether a row's token counts are the request's reservation (no usage
 # was reported). Rows written before it are reported counts (0). An ALTER TABLE ADD COLUMN with a
@@ -90,21 +90,11 @@ class UsageMixin:
         )
 
     def usage_summary(self, key_id: str | None = None, since: float | None = None) -> list[UsageSummary]:
-        where: list[str] = ["1=1"]
-        args: list[Any] = []
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        # Only constant fragments are joined; every value is a bound parameter.
+        clause, args = where(("key_id = ?", key_id), ("ts >= ?", since))
         sql = (
             "SELECT key_id, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(prompt_tokens),"  # noqa: S608
             " SUM(completion_tokens),"
-            " MIN(ts), MAX(ts), SUM(estimated) FROM usage WHERE "
-            + " AND ".join(where)
-            + " GROUP BY key_id ORDER BY key_id"
+            f" MIN(ts), MAX(ts), SUM(estimated) FROM usage WHERE {clause} GROUP BY key_id ORDER BY key_id"
         )
         rows = self._conn().execute(sql, args).fetchall()
         return [
