@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from ..audit_chain import chain_key
-from ..config import parse_database_url, without_password
+from ..dburls import parse_database_url, without_password
 from ..errors import ConfigError, InvalidRequest
 from ..ops import migrate as ops
 from ..store import open_url

@@ -9,14 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..audit_chain import chain_key
 from ..audit_export import AuditExporter
-from ..config import (
-    Settings,
-    database_password,
-    is_networked,
-    parse_database_url,
-    sqlite_path,
-    without_password,
-)
+from ..config import Settings
+from ..dburls import database_password, is_networked, parse_database_url, sqlite_path, without_password
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
