@@ -5,7 +5,7 @@ request and a canned in-memory upstream, and reports CPU microseconds per reques
 process (event loop plus the recorder thread). Network, HTTP parsing and the upstream client are
 not included: run.py measures those end to end. Useful to see what a guard costs:
 
-    python benchmarks/hotpath.py [--requests 50000] [--config-extra FILE]
+    python benchmarks/hotpath.py [--requests 50000] [--config-extra FILE] [--concurrency N]
 """
 
 from __future__ import annotations
@@ -101,7 +101,21 @@ class Upstream:
         pass
 
 
-async def run(n: int, extra: dict[str, Any]) -> None:
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process so far, by thread name."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        name = names.get(int(task.name), f"thread {task.name}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def run(n: int, extra: dict[str, Any], concurrency: int = 1) -> None:
     from keygate import keys as keyfmt
     from keygate.config import ensure_pepper, load_settings
     from keygate.server import build
@@ -136,11 +150,16 @@ async def run(n: int, extra: dict[str, Any]) -> None:
         if metrics is not None:
             await metrics.flush()
         assert proto.status == 200, proto.status
+        async def client(count: int) -> None:
+            for i in range(count):
+                await app(scope, proto)
+                if i % 2000 == 0:
+                    await asyncio.sleep(0)  # let the recorder run as it would between requests
+
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        for i in range(n):
-            await app(scope, proto)
-            if i % 2000 == 0:
-                await asyncio.sleep(0)  # let the recorder run as it would between requests
+        threads0 = thread_cpu()
+        await asyncio.gather(*(client(n // concurrency) for _ in range(concurrency)))
+        n = n // concurrency * concurrency
         await parts.recorder.flush()
         if metrics is not None:
             await metrics.flush()  # every request counted (its writer thread's CPU included)
@@ -150,19 +169,25 @@ async def run(n: int, extra: dict[str, Any]) -> None:
         if metrics is not None:
             await metrics.close()
         parts.store.close()
+        threads = thread_cpu()
     per_cpu, per_wall = cpu / n * 1e6, wall / n * 1e6
     print(f"{n} requests: {per_cpu:.1f} µs CPU per request ({per_wall:.1f} µs wall), status {proto.status}")
+    spent = {name: cpu - threads0.get(name, 0.0) for name, cpu in threads.items()}
+    print("  by thread: " + ", ".join(f"{name} {t / n * 1e6:.1f}" for name, t in spent.items() if t / n > 5e-8))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=50_000)
     ap.add_argument("--config-extra", type=Path, help="YAML merged into the generated config")
+    ap.add_argument(
+        "--concurrency", type=int, default=1, help="requests in flight at once (for counters on a server)"
+    )
     args = ap.parse_args()
     extra = yaml.safe_load(args.config_extra.read_text()) if args.config_extra else {}
     import uvloop
 
-    uvloop.run(run(args.requests, extra or {}))
+    uvloop.run(run(args.requests, extra or {}, args.concurrency))
 
 
 if __name__ == "__main__":

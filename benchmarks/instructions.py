@@ -18,6 +18,7 @@ Needs nginx, wrk and valgrind (``benchmarks/setup.sh`` installs them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import subprocess
@@ -26,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import wrk
-from harness.keygate_proc import Keygate, default_command, load_extra_config
+from harness.keygate_proc import Keygate, default_command
 from harness.mock_upstream import start_mock_upstream
-from harness.procs import HarnessError, ManagedProcess, free_port, run_in_temp_dir
+from harness.procs import HarnessError, ManagedProcess, free_port, private_redis, run_in_temp_dir
 from harness.scenarios import Scenario, check_one_request
 from harness.tools import SETUP_SCRIPT, ensure_tools
-from limits import CONFIGS
+from limits import configs
 
 _TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--short", type=int, default=10, help="seconds of load in the short run (10)")
     parser.add_argument("--long", type=int, default=40, help="seconds of load in the long run (40)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="WORD", help="only the configs whose name holds one of these words"
+    )
+    parser.add_argument("--no-redis", action="store_true", help="leave out the config on Redis counters")
     return parser.parse_args(argv)
 
 
@@ -100,10 +105,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     valgrind = find_valgrind()
     command, env = default_command()
     per_request: dict[str, float] = {}
-    with start_mock_upstream(tools.nginx, tmp) as upstream:
+    with start_mock_upstream(tools.nginx, tmp) as upstream, contextlib.ExitStack() as stack:
+        redis_port = None if args.no_redis else stack.enter_context(private_redis(tmp))
+        chosen = configs(redis_port)
+        if args.only:
+            chosen = {n: c for n, c in chosen.items() if n == "no limits" or any(w in n for w in args.only)}
         load: Load | None = None
-        for index, (name, extra_file) in enumerate(CONFIGS.items()):
-            extra = load_extra_config(extra_file)
+        for index, (name, config) in enumerate(chosen.items()):
+            extra = dict(config)
             extra["admin_listen"] = f"127.0.0.1:{free_port()}"
             # Usage rows and spend are written at shutdown only: under callgrind a run serves ~50
             # times fewer requests per second, so a write every 0.5 s would weigh ~50 times more

@@ -24,7 +24,6 @@ import argparse
 import base64
 import os
 import secrets
-import shutil
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ import yaml
 from harness import wrk
 from harness.keygate_proc import Keygate, default_command
 from harness.mock_upstream import start_mock_upstream
-from harness.procs import HarnessError, ManagedProcess, free_port, run_in_temp_dir
+from harness.procs import private_redis, run_in_temp_dir
 from harness.procstats import CpuMeter
 from harness.scenarios import Scenario, check_one_request
 from harness.tools import ensure_tools
@@ -58,24 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- dependencies --------------------------------------------------------------------------------
-
-
-@contextmanager
-def private_redis(tmp: Path) -> Iterator[int]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise HarnessError("redis-server is not installed")
-    port = free_port()
-    process = ManagedProcess(
-        "redis",
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        tmp / "redis.log",
-    )
-    try:
-        process.wait_for_port(port, timeout=10.0)
-        yield port
-    finally:
-        process.stop()
 
 
 def redis_info(port: int) -> dict[str, float]:

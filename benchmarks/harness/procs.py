@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -134,3 +134,22 @@ class ManagedProcess:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+@contextlib.contextmanager
+def private_redis(tmp: Path) -> Iterator[int]:
+    """A ``redis-server`` of the run's own on a free port (keeps nothing on disk); its port."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise HarnessError("redis-server is not installed")
+    port = free_port()
+    process = ManagedProcess(
+        "redis",
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        tmp / f"redis-{port}.log",
+    )
+    try:
+        process.wait_for_port(port, timeout=10.0)
+        yield port
+    finally:
+        process.stop()
