@@ -278,3 +278,29 @@ def test_a_hung_redis_fails_a_call_within_the_timeout_and_recovers(tmp_path: Pat
                 await c.close()
 
         run(body)
+
+
+def test_an_update_whose_reply_never_came_is_sent_again_when_redis_answers(tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis") as server:
+
+        async def body() -> None:
+            c = await started("kg:", server.url, timeout=0.3)
+            try:
+                taken = await c.admit(Ask(gates=[("k:conc", 1)]), 0.0)
+                assert isinstance(taken, Admitted)
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGSTOP)  # alive, connected, silent
+                try:
+                    c.release(Done(taken.lease, ["k:conc"]))  # written at once; no reply comes
+                    await asyncio.sleep(0.6)  # past the timeout: the connection is dropped
+                    assert not c._updates.idle  # queued again (or out again, on a new connection)
+                finally:
+                    server.proc.send_signal(signal.SIGCONT)
+                await until(c.ready)
+                await asyncio.wait_for(c.drain(), 5.0)
+                assert server.client().zcard("kg:c:k:conc") == 0  # the slot was given back
+                assert isinstance(await c.admit(Ask(gates=[("k:conc", 1)]), 0.0), Admitted)
+            finally:
+                await c.close()
+
+        run(body)

@@ -1,10 +1,12 @@
 """Counters in Redis, shared by every gateway instance: exact limits and budgets across all of them.
 
-Every decision is one Lua script (``scripts.py``), loaded once and called by EVALSHA (loaded again
-when Redis answers NOSCRIPT, after a restart), on Redis's clock. :meth:`RedisCounters.admit`
+Every decision is one Lua script (``scripts.py``), called by EVALSHA on Redis's clock (sent the
+scripts and called once more when Redis answers NOSCRIPT, after a restart). :meth:`RedisCounters.admit`
 decides all of a request's gates, rates and budget holds in one round trip; what finished requests
-give back (:meth:`RedisCounters.release`, and failed authentications) is queued and sent by one
-background task, in order, as a pipeline: one round trip for everything queued at that moment.
+give back (:meth:`RedisCounters.release`, and failed authentications) is sent at once and never
+waited for (``updates.py``). Calls are packed once per shape and finished per request
+(``commands.py``), and written on one pipelined connection (``resp.py``), so a request costs its
+gateway little more than the two commands it sends.
 
 Concurrency slots and budget holds are leases: they expire ``lease`` seconds after they were taken
 or last renewed, and a background task renews the leases of this instance's requests in flight
@@ -13,8 +15,8 @@ slots, and has its holds charged, within ``lease`` seconds.
 
 When the server cannot be reached (or does not answer within ``timeout``), deciding calls raise
 :class:`~keygate.counters.base.CountersUnavailable` and the guards answer 503 (or admit, with
-``on_counter_failure: open``); queued releases wait and are sent when it is back. The client
-reconnects by itself on the next call.
+``on_counter_failure: open``); updates wait and are sent when it is back. The client reconnects by
+itself on the next call.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,25 +36,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ..types import Secret
-from . import scripts
 from .base import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Refused, Settled
+from .commands import LOAD, Shapes, admit_args, packed, release_args
 from .lockouts import LocalLockouts
 from .redis_calls import CallByCall
-from .resp import ReplyError, RespClient, RespConnectionError
+from .resp import ReplyError, RespClient, RespConnectionError, RespTimeout
+from .updates import Updates
 
 log = logging.getLogger("keygate.counters")
-
-MAX_QUEUED = 100_000  # releases and failures waiting for Redis; past this the oldest are dropped
-_SCRIPTS = {
-    "admit": scripts.ADMIT,
-    "release": scripts.RELEASE,
-    "renew": scripts.RENEW,
-    "state": scripts.STATE,
-    "rebuild": scripts.REBUILD,
-    "fail": scripts.FAIL,
-    "locks": scripts.LOCKS,
-}
-_Op = tuple[str, list[str], list[Any], Callable[[Any], None] | None]
 
 
 class _Loud:
@@ -109,23 +99,20 @@ class RedisCounters(CallByCall):
         )
         self._redis = aioredis.Redis(connection_pool=pool)  # for pub/sub only (not per request)
         self._resp = RespClient(url, password.reveal() if password is not None else None, timeout)
-        self._shas: dict[str, str] = {}
+        self._shapes = Shapes(prefix, self._lease_ms)
         self._instance = secrets.token_hex(6)
         self._seq = 0
-        self._queue: deque[_Op] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._loud = _Loud()
+        self._updates = Updates(self._resp, self._load_scripts, self._loud.warn)
         self._active: dict[str, list[tuple[str, str, bool]]] = {}  # lease -> (key, member, is gate)
         self._mine: dict[str, list[str]] = {}  # gate or budget -> leases / holds taken by take/reserve
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuilding = asyncio.Lock()
         self.lockouts = LocalLockouts()  # the locks every instance announced, and a fallback count
-        self._loud = _Loud()
         self._channel = prefix + "locks"
         self._marker = prefix + "loaded"
         self._closing = False
-        self.round_trips = 0  # EVALSHAs and pipelines sent (for measuring; never reset)
+        self.round_trips = 0  # deciding calls made (for measuring; never reset)
 
     # -- the connection and the scripts --------------------------------------------------------
 
@@ -133,7 +120,7 @@ class RedisCounters(CallByCall):
         """Start the background work; Redis need not be up yet (it is retried)."""
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._flusher(), name="keygate-counters-flush"),
+            loop.create_task(self._updates.run(), name="keygate-counters-flush"),
             loop.create_task(self._renewer(), name="keygate-counters-renew"),
             loop.create_task(self._watch_locks(), name="keygate-counters-locks"),
         ]
@@ -153,12 +140,8 @@ class RedisCounters(CallByCall):
         await self._redis.aclose()
 
     async def drain(self) -> None:
-        """Wait until every queued release and failure was sent."""
-        while self._queue or not self._idle.is_set():
-            self._wake.set()
-            await self._idle.wait()
-            if self._queue:
-                await asyncio.sleep(0.01)
+        """Wait until every release and failure was sent and answered."""
+        await self._updates.drain()
 
     async def ready(self) -> bool:
         """Redis answers a PING now (the readiness check)."""
@@ -167,27 +150,42 @@ class RedisCounters(CallByCall):
         except (RespConnectionError, ReplyError):
             return False
 
-    async def _sha(self, name: str) -> str:
-        sha = self._shas.get(name)
-        if sha is None:
-            sha = self._shas[name] = str(await self._resp.call("SCRIPT", "LOAD", _SCRIPTS[name]))
-        return sha
+    async def _load_scripts(self) -> None:
+        """Send Redis every script (it lost them: it restarted, or was never sent them)."""
+        for reply in await self._resp.pipeline(LOAD):
+            if isinstance(reply, ReplyError):
+                raise reply
 
-    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One script, one round trip (two after Redis lost its script cache)."""
+    async def _run(self, data: bytes) -> Any:
+        """One packed script call's reply: one round trip (two after Redis lost its scripts)."""
         self.round_trips += 1
+        resp = self._resp
         try:
-            for _ in range(2):
-                sha = await self._sha(name)
-                reply = (await self._resp.pipeline([("EVALSHA", sha, len(keys), *keys, *args)]))[0]
-                if not isinstance(reply, ReplyError):
-                    return reply
-                if not str(reply).startswith("NOSCRIPT"):
-                    raise CountersUnavailable(f"redis: script {name} failed: {reply}")
-                self._shas.clear()
-            raise CountersUnavailable("redis: scripts cannot be loaded")
+            proto = resp.connected()
+            if proto is None:
+                reply = await resp.request(data)
+            else:
+                fut: asyncio.Future[Any] = proto.loop.create_future()
+                proto.send(data, fut)
+                try:
+                    reply = await fut
+                except RespTimeout:
+                    raise
+                except RespConnectionError:
+                    # The connection was found dead (Redis restarted): once more on a new one.
+                    reply = await resp.request(data)
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                await self._load_scripts()
+                reply = await resp.request(data)
         except (RespConnectionError, ReplyError) as exc:
             raise CountersUnavailable(f"redis: {exc}") from None
+        if isinstance(reply, ReplyError):
+            raise CountersUnavailable(f"redis: script failed: {reply}")
+        return reply
+
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """A script called rarely (not once per request), packed whole."""
+        return await self._run(packed(name, keys, args))
 
     def _lease(self) -> str:
         self._seq += 1
@@ -199,23 +197,11 @@ class RedisCounters(CallByCall):
         p = self._prefix
         lease = self._lease()
         rates, gates, budgets = ask.rates, ask.gates, ask.budgets
-        keys = [p + "r:" + r.name for r in rates]
-        keys += [p + "c:" + name for name, _ in gates]
-        for name in budgets:
-            keys += (p + "b:" + name, p + "bh:" + name)
-        if budgets:
-            keys.append(self._marker)
-        args: list[Any] = [lease, self._lease_ms, len(rates), len(gates), len(budgets)]
-        args += (ask.output, ask.need, ask.step)
-        for rate, cost in zip(rates, ask.costs, strict=True):
-            args += (rate.limit, repr(float(rate.period)), repr(float(cost)))
-        args += [cap for _, cap in gates]
-        for i in range(len(budgets)):
-            args += (repr(float(ask.budget_limits[i])), repr(float(ask.base[i])), repr(float(ask.unit[i])))
-        got = await self._call("admit", keys, args)
+        data = self._shapes.admit(ask).pack(admit_args(ask, lease))
+        got = await self._run(data)
         if got[0] == "noload":
             await self._rebuild()
-            got = await self._call("admit", keys, args)
+            got = await self._run(data)
         kind = got[0]
         if kind == "ok":
             afters = [now + float(x) for x in got[3 : 3 + len(rates)]]
@@ -258,89 +244,13 @@ class RedisCounters(CallByCall):
     def release(self, done: Done, settled: Settled | None = None) -> None:
         if done.lease is not None:
             self._active.pop(done.lease, None)
-        p = self._prefix
-        keys = [p + "c:" + g for g in done.gates] + [p + "r:" + r.name for r in done.rates]
-        for name in done.budgets:
-            keys += (p + "b:" + name, p + "bh:" + name)
-        args: list[Any] = [done.lease or "", len(done.gates), len(done.rates), len(done.budgets)]
-        args.append(repr(float(done.delta)))
-        for rate in done.rates:
-            args += (rate.limit, repr(float(rate.period)))
-        for i in range(len(done.budgets)):
-            args += (done.holds[i] if i < len(done.holds) else "", repr(float(done.spent[i])))
         then = None
         if settled is not None:
 
             def then(got: Any) -> None:
                 settled([(float(got[i]), float(got[i + 1])) for i in range(0, len(got), 2)])
 
-        self._enqueue(("release", keys, args, then))
-
-    def _enqueue(self, op: _Op) -> None:
-        if len(self._queue) >= MAX_QUEUED:
-            self._queue.popleft()
-            self._loud.warn("counter updates dropped: Redis has been unreachable too long")
-        self._queue.append(op)
-        self._wake.set()
-
-    async def _flusher(self) -> None:
-        """Send what is queued, in order, one pipeline at a time; keep it while Redis is away."""
-        backoff = 0.05
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                self._idle.clear()
-                batch = list(self._queue)
-                try:
-                    results = await self._send(batch)
-                except (RespConnectionError, OSError) as exc:
-                    self._loud.warn("redis unreachable: counter updates queued", error=type(exc).__name__)
-                    self._idle.set()
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                except ReplyError:  # not the connection: an answer that will not change
-                    log.exception("counter updates refused by redis; dropped")
-                    results = [None] * len(batch)
-                backoff = 0.05
-                for _ in batch:
-                    self._queue.popleft()
-                for (name, _, _, then), got in zip(batch, results, strict=True):
-                    if isinstance(got, Exception):
-                        log.error("counter update failed", extra={"script": name, "error": str(got)})
-                    elif then is not None and got is not None:
-                        try:
-                            then(got)
-                        except Exception:
-                            log.exception("counter update callback failed")
-            self._idle.set()
-
-    async def _send(self, batch: list[_Op]) -> list[Any]:
-        """One pipeline of EVALSHAs; after Redis lost its script cache, the refused ones (which
-        changed nothing) are sent once more with the scripts loaded again."""
-        results: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for _ in range(2):
-            for name, _, _, _ in batch:
-                await self._sha(name)
-            commands = []
-            for i in todo:
-                name, keys, args, _ = batch[i]
-                commands.append(("EVALSHA", self._shas[name], len(keys), *keys, *args))
-            self.round_trips += 1
-            got = await self._resp.pipeline(commands)
-            for i, r in zip(todo, got, strict=True):
-                results[i] = r
-            todo = [
-                i
-                for i, r in zip(todo, got, strict=True)
-                if isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT")
-            ]
-            if not todo:
-                break
-            self._shas.clear()
-        return results
+        self._updates.send("release", self._shapes.release(done).pack(release_args(done)), then)
 
     async def _renewer(self) -> None:
         """Every ``lease / 3`` seconds, extend the leases of this instance's requests in flight."""
@@ -379,7 +289,7 @@ class RedisCounters(CallByCall):
                 if on_locked is not None:
                     on_locked(name)
 
-        self._enqueue(("fail", [p + "lf:" + name, p + "lk"], args, then))
+        self._updates.send("fail", packed("fail", [p + "lf:" + name, p + "lk"], args), then)
         return False
 
     def locked(self, name: str) -> float:

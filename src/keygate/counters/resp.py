@@ -2,12 +2,15 @@
 
 Measured on this project's 2-core machine, redis-py's asyncio client cost 145-180 us of process
 CPU per EVALSHA (command packing in Python, a pooled connection per command, a timeout task per
-read), more than the whole rest of a request. This client keeps one connection per gateway,
+read), more than the whole rest of a request. This client keeps one connection per gateway and
 writes every command as soon as it is made (concurrent requests share the connection: their
-commands go out back to back and their replies come back in the same order), packs with
-``hiredis.pack_command`` and parses with ``hiredis.Reader`` (both C), and arms one timer per
-call. It speaks only what the counters need: AUTH and SELECT on connecting, TLS for
-``rediss://``, commands and their replies; pub/sub stays with redis-py (not on the request path).
+commands go out back to back, in one write per event-loop turn, and their replies come back in the
+same order). It parses with ``hiredis.Reader`` (C); the counters pack their own commands
+(``commands.py``), and a call on a live connection is one :meth:`_Protocol.send` and one future,
+with no coroutine in between and no timer of its own: one watchdog per connection fails every
+waiting call when Redis has answered nothing for ``timeout`` seconds (checked every quarter of it).
+It speaks only what the counters need: AUTH and SELECT on connecting, TLS for ``rediss://``,
+commands and their replies; pub/sub stays with redis-py (not on the request path).
 
 A call that fails because the connection is gone (Redis restarted, the network broke) is sent
 once more on a new connection; one that times out closes the connection (the replies would no
@@ -20,7 +23,7 @@ import asyncio
 import collections
 import ssl
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -39,20 +42,38 @@ class RespTimeout(RespConnectionError):
 RETRY_CONNECT = 0.5  # seconds after a failed connect during which calls fail at once
 
 
+class Waiter(Protocol):
+    """What waits for one reply: an asyncio future, or an object that takes the reply itself."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.waiting: collections.deque[Waiter] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.out: list[bytes] = []  # commands of this event-loop turn, written together at its end
         self.writes = 0  # (for measuring: writes made, each answered by the replies it asked for)
+        self.timeout = timeout
+        self.progress = 0.0  # loop time of the last reply (or of a call made when none waited)
+        self._watch: asyncio.TimerHandle | None = None
 
-    def write_soon(self, data: bytes) -> None:
-        """Queue ``data``; everything queued in this turn of the event loop goes out in one write
-        (so concurrent requests' commands share a system call, and their replies a read)."""
+    def send(self, data: bytes, waiter: Waiter) -> None:
+        """Send ``data`` (one packed command) and have ``waiter`` take its reply. Everything sent in
+        one turn of the event loop goes out in one write at its end (so concurrent requests'
+        commands share a system call, and their replies a read)."""
+        if not self.waiting:
+            self.progress = self.loop.time()
+        self.waiting.append(waiter)
         if not self.out:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.out.append(data)
 
     def flush(self) -> None:
@@ -64,28 +85,51 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's TCPTransport is one without subclassing asyncio.Transport).
         self.transport = cast(asyncio.Transport, transport)
+        self._watch = self.loop.call_later(self.timeout / 4, self._check)
+
+    def _check(self) -> None:
+        """A quarter of the timeout after the last check: has Redis left calls unanswered for longer
+        than the timeout? (One timer for the connection, not one per call.)"""
+        if self.closed:
+            return
+        if self.waiting and self.loop.time() - self.progress > self.timeout:
+            self.fail(RespTimeout("redis did not answer in time"))
+            return
+        self._watch = self.loop.call_later(self.timeout / 4, self._check)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         waiting = self.waiting
+        answered = False
         while (reply := self.reader.gets()) is not False:
             if not waiting:
                 break  # (a reply nobody waits for: the connection is being dropped)
-            fut = waiting.popleft()
-            if not fut.done():
-                fut.set_result(reply)
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+            answered = True
+        if answered:
+            self.progress = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        while self.waiting:
-            fut = self.waiting.popleft()
-            if not fut.done():
-                fut.set_exception(RespConnectionError("redis connection lost"))
+        self.fail(RespConnectionError("redis connection lost"))
 
-    def close(self) -> None:
+    def fail(self, error: RespConnectionError) -> None:
+        """Every call still waiting fails with ``error``, and the connection is dropped: once one
+        reply is missing, the ones after it would answer the wrong calls."""
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
         if self.transport is not None:
             self.transport.close()
+
+    def close(self) -> None:
+        self.fail(RespConnectionError("redis connection closed"))
 
 
 class RespClient:
@@ -103,7 +147,7 @@ class RespClient:
         self._connecting: asyncio.Lock | None = None
         self._down_until = 0.0  # (loop time) a connect failed: fail at once until then
 
-    async def _connection(self) -> _Protocol:
+    async def connection(self) -> _Protocol:
         proto = self._proto
         if proto is not None and not proto.closed:
             return proto
@@ -121,7 +165,11 @@ class RespClient:
             try:
                 _, made = await asyncio.wait_for(
                     loop.create_connection(
-                        _Protocol, self._host, self._port, ssl=self._ssl, server_hostname=hostname
+                        lambda: _Protocol(self._timeout),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=hostname,
                     ),
                     self._timeout,
                 )
@@ -143,28 +191,41 @@ class RespClient:
             return made
 
     async def _send(self, proto: _Protocol, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in commands]
-        proto.waiting.extend(futs)
-        proto.write_soon(b"".join([hiredis.pack_command(c) for c in commands]))
-        last = futs[-1]
-        timer = loop.call_later(self._timeout, _expire, proto, last)
+        futs = [proto.loop.create_future() for _ in commands]
+        for command, fut in zip(commands, futs, strict=True):
+            proto.send(hiredis.pack_command(command), fut)
         try:
-            await last  # replies arrive in order: once the last is in, all are
-        finally:
-            timer.cancel()
+            await futs[-1]  # replies arrive in order: once the last is in, all are
+        except BaseException:
+            for fut in futs:  # (all failed together: their errors are this one)
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+            raise
         return [f.result() for f in futs]
 
     async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Each command's reply, in order; an error reply is a :data:`ReplyError` in the list."""
         try:
-            return await self._send(await self._connection(), commands)
+            return await self._send(await self.connection(), commands)
         except RespTimeout:
             raise
         except RespConnectionError:
             # A connection found dead (Redis restarted): once more on a new one. (A connection that
             # broke after Redis ran the commands runs them twice: docs/redis.md.)
-            return await self._send(await self._connection(), commands)
+            return await self._send(await self.connection(), commands)
+
+    def connected(self) -> _Protocol | None:
+        """The connection, when it is up: :meth:`_Protocol.send` on it sends at once, no coroutine
+        in between (the hot path's one call per request); else None (use :meth:`request`)."""
+        proto = self._proto
+        return proto if proto is not None and not proto.closed else None
+
+    async def request(self, data: bytes) -> Any:
+        """One packed command's reply (an error reply is returned), connecting first if need be."""
+        proto = await self.connection()
+        fut: asyncio.Future[Any] = proto.loop.create_future()
+        proto.send(data, fut)
+        return await fut
 
     async def call(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised."""
@@ -182,14 +243,3 @@ class RespClient:
         if self._proto is not None:
             self._proto.close()
             self._proto = None
-
-
-def _expire(proto: _Protocol, fut: asyncio.Future[Any]) -> None:
-    """No answer in time: the replies still due would answer the wrong calls, so drop the line."""
-    if fut.done():
-        return
-    while proto.waiting:
-        waiting = proto.waiting.popleft()
-        if not waiting.done():
-            waiting.set_exception(RespTimeout("redis did not answer in time"))
-    proto.close()

@@ -59,14 +59,16 @@ ADMIT = (
     _COMMON
     + r"""
 -- KEYS: rates (nr), gates (ng), then per budget its hash and holds (2 * nb), then the marker.
--- ARGV: lease, lease_ms, nr, ng, nb, output, need, step,
---       per rate: limit, period, cost; per gate: cap; per budget: limit, base, unit.
-local lease, lease_ms = ARGV[1], tonumber(ARGV[2])
-local nr, ng, nb = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local output, need, step = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+-- ARGV, first what is the same on every request of a key (commands.py packs it once):
+--   nr, ng, nb, lease_ms, per rate: limit, period; per gate: cap; per budget: limit;
+-- then what changes: lease, output, need, step, per rate: cost; per budget: base, unit.
+local nr, ng, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[4])
+local v = 5 + 2 * nr + ng + nb
+local lease = ARGV[v]
+local output, need, step = tonumber(ARGV[v + 1]), tonumber(ARGV[v + 2]), tonumber(ARGV[v + 3])
 local now = clock()
 local now_ms = math.floor((now + EPOCH) * 1000)
-local a = 9
 if nb > 0 and redis.call('EXISTS', KEYS[nr + ng + 2 * nb + 1]) == 0 then
   return {'noload'}
 end
@@ -74,15 +76,15 @@ end
 for i = 1, ng do
   local key = KEYS[nr + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[a + 3 * nr + i - 1]) then
+  if redis.call('ZCARD', key) >= tonumber(ARGV[4 + 2 * nr + i]) then
     return {'gate', tostring(i)}
   end
 end
 -- Every rate checked before any is written: a refusal changes nothing.
 local afters = {}
 for i = 1, nr do
-  local limit, period, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
+  local limit, period = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  local cost = tonumber(ARGV[v + 3 + i])
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then tat = now end
   local after = tat + cost * period / limit
@@ -91,7 +93,7 @@ for i = 1, nr do
     if cost > limit then wait = period end
     local out = {'rate', tostring(i), num(wait)}
     for j = 1, nr do
-      local lj, pj = tonumber(ARGV[9 + 3 * (j - 1)]), tonumber(ARGV[10 + 3 * (j - 1)])
+      local lj, pj = tonumber(ARGV[3 + 2 * j]), tonumber(ARGV[4 + 2 * j])
       local old = tonumber(redis.call('GET', KEYS[j])) or now
       if old < now then old = now end
       local used = (old - now) / (pj / lj)
@@ -104,13 +106,12 @@ for i = 1, nr do
   end
   afters[i] = after
 end
-a = a + ng
 -- Budgets: the most output every budget affords, up to the output asked for.
 local states = {}
 local afford = output
 for i = 1, nb do
-  local limit, base, unit = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
+  local limit = tonumber(ARGV[4 + 2 * nr + ng + i])
+  local base, unit = tonumber(ARGV[v + 2 + nr + 2 * i]), tonumber(ARGV[v + 3 + nr + 2 * i])
   local s, h = holds(KEYS[nr + ng + 2 * i - 1], KEYS[nr + ng + 2 * i], now_ms)
   local room_total = limit - s - h - base
   local room
@@ -151,28 +152,26 @@ RELEASE = (
     _COMMON
     + r"""
 -- KEYS: gates (ng), token rates (nr), per budget its hash and holds (2 * nb).
--- ARGV: lease, ng, nr, nb, delta, per rate: limit, period; per budget: hold member ('' for none), spent.
-local lease = ARGV[1]
-local ng, nr, nb = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local delta = tonumber(ARGV[5])
+-- ARGV: ng, nr, nb, per rate: limit, period (the same on every request of a key); then lease,
+-- delta, per budget: hold member ('' for none), spent.
+local ng, nr, nb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local v = 4 + 2 * nr
+local lease, delta = ARGV[v], tonumber(ARGV[v + 1])
 local now = clock()
 local now_ms = math.floor((now + EPOCH) * 1000)
 for i = 1, ng do redis.call('ZREM', KEYS[i], lease) end
-local a = 6
 if delta ~= 0 then
   for i = 1, nr do
     local key = KEYS[ng + i]
-    local limit, period = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local limit, period = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
     local tat = tonumber(redis.call('GET', key)) or now
     if tat < now then tat = now end
     tat = tat + delta * period / limit
     if tat <= now then redis.call('DEL', key)
     else redis.call('SET', key, num(tat), 'PX', math.ceil((tat - now) * 1000) + 1000) end
-    a = a + 2
   end
-else
-  a = a + 2 * nr
 end
+local a = v + 2
 local out = {}
 for i = 1, nb do
   local bkey, hkey = KEYS[ng + nr + 2 * i - 1], KEYS[ng + nr + 2 * i]
