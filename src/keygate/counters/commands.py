@@ -51,11 +51,22 @@ def _bulk(value: str) -> bytes:
 
 
 class Shaped:
-    """One script call's constant part, packed: ``pack(changing)`` is the whole command."""
+    """One script call's constant part, packed: ``pack(changing)`` is the whole command. An admit's
+    shape also names the keys its leases live in: its gates' (``leased``) and its budgets' holds
+    (``held``), for renewing them."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_head", "held", "leased")
 
-    def __init__(self, script: str, keys: Sequence[str], constants: Sequence[str], changing: int) -> None:
+    def __init__(
+        self,
+        script: str,
+        keys: Sequence[str],
+        constants: Sequence[str],
+        changing: int,
+        leased: Sequence[str] = (),
+        held: Sequence[str] = (),
+    ) -> None:
+        self.leased, self.held = tuple(leased), tuple(held)
         count = 3 + len(keys) + len(constants) + changing
         parts = [b"*%d\r\n" % count, _bulk("EVALSHA"), _bulk(SHAS[script]), _bulk(str(len(keys)))]
         parts += [_bulk(k) for k in keys]
@@ -100,7 +111,9 @@ class Shapes:
             constants += (str(rate.limit), num(rate.period))
         constants += [str(cap) for _, cap in ask.gates]
         constants += [num(limit) for limit in ask.budget_limits]
-        return Shaped("admit", keys, constants, 4 + len(ask.rates) + 2 * len(ask.budgets))
+        leased = [p + "c:" + name for name, _ in ask.gates]
+        held = [p + "bh:" + name for name in ask.budgets]
+        return Shaped("admit", keys, constants, 4 + len(ask.rates) + 2 * len(ask.budgets), leased, held)
 
     def release(self, done: Done) -> Shaped:
         key = ("release", tuple(done.gates), tuple(done.rates), tuple(done.budgets))

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from ..types import Secret
 from .base import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Refused, Settled
-from .commands import LOAD, Shapes, admit_args, packed, release_args
+from .commands import LOAD, Shaped, Shapes, admit_args, packed, release_args
 from .lockouts import LocalLockouts
 from .redis_calls import CallByCall
 from .resp import ReplyError, RespClient, RespConnectionError, RespTimeout
@@ -104,7 +104,7 @@ class RedisCounters(CallByCall):
         self._seq = 0
         self._loud = _Loud()
         self._updates = Updates(self._resp, self._load_scripts, self._loud.warn)
-        self._active: dict[str, list[tuple[str, str, bool]]] = {}  # lease -> (key, member, is gate)
+        self._active: dict[str, tuple[Shaped, list[str]]] = {}  # lease -> its shape, its holds
         self._mine: dict[str, list[str]] = {}  # gate or budget -> leases / holds taken by take/reserve
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuilding = asyncio.Lock()
@@ -194,10 +194,10 @@ class RedisCounters(CallByCall):
     # -- deciding: one round trip ---------------------------------------------------------------
 
     async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
-        p = self._prefix
         lease = self._lease()
-        rates, gates, budgets = ask.rates, ask.gates, ask.budgets
-        data = self._shapes.admit(ask).pack(admit_args(ask, lease))
+        rates, gates = ask.rates, ask.gates
+        shaped = self._shapes.admit(ask)
+        data = shaped.pack(admit_args(ask, lease))
         got = await self._run(data)
         if got[0] == "noload":
             await self._rebuild()
@@ -206,10 +206,8 @@ class RedisCounters(CallByCall):
         if kind == "ok":
             afters = [now + float(x) for x in got[3 : 3 + len(rates)]]
             holds = list(got[3 + len(rates) :])
-            held = [(p + "c:" + name, lease, True) for name, _ in gates]
-            held += [(p + "bh:" + name, m, False) for name, m in zip(budgets, holds, strict=True)]
-            if held:
-                self._active[lease] = held
+            if shaped.leased or shaped.held:
+                self._active[lease] = (shaped, holds)
             return Admitted(lease, afters, int(got[2]), holds, now)
         if kind == "gate":
             return Refused(gate=gates[int(got[1]) - 1][0])
@@ -256,7 +254,12 @@ class RedisCounters(CallByCall):
         """Every ``lease / 3`` seconds, extend the leases of this instance's requests in flight."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            held = [entry for entries in list(self._active.values()) for entry in entries]
+            held = [
+                entry
+                for lease, (shaped, holds) in list(self._active.items())
+                for entry in [(key, lease, True) for key in shaped.leased]
+                + [(key, hold, False) for key, hold in zip(shaped.held, holds, strict=True)]
+            ]
             for start in range(0, len(held), 1000):
                 chunk = held[start : start + 1000]
                 args: list[Any] = [self._lease_ms]

@@ -19,7 +19,7 @@ class CallByCall:
     _prefix: str
     _marker: str
     _mine: dict[str, list[str]]  # gate or "b:" + budget -> leases / holds taken by take/reserve
-    _active: dict[str, list[tuple[str, str, bool]]]
+    _active: dict[str, Any]  # lease -> what renews it
 
     async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
         raise NotImplementedError
