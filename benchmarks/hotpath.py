@@ -150,6 +150,7 @@ async def run(n: int, extra: dict[str, Any], concurrency: int = 1) -> None:
         if metrics is not None:
             await metrics.flush()
         assert proto.status == 200, proto.status
+
         async def client(count: int) -> None:
             for i in range(count):
                 await app(scope, proto)
@@ -164,16 +165,18 @@ async def run(n: int, extra: dict[str, Any], concurrency: int = 1) -> None:
         if metrics is not None:
             await metrics.flush()  # every request counted (its writer thread's CPU included)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        threads = thread_cpu()  # (before the writer threads stop)
         await parts.gateway.chain.stop()
         await parts.recorder.close()
         if metrics is not None:
             await metrics.close()
         parts.store.close()
-        threads = thread_cpu()
     per_cpu, per_wall = cpu / n * 1e6, wall / n * 1e6
     print(f"{n} requests: {per_cpu:.1f} µs CPU per request ({per_wall:.1f} µs wall), status {proto.status}")
     spent = {name: cpu - threads0.get(name, 0.0) for name, cpu in threads.items()}
-    print("  by thread: " + ", ".join(f"{name} {t / n * 1e6:.1f}" for name, t in spent.items() if t / n > 5e-8))
+    print(
+        "  by thread: " + ", ".join(f"{name} {t / n * 1e6:.1f}" for name, t in spent.items() if t / n > 5e-8)
+    )
 
 
 def main() -> None:

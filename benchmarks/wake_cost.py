@@ -60,7 +60,9 @@ def measure(n: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20_000, help="units of work per way (20,000)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -239,11 +239,11 @@ def test_budgets_are_still_enforced_after_redis_restarts_empty(nodes: Cluster, m
 
     admitted = 0
     while True:
+        before = spent()  # (read first: the spend may be saved before the answer is read)
         r = answer(nodes.urls[admitted % 3])
         if r.status_code != 200:
             break
         admitted += 1
-        before = spent()
         _until(lambda before=before: spent() > before, 10)  # type: ignore[misc]  # settled and saved
     assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
     assert admitted >= 1 and _chats(mock) == admitted
