@@ -40,7 +40,7 @@ from .base import Admitted, Ask, BudgetShort, CountersUnavailable, Done, Refused
 from .commands import LOAD, Shaped, Shapes, admit_args, packed, release_args
 from .lockouts import LocalLockouts
 from .redis_calls import CallByCall
-from .resp import ReplyError, RespClient, RespConnectionError, RespTimeout
+from .resp import ReplyError, RespClient, RespConnectionError
 from .updates import Updates
 
 log = logging.getLogger("keygate.counters")
@@ -161,19 +161,7 @@ class RedisCounters(CallByCall):
         self.round_trips += 1
         resp = self._resp
         try:
-            proto = resp.connected()
-            if proto is None:
-                reply = await resp.request(data)
-            else:
-                fut: asyncio.Future[Any] = proto.loop.create_future()
-                proto.send(data, fut)
-                try:
-                    reply = await fut
-                except RespTimeout:
-                    raise
-                except RespConnectionError:
-                    # The connection was found dead (Redis restarted): once more on a new one.
-                    reply = await resp.request(data)
+            reply = await resp.request(data)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 await self._load_scripts()
                 reply = await resp.request(data)

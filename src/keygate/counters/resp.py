@@ -6,9 +6,10 @@ read), more than the whole rest of a request. This client keeps one connection p
 writes every command as soon as it is made (concurrent requests share the connection: their
 commands go out back to back, in one write per event-loop turn, and their replies come back in the
 same order). It parses with ``hiredis.Reader`` (C); the counters pack their own commands
-(``commands.py``), and a call on a live connection is one :meth:`_Protocol.send` and one future,
-with no coroutine in between and no timer of its own: one watchdog per connection fails every
-waiting call when Redis has answered nothing for ``timeout`` seconds (checked every quarter of it).
+(``commands.py``), and a call on a live connection is one :meth:`_Protocol.send` and one future
+awaited by :meth:`RespClient.request`, with no timer of its own: one watchdog per connection fails
+every waiting call when Redis has answered nothing for ``timeout`` seconds (checked every quarter
+of it).
 It speaks only what the counters need: AUTH and SELECT on connecting, TLS for ``rediss://``,
 commands and their replies; pub/sub stays with redis-py (not on the request path).
 
@@ -215,17 +216,26 @@ class RespClient:
             return await self._send(await self.connection(), commands)
 
     def connected(self) -> _Protocol | None:
-        """The connection, when it is up: :meth:`_Protocol.send` on it sends at once, no coroutine
-        in between (the hot path's one call per request); else None (use :meth:`request`)."""
+        """The connection, when it is up; else None."""
         proto = self._proto
         return proto if proto is not None and not proto.closed else None
 
     async def request(self, data: bytes) -> Any:
-        """One packed command's reply (an error reply is returned), connecting first if need be."""
-        proto = await self.connection()
+        """One packed command's reply (an error reply is returned): on the live connection with
+        one future and nothing else in between (the hot path's call per request), connecting first
+        if need be, and once more on a new connection if this one was found dead."""
+        proto = self.connected() or await self.connection()
         fut: asyncio.Future[Any] = proto.loop.create_future()
         proto.send(data, fut)
-        return await fut
+        try:
+            return await fut
+        except RespTimeout:
+            raise
+        except RespConnectionError:  # (as in pipeline)
+            proto = await self.connection()
+            fut = proto.loop.create_future()
+            proto.send(data, fut)
+            return await fut
 
     async def call(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised."""
