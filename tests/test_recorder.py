@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,37 @@ def test_the_buffer_is_bounded_and_drops_the_oldest_loudly(
     full = [r for r in records if r.getMessage() == "write-behind buffer full: oldest records dropped"]
     assert [(r.levelno, getattr(r, "dropped_now", None)) for r in full] == [(logging.ERROR, 3)]
     assert any(r.getMessage() == "write-behind buffer written again after failures" for r in records)
+
+
+def test_close_while_the_timer_flush_waits_for_the_writer_loses_nothing(
+    tmp_path: Path, store: SQLiteStore
+) -> None:
+    # The timer's flush has taken its batch and waits for the writer thread (busy with an earlier
+    # batch) when close() comes: that batch is still written, not dropped with the timer.
+    gate, writing = threading.Event(), threading.Event()
+    write = store.write_usage
+
+    def slow_first_write(rows: list[UsageRow]) -> None:
+        if not writing.is_set():
+            writing.set()
+            gate.wait(5)
+        write(rows)
+
+    store.write_usage = slow_first_write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        rec = Recorder(store, str(tmp_path / "access.log"), flush_interval=0.01)
+        rec.record(row(0))
+        first = asyncio.ensure_future(rec.flush())  # takes row 0; the writer blocks on the gate
+        while not writing.is_set():
+            await asyncio.sleep(0.005)
+        await rec.start()
+        rec.record(row(1))
+        while rec.pending:  # the timer's flush has taken row 1 and waits behind row 0
+            await asyncio.sleep(0.005)
+        threading.Timer(0.1, gate.set).start()
+        await rec.close()
+        await first
+
+    asyncio.run(go())
+    assert stored(tmp_path) == ["kg-test-0", "kg-test-1"]

@@ -3,7 +3,9 @@
 The request path only adds to an in-memory buffer. A background task calls :meth:`flush` every
 ``interval`` seconds, and the subclass's flush hands the batch to a dedicated writer thread, so
 the event loop never waits on the database. :meth:`close` stops the timer and flushes what is
-left, retrying a failed write a few times before giving up loudly.
+left, retrying a failed write a few times before giving up loudly. The timer is only cancelled
+while it sleeps: a flush it has begun (its batch taken, the writer thread not yet done) is
+awaited, never cut off, since a cancelled flush would lose the batch it holds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class WriteBehind:
         self._name = name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._sleeping = False  # the timer task is in its sleep, where cancelling it is safe
 
     @property
     def pending(self) -> bool:
@@ -42,15 +46,21 @@ class WriteBehind:
         self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._closing:
+            self._sleeping = True
+            try:
+                await asyncio.sleep(self._interval)
+            finally:
+                self._sleeping = False
             await self.flush()
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
+            if self._sleeping:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await self._task  # a flush under way ends first
         for _ in range(3):
             await self.flush()
             if not self.pending:
