@@ -151,16 +151,22 @@ def sdk(gw: Gateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0)
 
 
-def _audit(gw: Gateway, action: str, at_least: int = 1) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """The gateway's audit rows of ``action`` (actor, origin, target, details), waiting for the flush."""
+def _audit(gw: Gateway, action: str, target: str) -> tuple[str, str, str, dict[str, Any]]:
+    """The gateway's newest audit row of ``action`` about ``target`` (a key id): actor, origin,
+    target, details, waiting for the flush. (The gateway serves the whole module, so rows of the
+    same action about other keys are there already.)"""
     deadline = time.monotonic() + 5
     while True:
         with sqlite3.connect(gw.settings().database_path) as conn:
             rows = conn.execute(
-                "SELECT actor, origin, target, details FROM audit WHERE action = ? ORDER BY id", (action,)
+                "SELECT actor, origin, target, details FROM audit WHERE action = ? AND target = ? ORDER BY id",
+                (action, target),
             ).fetchall()
-        if len(rows) >= at_least or time.monotonic() > deadline:
-            return [(a, o, t, json.loads(d)) for a, o, t, d in rows]
+        if rows:
+            actor, origin, about, details = rows[-1]
+            return actor, origin, about, json.loads(details)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {action} audit row about {target}")
         time.sleep(0.02)
 
 
@@ -180,7 +186,7 @@ def test_block_answers_400_in_openai_shape_and_writes_no_secret_anywhere(
     assert "an AWS access key" in exc.value.message
     assert AWS_ID not in exc.value.response.text and AWS_SECRET not in exc.value.response.text
     assert mock.requests == []  # nothing reached the upstream
-    (actor, origin, target, details) = _audit(gw, "prompt_scan.block")[-1]
+    (actor, origin, target, details) = _audit(gw, "prompt_scan.block", key["id"])
     assert actor == target == key["id"] and origin == "127.0.0.1"
     assert (
         details["kinds"] == {"aws_access_key": 1, "aws_secret_key": 1}
@@ -216,7 +222,7 @@ def test_mask_forwards_valid_json_without_the_secret(gw: Gateway, mock: MockUpst
     )
     assert body["messages"][0]["content"] == "You review deploy scripts."
     assert int(sent.headers["content-length"]) == len(sent.body)
-    (_, _, target, details) = _audit(gw, "prompt_scan.mask")[-1]
+    (_, _, target, details) = _audit(gw, "prompt_scan.mask", key["id"])
     assert target == key["id"] and details["kinds"] == {"github_token": 1, "openai_key": 1}
 
 
@@ -226,7 +232,7 @@ def test_log_forwards_the_body_unchanged_and_records(gw: Gateway, mock: MockUpst
     sdk(gw, key["key"]).embeddings.create(model="text-embedding-3-small", input=[f"store this: {pem}"])
     (sent,) = mock.requests
     assert sent.json()["input"] == [f"store this: {pem}"]
-    (_, _, target, details) = _audit(gw, "prompt_scan.log")[-1]
+    (_, _, target, details) = _audit(gw, "prompt_scan.log", key["id"])
     assert target == key["id"] and details == {
         "kinds": {"private_key": 1},
         "count": 1,
@@ -288,7 +294,8 @@ def test_keygate_keys_and_jwts_in_a_prompt(gw: Gateway, mock: MockUpstream) -> N
 
 def test_team_policy_applies_to_its_keys(gw: Gateway, mock: MockUpstream) -> None:
     gw.cli("teams", "create", "agents", "--prompt-secrets", "mask")
-    key = gw.create_key("agent", "--team", "agents")["key"]
+    agent = gw.create_key("agent", "--team", "agents")
+    key = agent["key"]
     sdk(gw, key).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": AWS_ID}])
     (sent,) = mock.requests
     assert sent.json()["messages"][0]["content"] == "[REDACTED:aws_access_key]"
@@ -297,7 +304,7 @@ def test_team_policy_applies_to_its_keys(gw: Gateway, mock: MockUpstream) -> Non
         sdk(gw, stricter).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": AWS_ID}]
         )
-    (_, _, _, details) = _audit(gw, "prompt_scan.mask")[-1]
+    (_, _, _, details) = _audit(gw, "prompt_scan.mask", agent["id"])
     assert details["team_id"] is not None
 
 
@@ -375,13 +382,13 @@ def test_policy_field_is_validated(gw: Gateway) -> None:
 
 def test_the_gateway_default_is_a_setting(upstream: MockUpstream, mock: MockUpstream, tmp_path: Any) -> None:
     with Gateway(tmp_path, upstream.url, extra={"prompt_scan": {"secrets": "mask", "pii": "log"}}) as g:
-        key = g.create_key("default")["key"]
-        sdk(g, key).chat.completions.create(
+        made = g.create_key("default")
+        sdk(g, made["key"]).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": f"{AWS_ID} {CARD}"}]
         )
         (sent,) = mock.requests
         assert sent.json()["messages"][0]["content"] == f"[REDACTED:aws_access_key] {CARD}"
-        (_, _, _, details) = _audit(g, "prompt_scan.mask")[-1]
+        (_, _, _, details) = _audit(g, "prompt_scan.mask", made["id"])
         assert details["kinds"] == {"aws_access_key": 1, "card_number": 1}
 
 
