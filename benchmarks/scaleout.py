@@ -127,9 +127,12 @@ def run_load(tool: str, scenarios: list[Scenario], tmp: Path, connections: int, 
     """wrk against every instance at once, the connections split between them."""
     shape = wrk.LoadShape(1, max(1, connections // len(scenarios)))
     results: list[Any] = [None] * len(scenarios)
+    # Written before any wrk starts: the instances' scenarios share one script file, and a wrk
+    # reading it while another thread rewrites it would run without it (plain GETs, no key).
+    scripts = [scenario.script(tmp) for scenario in scenarios]
 
     def one(i: int) -> None:
-        results[i] = wrk.run(tool, scenarios[i].url, scenarios[i].script(tmp), shape, seconds)
+        results[i] = wrk.run(tool, scenarios[i].url, scripts[i], shape, seconds)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(scenarios))]
     for t in threads:
