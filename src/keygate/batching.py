@@ -22,6 +22,10 @@ log = logging.getLogger("keygate")
 T = TypeVar("T")
 
 
+def _nothing() -> None:
+    return None
+
+
 class WriteBehind:
     def __init__(self, interval: float, name: str) -> None:
         self._interval = interval
@@ -38,6 +42,12 @@ class WriteBehind:
 
     async def flush(self) -> None:
         raise NotImplementedError
+
+    async def written(self) -> None:
+        """Flush, and wait until every batch handed to the writer thread so far is written (also
+        one the timer's flush handed over just before: the writer runs them in order)."""
+        await self.flush()
+        await self._in_writer(_nothing)
 
     async def _in_writer(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

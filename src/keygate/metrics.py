@@ -316,7 +316,7 @@ class Metrics(ListWriteBehind[Fact]):
 
     async def exposition(self) -> bytes:
         """The Prometheus text of every metric, with the requests finished so far counted."""
-        await self.flush()
+        await self.written()
         src = self.sources
         self._budget_state = None
         if src is not None and src.keys is not None and src.counters is not None:

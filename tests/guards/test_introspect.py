@@ -248,10 +248,14 @@ def test_active_token_is_cached(gw: Gateway, idp: IdP, mock: MockUpstream) -> No
     client = openai.OpenAI(base_url=gw.url, api_key="opaque-active-1", max_retries=0)
     before = idp.introspections
     for _ in range(3):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        last = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
     assert idp.introspections - before == 1 and idp.bad_auth == 0
     assert len(mock.requests) == 3
-    assert gw.wait_entry(lambda e: e["status"] == 200)["key_id"] == "oauth:svc-a"
+    # The last (cached) request's own entry: the module's gateway logs other tests' 200s too.
+    entry = gw.wait_entry(lambda e: e["request_id"] == last.headers["x-keygate-request-id"])
+    assert entry["status"] == 200 and entry["key_id"] == "oauth:svc-a"
 
 
 def test_inactive_token_is_rejected_and_cached(gw: Gateway, idp: IdP, mock: MockUpstream) -> None:
