@@ -9,6 +9,7 @@ allow exactly what one would, and what happens when Redis goes away.
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from openai import NotFoundError, OpenAI, RateLimitError
 
 from keygate.counters import Ask
 from keygate.counters.redis import RedisCounters
@@ -285,3 +288,66 @@ def test_the_soft_threshold_notice_is_sent_once_settled_on_shared_counters(
             assert calls[0]["spent"] == 201 and calls[0]["budget"] == 300
     finally:
         hook.close()
+
+
+BATCH_LINE = {
+    "custom_id": "1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 50,
+    },
+}
+
+
+def test_a_batch_is_held_on_shared_budgets_past_the_lease_and_settled_by_either_instance(
+    pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
+) -> None:
+    a, b = pair
+    made = a.create_key("batches", "--budget-tokens", "120/lifetime")  # room for one line's hold
+    on_a, on_b = (OpenAI(base_url=g.url, api_key=made["key"], max_retries=0) for g in (a, b))
+    source = on_a.files.create(
+        file=("in.jsonl", io.BytesIO(orjson.dumps(BATCH_LINE) + b"\n")), purpose="batch"
+    )
+
+    def create(sdk: OpenAI) -> Any:
+        return sdk.batches.create(
+            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+    batch = create(on_a)
+    _wait(lambda: _visible(on_b, source.id))  # b has the record of a's upload (and of the batch)
+    sent = len(mock.requests)
+    with pytest.raises(RateLimitError) as caught:  # the hold a took leaves b too little
+        create(on_b)
+    assert caught.value.code == "insufficient_quota" and len(mock.requests) == sent
+    name = BUDGET.format(made["id"])
+
+    async def state() -> tuple[float, float]:
+        reader = RedisCounters(redis_up.url)
+        try:
+            ((spent, held),) = await reader.available([name])  # (drops what expired, charging it)
+            return spent, held
+        finally:
+            await reader.close()
+
+    time.sleep(1.5)  # past counter_lease (1 s): a request's hold would have expired by now
+    spent, held = asyncio.run(state())
+    assert spent == 0 and 60 < held <= 120  # still held, not charged: a batch's hold has no lease
+    # Its results, read through the other instance, settle it: the hold becomes what the lines used.
+    _wait(lambda: _visible(on_b, batch.id, batches=True))
+    done = on_b.batches.retrieve(batch.id)
+    on_b.files.content(done.output_file_id)  # type: ignore[arg-type]
+    spent, held = _wait(lambda: (got := asyncio.run(state()))[1] == 0 and got)
+    assert 0 < spent < 60 and held == 0
+    assert create(on_b).id  # room again
+
+
+def _visible(sdk: OpenAI, object_id: str, batches: bool = False) -> bool:
+    try:
+        (sdk.batches.retrieve if batches else sdk.files.retrieve)(object_id)
+    except NotFoundError:
+        return False
+    return True

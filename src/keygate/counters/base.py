@@ -238,6 +238,14 @@ class SharedCounters(Protocol):
         """Give back what a request admitted held (queued, sent in the background, in order)."""
         ...
 
+    async def hold(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> list[str] | int:
+        """Hold ``amounts[i]`` on budget ``names[i]`` if each fits, all or nothing, with no lease:
+        a hold kept until a :class:`Done` names it, on whichever instance (a batch's worst case,
+        for hours). The holds, or the index of the first budget it did not fit."""
+        ...
+
     async def ready(self) -> bool:
         """Whether the counters can decide now (a readiness check)."""
         ...

@@ -94,11 +94,19 @@ class Shapes:
             shaped = self._kept[key] = make()
         return shaped
 
-    def admit(self, ask: Ask) -> Shaped:
-        key = ("admit", tuple(ask.rates), tuple(ask.gates), tuple(ask.budgets), tuple(ask.budget_limits))
-        return self._get(key, lambda: self._admit(ask))
+    def admit(self, ask: Ask, kept: bool = False) -> Shaped:
+        """``kept``: holds with no lease (they never expire; only budgets, no gates)."""
+        key = (
+            "admit",
+            tuple(ask.rates),
+            tuple(ask.gates),
+            tuple(ask.budgets),
+            tuple(ask.budget_limits),
+            kept,
+        )
+        return self._get(key, lambda: self._admit(ask, kept))
 
-    def _admit(self, ask: Ask) -> Shaped:
+    def _admit(self, ask: Ask, kept: bool) -> Shaped:
         p = self._prefix
         keys = [p + "r:" + r.name for r in ask.rates]
         keys += [p + "c:" + name for name, _ in ask.gates]
@@ -106,7 +114,8 @@ class Shapes:
             keys += (p + "b:" + name, p + "bh:" + name)
         if ask.budgets:
             keys.append(self._marker)
-        constants = [str(len(ask.rates)), str(len(ask.gates)), str(len(ask.budgets)), self._lease_ms]
+        lease_ms = "inf" if kept else self._lease_ms  # the script scores a hold at now + lease
+        constants = [str(len(ask.rates)), str(len(ask.gates)), str(len(ask.budgets)), lease_ms]
         for rate in ask.rates:
             constants += (str(rate.limit), num(rate.period))
         constants += [str(cap) for _, cap in ask.gates]

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -181,15 +181,19 @@ class RedisCounters(CallByCall):
 
     # -- deciding: one round trip ---------------------------------------------------------------
 
-    async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
-        lease = self._lease()
-        rates, gates = ask.rates, ask.gates
-        shaped = self._shapes.admit(ask)
-        data = shaped.pack(admit_args(ask, lease))
+    async def _decide(self, data: bytes) -> Any:
+        """An admit call's reply, the budgets rebuilt first if Redis had lost them."""
         got = await self._run(data)
         if got[0] == "noload":
             await self._rebuild()
             got = await self._run(data)
+        return got
+
+    async def admit(self, ask: Ask, now: float) -> Admitted | Refused | BudgetShort:
+        lease = self._lease()
+        rates, gates = ask.rates, ask.gates
+        shaped = self._shapes.admit(ask)
+        got = await self._decide(shaped.pack(admit_args(ask, lease)))
         kind = got[0]
         if kind == "ok":
             afters = [now + float(x) for x in got[3 : 3 + len(rates)]]
@@ -210,6 +214,18 @@ class RedisCounters(CallByCall):
         if kind == "budget":
             return BudgetShort(int(got[1]) - 1)
         raise CountersUnavailable(f"redis: unexpected answer {kind!r}")  # (the budgets were not loaded)
+
+    async def hold(
+        self, names: Sequence[str], limits: Sequence[float], amounts: Sequence[float]
+    ) -> list[str] | int:
+        ask = Ask(budgets=names, budget_limits=limits, base=amounts, unit=[0.0] * len(names))
+        # Scored at +inf: no expiry drops them and no renewal touches them (not in _active).
+        got = await self._decide(self._shapes.admit(ask, kept=True).pack(admit_args(ask, self._lease())))
+        if got[0] == "ok":
+            return list(got[3:])
+        if got[0] == "budget":
+            return int(got[1]) - 1
+        raise CountersUnavailable(f"redis: unexpected answer {got[0]!r}")
 
     async def _rebuild(self) -> None:
         """Redis has no budget counters (it restarted empty): add the persisted spend, once."""

@@ -29,7 +29,7 @@ from .client_ip import ClientIP
 from .global_limits import global_limit
 from .honeytoken import Honeytoken
 from .lockout import AuthLockout
-from .objects import StoredObjects, Visibility
+from .objects import Visibility, stored_objects
 from .per_instance import NeedsSharedCounters, networked
 from .policy import AccessPolicy, RequestPolicy
 from .prompt_scan import AuditTrail, PromptScan
@@ -79,7 +79,7 @@ def default_guards(parts: Parts) -> list[Guard]:
     counters = parts.counters
     limit_guards: list[Guard]
     # The budget guard also holds a batch's worst case for the stored-objects guard; on shared
-    # counters it is not in the chain (SharedLimits decides) and refuses batches under a budget.
+    # counters it is not in the chain (SharedLimits decides) and only does that.
     budget = budget_guard(counters, limits, parts.spend, parts.events)
     if isinstance(counters, SharedCounters):
         limit_guards = [
@@ -118,7 +118,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
-        *([StoredObjects(seen, limits, budget)] if seen is not None else []),
+        *([stored_objects(seen, limits, budget)] if seen is not None else []),
         PromptScan(scan.secrets, scan.pii, trail),
         *limit_guards,
     ]

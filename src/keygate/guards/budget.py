@@ -22,9 +22,12 @@ refused with 403 ``endpoint_not_priced``, and a request whose cost is only known
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from ..chain import Guard
 from ..context import Context, Estimate
-from ..counters import Counters, SyncCounters
+from ..counters import Counters, Done, SharedCounters, SyncCounters
 from ..errors import BudgetExceeded, InvalidRequest, KeygateError, PermissionDenied
 from ..events import SecurityEvents
 from ..limitconf import LimitSettings, Price
@@ -61,6 +64,30 @@ class _Plan:
             self.start = max(start for start, _ in bounds)
             self.end = min(end for _, end in bounds)
         return self.names
+
+
+@dataclass(slots=True)
+class BatchHold:
+    """A batch's worst case held on its budgets, kept with its ownership record until its results
+    are read: the counters, the amount on each, and on shared counters the hold ids (Redis's
+    names for the holds, which any instance can release)."""
+
+    names: list[str]
+    amounts: list[float]
+    holds: list[str] | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"names": self.names, "amounts": self.amounts}
+        if self.holds is not None:
+            meta["holds"] = self.holds
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> BatchHold:
+        holds = meta.get("holds")
+        return cls(
+            list(meta["names"]), [float(a) for a in meta["amounts"]], None if holds is None else list(holds)
+        )
 
 
 class Reservation:
@@ -391,12 +418,12 @@ class BudgetGuardBase(Guard):
 
     # -- batches: a worst case held at creation, settled when the results are read -------------
 
-    def hold_batch(
+    def _batch_worst(
         self, ctx: Context, models: dict[str, list[int]]
-    ) -> tuple[list[str], list[float]] | KeygateError | None:
-        """Hold a batch's worst case (``models``: per model ``[prompt, output]`` tokens over its
-        lines, each priced at its model's price) on the key's budgets, all or nothing; the counters
-        and amounts held (for :meth:`settle_batch`), a refusal, or None when no budget applies."""
+    ) -> tuple[_Plan, list[str], list[float]] | KeygateError | None:
+        """A batch's worst case on the key's budgets (``models``: per model ``[prompt, output]``
+        tokens over its lines, each priced at its model's price): the plan, the counters and the
+        amounts to hold, a refusal, or None when no budget applies."""
         key, team = ctx.key, ctx.team
         assert key is not None
         plan = self._plan(key, team)
@@ -411,20 +438,25 @@ class BudgetGuardBase(Guard):
                     return _not_priced(model)
                 usd += (prompt * price.input + output * price.output) / 1e6
         amounts = [tokens if b.kind == "tokens" else usd for b in plan.budgets]
-        names = list(plan.counter_names(ctx.ts))
-        if not isinstance(self._counters, SyncCounters):
-            return PermissionDenied(
-                "This key has a budget, and batches are held on budgets only with in-process counters.",
-                code="batch_not_metered",
-            )
+        return plan, list(plan.counter_names(ctx.ts)), amounts
+
+    def hold_batch(self, ctx: Context, models: dict[str, list[int]]) -> BatchHold | KeygateError | None:
+        """Hold a batch's worst case on the key's budgets, all or nothing, on in-process counters
+        (:meth:`AsyncBudgetGuard.hold_batch_shared` on shared ones): what is held (for
+        :meth:`settle_batch`), a refusal, or None when no budget applies."""
+        worst = self._batch_worst(ctx, models)
+        if not isinstance(worst, tuple):
+            return worst
+        plan, names, amounts = worst
+        assert isinstance(self._counters, SyncCounters)
         refused = self._counters.reserve_now(names, plan.limits, amounts)
         if refused is not None:
             return self._exhausted(plan.budgets[refused], ctx.ts, names[refused])
         for name in names:
             self._book.touch(name)
-        return names, amounts
+        return BatchHold(names, amounts)
 
-    def settle_batch(self, names: list[str], amounts: list[float], used: dict[str, list[int]]) -> None:
+    def settle_batch(self, hold: BatchHold, used: dict[str, list[int]]) -> None:
         """Release a batch's hold and add what its results report (``used``: per model
         ``[prompt, completion, cached]``; a counter's kind is in its name, ``scope|usd|period``)."""
         tokens = float(sum(p + c for p, c, _ in used.values()))
@@ -433,8 +465,15 @@ class BudgetGuardBase(Guard):
             price = self._price(model)
             if price is not None:
                 usd += price.cost(prompt, min(cached, prompt), completion)
-        for name, held in zip(names, amounts, strict=True):
-            self._counters.settle(name, held, usd if name.split("|")[1] == "usd" else tokens)
+        spent = [usd if name.split("|")[1] == "usd" else tokens for name in hold.names]
+        counters = self._counters
+        if hold.holds is not None and isinstance(counters, SharedCounters):
+            # Held in Redis under hold ids (by whichever instance): released by them, from here.
+            counters.release(Done(None, budgets=hold.names, holds=hold.holds, spent=spent))
+        else:
+            for name, held, amount in zip(hold.names, hold.amounts, spent, strict=True):
+                counters.settle(name, held, amount)
+        for name in hold.names:
             self._book.touch(name)
 
     def _crossed(self, b: Budget, counter: str, spent: float) -> None:
@@ -498,6 +537,25 @@ class BudgetGuard(BudgetGuardBase):
 
 class AsyncBudgetGuard(BudgetGuardBase):
     """Budgets on counters that may wait for a round trip (a shared, networked store)."""
+
+    async def hold_batch_shared(
+        self, ctx: Context, models: dict[str, list[int]]
+    ) -> BatchHold | KeygateError | None:
+        """:meth:`hold_batch` on shared counters: one round trip, and holds with no lease (a batch
+        runs for hours; its hold ids are kept with its ownership record, so any instance settles
+        it)."""
+        worst = self._batch_worst(ctx, models)
+        if not isinstance(worst, tuple):
+            return worst
+        plan, names, amounts = worst
+        counters = self._counters
+        assert isinstance(counters, SharedCounters)
+        got = await counters.hold(names, plan.limits, amounts)
+        if isinstance(got, int):
+            return self._exhausted(plan.budgets[got], ctx.ts, names[got])
+        for name in names:
+            self._book.touch(name)
+        return BatchHold(names, amounts, got)
 
     async def request(self, ctx: Context) -> KeygateError | None:
         res = self._before(ctx)

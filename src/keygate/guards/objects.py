@@ -37,7 +37,7 @@ from ..routes import Route
 from ..types import KeyRecord, Team
 from ._batches import MAX_SUMMARISED, check_lines, results_usage, summarise
 from ._refs import MARK, references
-from .budget import BudgetGuardBase
+from .budget import AsyncBudgetGuard, BatchHold, BudgetGuardBase
 from .policy import policies
 
 _NOUNS = {
@@ -102,6 +102,8 @@ class StoredObjects(Guard):
     needs = frozenset({"key", "team", "route", "body", "json", "stream"})
 
     def __init__(self, seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None) -> None:
+        if isinstance(budget, AsyncBudgetGuard) and not isinstance(self, SharedStoredObjects):
+            raise TypeError("budgets on shared counters need SharedStoredObjects (stored_objects())")
         self._seen = seen
         self._book = seen.book
         self._limits = limits
@@ -162,7 +164,7 @@ class StoredObjects(Guard):
             # a batch the upstream did not create (or that was never sent): its hold is released
             held = ctx.extras.pop("objects.release", None) if route.kind == "batch" else None
             if held is not None and self._budget is not None:
-                self._budget.settle_batch(held[0], held[1], {})
+                self._budget.settle_batch(held, {})
             return
         action = route.action
         if action == "create" and route.kind in _MAYBE_STORED:
@@ -241,7 +243,7 @@ class StoredObjects(Guard):
             return
         hold = meta.get("hold")
         if hold and self._budget is not None:
-            self._budget.settle_batch(hold["names"], hold["amounts"], used)
+            self._budget.settle_batch(BatchHold.from_meta(hold), used)
         self._book.note(batch_id, {**meta, "settled": True})
 
     def _batch(self, ctx: Context, data: dict[str, Any]) -> KeygateError | None:
@@ -265,14 +267,10 @@ class StoredObjects(Guard):
             return err
         if self._budget is None or not budgets:
             return None
-        held = self._budget.hold_batch(ctx, summary["models"])
-        if isinstance(held, KeygateError):
-            return held
-        if held is not None:
-            names, amounts = held
-            ctx.extras["objects.meta"] = {"hold": {"names": names, "amounts": amounts}, "input": file_id}
-            ctx.extras["objects.release"] = held
-        return None
+        if isinstance(self._budget, AsyncBudgetGuard):  # held by SharedStoredObjects, awaited
+            ctx.extras["objects.hold"] = (summary["models"], file_id)
+            return None
+        return _held(ctx, self._budget.hold_batch(ctx, summary["models"]), file_id)
 
     def _summarise_upload(self, ctx: Context) -> KeygateError | None:
         """An uploaded batch input file's lines, summarised for the batch's check. The parse runs
@@ -292,6 +290,44 @@ class StoredObjects(Guard):
         if fields.get("purpose") == "batch" and scanner.raw_value is not None:
             ctx.extras["objects.meta"] = {"summary": summarise(scanner.raw_value, self._limits)}
         return None
+
+
+class SharedStoredObjects(StoredObjects):
+    """:class:`StoredObjects` on counters shared by several instances: a batch's hold on its
+    budgets is a round trip to Redis, so the request phase awaits (only a batch's creation waits;
+    every other request pays one coroutine)."""
+
+    def __init__(self, seen: Visibility, limits: LimitSettings, budget: AsyncBudgetGuard) -> None:
+        super().__init__(seen, limits, budget)
+        self._shared = budget
+
+    async def request(self, ctx: Context) -> KeygateError | None:  # type: ignore[override]
+        err = StoredObjects.request(self, ctx)
+        if err is not None:
+            return err
+        pending = ctx.extras.pop("objects.hold", None)
+        if pending is None:
+            return None
+        models, file_id = pending
+        return _held(ctx, await self._shared.hold_batch_shared(ctx, models), file_id)
+
+
+def stored_objects(seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None) -> StoredObjects:
+    """The stored-objects guard for these budgets: the awaiting one when they are on shared counters."""
+    if isinstance(budget, AsyncBudgetGuard):
+        return SharedStoredObjects(seen, limits, budget)
+    return StoredObjects(seen, limits, budget)
+
+
+def _held(ctx: Context, held: BatchHold | KeygateError | None, file_id: str) -> KeygateError | None:
+    """A batch's hold taken: kept with the batch's ownership record, and released in the complete
+    phase should the upstream not create the batch."""
+    if isinstance(held, KeygateError):
+        return held
+    if held is not None:
+        ctx.extras["objects.meta"] = {"hold": held.to_meta(), "input": file_id}
+        ctx.extras["objects.release"] = held
+    return None
 
 
 def _stored(route: Route, data: dict[str, Any] | None) -> bool:
