@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -41,15 +42,27 @@ class PrivateRedis:
     """``redis-server --port N --save '' --appendonly no`` of this test: nothing on disk, so a
     restart comes back empty."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
         self.port = _free_port()
         self.workdir = workdir
         self.password = password
+        self.tls = tls  # (certificate, key, CA file): TLS only (rediss://), on the same port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        cert, key, _ = self.tls
+        return [
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no"),
+        ]
 
     def start(self) -> None:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -57,8 +70,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [
                 server,
-                "--port",
-                str(self.port),
+                *self._listen(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -75,7 +87,7 @@ class PrivateRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
+                client = self.client(socket_connect_timeout=0.2)
                 if client.ping():
                     client.close()
                     return
@@ -89,13 +101,17 @@ class PrivateRedis:
             self.proc.wait(10)
             self.proc = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password)
+    def client(self, **options: Any) -> redis.Redis:
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[2]))
+        return redis.Redis(port=self.port, password=self.password, **options)
 
 
 @contextmanager
-def private_redis(workdir: Path, password: str | None = None) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(workdir, password)
+def private_redis(
+    workdir: Path, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(workdir, password, tls)
     server.start()
     try:
         yield server

@@ -452,3 +452,17 @@ def test_counter_failure_mode_and_lease_are_checked(tmp_path: Path) -> None:
         _redis_cfg(tmp_path, "on_counter_failure: maybe\n")
     with pytest.raises(ConfigError, match="counter_lease"):
         _redis_cfg(tmp_path, "counter_lease: 60\n")  # a dead instance's slots must free within 30 s
+
+
+def test_redis_ca_file_is_a_pem_bundle_and_only_for_rediss(tmp_path: Path) -> None:
+    from .certs import CA
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(CA("redis-ca").pem())
+    s = _redis_cfg(tmp_path, "redis_url: rediss://cache:6380/0\nredis_ca_file: ca.pem\n")
+    assert s.redis_ca_file == ca  # type: ignore[attr-defined]  (beside the config file)
+    with pytest.raises(ConfigError, match="redis_ca_file: set only with a rediss:// redis_url"):
+        _redis_cfg(tmp_path, "redis_url: redis://cache:6379/0\nredis_ca_file: ca.pem\n")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"redis_ca_file: .* is not a readable PEM file"):
+        _redis_cfg(tmp_path, "redis_url: rediss://cache:6380/0\nredis_ca_file: junk.pem\n")

@@ -224,6 +224,7 @@ class Settings:
     # Counters shared by every instance (docs/redis.md); None: in process.
     redis_url: str | None = setting(None, parse_redis_url, env="KEYGATE_REDIS_URL")
     redis_password: Secret | None = setting(None, caller)
+    redis_ca_file: Path | None = setting(None, caller, doc="CAs (PEM) a rediss:// server is checked against")
     on_counter_failure: str = setting("closed", schema.choice("closed", "open"))
     counter_lease: float = setting(
         15.0, positive(maximum=30.0), doc="seconds a slot or hold outlives its instance"
@@ -300,6 +301,14 @@ def process_env() -> Mapping[str, str]:
     return os.environ
 
 
+def _redis_ca_file(value: object, base: Path | None) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError("redis_ca_file: expected the path of a PEM file of CA certificates")
+    return schema.pem_bundle(schema.beside(Path(value), base), "redis_ca_file")
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -321,6 +330,7 @@ def load_settings(
         "tracing": parse_tracing(raw.get("tracing"), env),
         "config_path": cfg_path,
         "redis_password": None,
+        "redis_ca_file": _redis_ca_file(raw.get("redis_ca_file"), base),
     }
     settings = schema.build(Settings, raw, "", env, **given)
     if settings.redis_url is not None:
@@ -328,6 +338,8 @@ def load_settings(
         settings = dataclasses.replace(settings, redis_url=url, redis_password=password)
     elif raw.get("redis_password") is not None:
         raise ConfigError("redis_password: set only with redis_url")
+    if settings.redis_ca_file is not None and not (settings.redis_url or "").startswith("rediss://"):
+        raise ConfigError("redis_ca_file: set only with a rediss:// redis_url (TLS)")
     if settings.admin_listen == settings.listen and settings.listen.port != 0:
         raise ConfigError("admin_listen: must differ from listen (the public listener never serves admin)")
     changes: dict[str, Any] = {}

@@ -126,6 +126,7 @@ def make_counters(settings: Settings, store: Store) -> Counters:
     return RedisCounters(
         settings.redis_url,
         password=settings.redis_password,
+        ca_file=settings.redis_ca_file,
         lease=settings.counter_lease,
         load_spend=load_spend,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 from openai import NotFoundError, OpenAI, RateLimitError
@@ -25,8 +26,9 @@ from keygate.counters import Ask
 from keygate.counters.redis import RedisCounters
 from keygate.testing import MockUpstream
 
+from ..certs import CA
 from ..helpers import Gateway
-from ..redis_helpers import PrivateRedis
+from ..redis_helpers import PrivateRedis, private_redis
 from .common import CHAT, Hook, post_chat
 
 BUDGET = "key:{}|tokens|lifetime"
@@ -351,3 +353,60 @@ def _visible(sdk: OpenAI, object_id: str, batches: bool = False) -> bool:
     except NotFoundError:
         return False
     return True
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_a_batch_under_a_budget_while_redis_is_away_is_503_or_admitted_open_and_still_charged(
+    mode: str, server: PrivateRedis, shared: Path, upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    extra = _extra(server, shared, on_counter_failure=mode)
+    with Gateway(tmp_path / mode, upstream.url, extra=extra) as gw:
+        made = gw.create_key(f"batch-{mode}", "--budget-tokens", "1000/lifetime")
+        sdk = OpenAI(base_url=gw.url, api_key=made["key"], max_retries=0)
+        line = io.BytesIO(orjson.dumps(BATCH_LINE) + b"\n")
+        source = sdk.files.create(file=("in.jsonl", line), purpose="batch")
+        sent = len(mock.requests)
+        server.stop()
+        try:
+            create = sdk.batches.with_raw_response.create
+            if mode == "closed":
+                with pytest.raises(openai.InternalServerError) as caught:
+                    create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+                assert caught.value.status_code == 503 and caught.value.code == "counters_unavailable"
+                assert len(mock.requests) == sent  # not sent: nothing could be held
+                return
+            batch = create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+            assert batch.http_response.status_code == 200  # admitted, nothing held, said loudly
+            assert any("WITHOUT a budget hold" in e.get("event", "") for e in gw.log_entries())
+        finally:
+            server.start()
+        # Redis back: the results, once read, are still charged to the budget.
+        done = sdk.batches.retrieve(batch.parse().id)
+        sdk.files.content(done.output_file_id)  # type: ignore[arg-type]
+        client = server.client()
+
+        def spent() -> float:
+            s, h = client.hmget("keygate:b:" + BUDGET.format(made["id"]), "s", "h")
+            return float(s or 0) if float(h or 0) == 0 else 0.0
+
+        assert 0 < _wait(spent) < 100
+
+
+def test_counters_over_tls_with_the_configured_ca_and_refused_without_it(
+    upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    ca = CA("redis-test-ca")
+    cert, key = ca.write(tmp_path, "redis", "localhost", server=True)
+    (tmp_path / "ca.pem").write_bytes(ca.pem())
+    with private_redis(tmp_path / "redis", tls=(cert, key, tmp_path / "ca.pem")) as tls_redis:
+        extra = {"redis_url": tls_redis.url, "redis_ca_file": str(tmp_path / "ca.pem")}
+        with Gateway(tmp_path / "trusting", upstream.url, extra=extra) as gw:
+            made = gw.create_key("over-tls", "--rpm", "1")
+            assert post_chat(gw.url, made["key"]).status_code == 200
+            assert post_chat(gw.url, made["key"]).status_code == 429  # decided in Redis, over TLS
+            assert tls_redis.client().exists(f"keygate:r:k:{made['id']}:rpm") == 1
+        # Without the CA, the server's certificate is not trusted: refused, never sent in the clear.
+        with Gateway(tmp_path / "doubting", upstream.url, extra={"redis_url": tls_redis.url}) as gw:
+            made = gw.create_key("untrusted", "--rpm", "1")
+            refused = post_chat(gw.url, made["key"])
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "counters_unavailable"

@@ -27,6 +27,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -74,6 +75,7 @@ class RedisCounters(CallByCall):
         url: str,
         *,
         password: Secret | None = None,
+        ca_file: Path | None = None,
         prefix: str = "keygate:",
         lease: float = 15.0,
         timeout: float = 2.0,
@@ -83,8 +85,11 @@ class RedisCounters(CallByCall):
         self.lease = lease
         self._lease_ms = int(lease * 1000)
         self._load_spend = load_spend
+        # rediss://: the server's certificate is checked against the system's CAs, or ca_file's.
+        tls: dict[str, Any] = {"ssl_ca_certs": str(ca_file)} if ca_file is not None else {}
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            **tls,
             password=password.reveal() if password is not None else None,
             max_connections=64,
             timeout=timeout,
@@ -98,7 +103,7 @@ class RedisCounters(CallByCall):
             retry_on_error=[RedisConnectionError],
         )
         self._redis = aioredis.Redis(connection_pool=pool)  # for pub/sub only (not per request)
-        self._resp = RespClient(url, password.reveal() if password is not None else None, timeout)
+        self._resp = RespClient(url, password.reveal() if password is not None else None, timeout, ca_file)
         self._shapes = Shapes(prefix, self._lease_ms)
         self._instance = secrets.token_hex(6)
         self._seq = 0

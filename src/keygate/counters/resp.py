@@ -24,6 +24,7 @@ import asyncio
 import collections
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
@@ -134,7 +135,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class RespClient:
-    def __init__(self, url: str, password: str | None, timeout: float) -> None:
+    def __init__(self, url: str, password: str | None, timeout: float, ca_file: Path | None = None) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
@@ -142,7 +143,9 @@ class RespClient:
         self._password = password
         path = parts.path.strip("/")
         self._db = int(path) if path else 0
-        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        # rediss://: TLS, the certificate and host name verified (against ca_file, else the system's CAs).
+        tls = parts.scheme == "rediss"
+        self._ssl = ssl.create_default_context(cafile=str(ca_file) if ca_file else None) if tls else None
         self._timeout = timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None

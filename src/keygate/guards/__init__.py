@@ -118,7 +118,7 @@ def default_guards(parts: Parts) -> list[Guard]:
         AccessPolicy(),
         BodyReader(settings.max_body_bytes, settings.body_read_timeout),
         RequestPolicy(),
-        *([stored_objects(seen, limits, budget)] if seen is not None else []),
+        *([stored_objects(seen, limits, budget, settings.on_counter_failure)] if seen is not None else []),
         PromptScan(scan.secrets, scan.pii, trail),
         *limit_guards,
     ]

@@ -22,12 +22,13 @@ refused with 403 ``endpoint_not_priced``, and a request whose cost is only known
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from ..chain import Guard
 from ..context import Context, Estimate
-from ..counters import Counters, Done, SharedCounters, SyncCounters
+from ..counters import Counters, CountersUnavailable, Done, SharedCounters, SyncCounters
 from ..errors import BudgetExceeded, InvalidRequest, KeygateError, PermissionDenied
 from ..events import SecurityEvents
 from ..limitconf import LimitSettings, Price
@@ -35,6 +36,8 @@ from ..routes import Route
 from ..spend import Budget, Notifier, SpendBook, budgets_of, counter_name, period_bounds, period_end
 from ..types import KeyRecord, Team
 from ._estimate import charge_unreported, estimate, set_output_cap
+
+log = logging.getLogger("keygate.limits")
 
 
 class _Plan:
@@ -539,18 +542,25 @@ class AsyncBudgetGuard(BudgetGuardBase):
     """Budgets on counters that may wait for a round trip (a shared, networked store)."""
 
     async def hold_batch_shared(
-        self, ctx: Context, models: dict[str, list[int]]
+        self, ctx: Context, models: dict[str, list[int]], open_on_failure: bool = False
     ) -> BatchHold | KeygateError | None:
         """:meth:`hold_batch` on shared counters: one round trip, and holds with no lease (a batch
         runs for hours; its hold ids are kept with its ownership record, so any instance settles
-        it)."""
+        it). Raises :class:`CountersUnavailable` when they cannot decide, unless
+        ``open_on_failure``: then nothing is held, and what the results report is still added."""
         worst = self._batch_worst(ctx, models)
         if not isinstance(worst, tuple):
             return worst
         plan, names, amounts = worst
         counters = self._counters
         assert isinstance(counters, SharedCounters)
-        got = await counters.hold(names, plan.limits, amounts)
+        try:
+            got = await counters.hold(names, plan.limits, amounts)
+        except CountersUnavailable:
+            if not open_on_failure:
+                raise
+            log.error("shared counters unavailable: a batch admitted WITHOUT a budget hold")
+            return BatchHold(names, [0.0] * len(names), [""] * len(names))
         if isinstance(got, int):
             return self._exhausted(plan.budgets[got], ctx.ts, names[got])
         for name in names:

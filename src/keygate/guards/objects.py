@@ -22,12 +22,14 @@ the owner's team. An object keygate did not create belongs to no key until an op
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 import orjson
 
 from ..chain import Guard
 from ..context import Context
+from ..counters import CountersUnavailable
 from ..errors import InvalidRequest, KeygateError, NotFound
 from ..keycache import KeyCache
 from ..limitconf import LimitSettings
@@ -39,6 +41,7 @@ from ._batches import MAX_SUMMARISED, check_lines, results_usage, summarise
 from ._refs import MARK, references
 from .budget import AsyncBudgetGuard, BatchHold, BudgetGuardBase
 from .policy import policies
+from .shared_limits import UNAVAILABLE
 
 _NOUNS = {
     "file": "file",
@@ -50,6 +53,7 @@ _NOUNS = {
     "chat_completion": "chat completion",
 }
 _MAYBE_STORED = frozenset({"response", "chat_completion"})
+log = logging.getLogger("keygate.limits")
 _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -297,9 +301,12 @@ class SharedStoredObjects(StoredObjects):
     budgets is a round trip to Redis, so the request phase awaits (only a batch's creation waits;
     every other request pays one coroutine)."""
 
-    def __init__(self, seen: Visibility, limits: LimitSettings, budget: AsyncBudgetGuard) -> None:
+    def __init__(
+        self, seen: Visibility, limits: LimitSettings, budget: AsyncBudgetGuard, on_failure: str = "closed"
+    ) -> None:
         super().__init__(seen, limits, budget)
         self._shared = budget
+        self._open = on_failure == "open"
 
     async def request(self, ctx: Context) -> KeygateError | None:  # type: ignore[override]
         err = StoredObjects.request(self, ctx)
@@ -309,13 +316,21 @@ class SharedStoredObjects(StoredObjects):
         if pending is None:
             return None
         models, file_id = pending
-        return _held(ctx, await self._shared.hold_batch_shared(ctx, models), file_id)
+        try:
+            held = await self._shared.hold_batch_shared(ctx, models, self._open)
+        except CountersUnavailable:  # (on_counter_failure: closed, as for any limited request)
+            log.error("shared counters unavailable: a batch under a budget refused (503)")
+            return UNAVAILABLE
+        return _held(ctx, held, file_id)
 
 
-def stored_objects(seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None) -> StoredObjects:
-    """The stored-objects guard for these budgets: the awaiting one when they are on shared counters."""
+def stored_objects(
+    seen: Visibility, limits: LimitSettings, budget: BudgetGuardBase | None, on_failure: str = "closed"
+) -> StoredObjects:
+    """The stored-objects guard for these budgets: the awaiting one when they are on shared
+    counters (``on_failure``: ``on_counter_failure``, for a batch's hold)."""
     if isinstance(budget, AsyncBudgetGuard):
-        return SharedStoredObjects(seen, limits, budget)
+        return SharedStoredObjects(seen, limits, budget, on_failure)
     return StoredObjects(seen, limits, budget)
 
 
