@@ -43,12 +43,17 @@ class PrivateRedis:
     restart comes back empty."""
 
     def __init__(
-        self, workdir: Path, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+        self,
+        workdir: Path,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        users: tuple[str, ...] = (),
     ) -> None:
         self.port = _free_port()
         self.workdir = workdir
         self.password = password
         self.tls = tls  # (certificate, key, CA file): TLS only (rediss://), on the same port
+        self.users = users  # ACL users besides the default one ("NAME on >PASSWORD ~keys ...")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +85,7 @@ class PrivateRedis:
                 "--dir",
                 str(self.workdir),
                 *(["--requirepass", self.password] if self.password else []),
+                *[part for user in self.users for part in ("--user", *user.split())],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -109,9 +115,12 @@ class PrivateRedis:
 
 @contextmanager
 def private_redis(
-    workdir: Path, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+    workdir: Path,
+    password: str | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    users: tuple[str, ...] = (),
 ) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(workdir, password, tls)
+    server = PrivateRedis(workdir, password, tls, users)
     server.start()
     try:
         yield server

@@ -410,3 +410,42 @@ def test_counters_over_tls_with_the_configured_ca_and_refused_without_it(
             made = gw.create_key("untrusted", "--rpm", "1")
             refused = post_chat(gw.url, made["key"])
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "counters_unavailable"
+
+
+# The least a keygate user needs in Redis, as docs/redis.md gives it: its own keys and channel,
+# the script calls, and what the scripts call.
+KEYGATE_ACL = (
+    "~keygate:* &keygate:* -@all +evalsha +script|load +exists +ping +select +subscribe +unsubscribe"
+    " +time +get +set +del +pexpire +zadd +zrem +zcard +zscore +zrangebyscore +zremrangebyscore"
+    " +hmget +hset +hincrbyfloat +publish"
+)
+
+
+def test_an_acl_user_with_only_the_documented_permissions_is_enough(
+    upstream: MockUpstream, mock: MockUpstream, tmp_path: Path
+) -> None:
+    user = f"keygate on >acl-secret-pw {KEYGATE_ACL}"
+    with private_redis(tmp_path / "redis", password="admin-pw", users=(user,)) as acl_redis:
+        extra = {
+            "redis_url": f"redis://keygate:${{RPW}}@127.0.0.1:{acl_redis.port}/0",
+            "counter_lease": 1.0,
+            "network": {"trusted_proxies": ["127.0.0.1/32"], "lockout": {"max_failures": 3}},
+        }
+        with Gateway(tmp_path / "acl", upstream.url, extra=extra, env={"RPW": "acl-secret-pw"}) as gw:
+            made = gw.create_key("acl", "--rpm", "2", "--max-concurrent", "5", "--budget-tokens", "10000")
+            assert post_chat(gw.url, made["key"]).status_code == 200  # admitted and released
+            assert post_chat(gw.url, made["key"]).status_code == 200
+            assert post_chat(gw.url, made["key"]).status_code == 429  # the rate, decided in Redis
+            xff = {"x-forwarded-for": "203.0.113.90"}
+            for i in range(3):
+                assert post_chat(gw.url, "kg_" + str(i) * 38, **xff).status_code == 401
+            client = acl_redis.client()
+            _wait(lambda: client.zscore("keygate:lk", "203.0.113.90") is not None)  # counted, locked
+            time.sleep(1.0)  # the spend flush (its state script) and a lease renewal
+            problems = [
+                e
+                for e in gw.log_entries()
+                if e["level"] in ("warning", "error") and "redis" in str(e).lower()
+            ]
+            assert problems == []
+            assert "acl-secret-pw" not in gw.stderr_path.read_text()
