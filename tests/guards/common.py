@@ -4,6 +4,7 @@ networked store would), and a capture of one keygate logger."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import orjson
 
 from keygate.chain import Guard
 from keygate.context import Context
@@ -152,3 +154,20 @@ def post_chat(url: str, key: str, **headers: str) -> httpx.Response:
     return httpx.post(
         f"{url}/chat/completions", json=dict(CHAT), headers={"Authorization": f"Bearer {key}", **headers}
     )
+
+
+# One batch input line (a chat request), and a JSONL file of such lines, for the batch tests.
+CHAT_LINE = {
+    "custom_id": "1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 50,
+    },
+}
+
+
+def jsonl(*lines: dict[str, Any]) -> io.BytesIO:
+    return io.BytesIO(b"".join(orjson.dumps(line) + b"\n" for line in lines))

@@ -28,21 +28,7 @@ from keygate.testing import MockUpstream
 from keygate.types import KeyRecord
 
 from ..helpers import UPSTREAM_SECRET, Gateway
-
-CHAT_LINE = {
-    "custom_id": "1",
-    "method": "POST",
-    "url": "/v1/chat/completions",
-    "body": {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "hello there"}],
-        "max_tokens": 50,
-    },
-}
-
-
-def jsonl(*lines: dict[str, Any]) -> io.BytesIO:
-    return io.BytesIO(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+from .common import CHAT_LINE, jsonl
 
 
 @pytest.fixture(scope="module")

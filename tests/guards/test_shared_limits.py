@@ -9,7 +9,6 @@ allow exactly what one would, and what happens when Redis goes away.
 from __future__ import annotations
 
 import asyncio
-import io
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 from openai import NotFoundError, OpenAI, RateLimitError
 
@@ -29,7 +27,7 @@ from keygate.testing import MockUpstream
 from ..certs import CA
 from ..helpers import Gateway
 from ..redis_helpers import PrivateRedis, private_redis
-from .common import CHAT, Hook, post_chat
+from .common import CHAT, CHAT_LINE, Hook, jsonl, post_chat
 
 BUDGET = "key:{}|tokens|lifetime"
 
@@ -292,27 +290,13 @@ def test_the_soft_threshold_notice_is_sent_once_settled_on_shared_counters(
         hook.close()
 
 
-BATCH_LINE = {
-    "custom_id": "1",
-    "method": "POST",
-    "url": "/v1/chat/completions",
-    "body": {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "hello there"}],
-        "max_tokens": 50,
-    },
-}
-
-
 def test_a_batch_is_held_on_shared_budgets_past_the_lease_and_settled_by_either_instance(
     pair: tuple[Gateway, Gateway], mock: MockUpstream, redis_up: PrivateRedis
 ) -> None:
     a, b = pair
     made = a.create_key("batches", "--budget-tokens", "120/lifetime")  # room for one line's hold
     on_a, on_b = (OpenAI(base_url=g.url, api_key=made["key"], max_retries=0) for g in (a, b))
-    source = on_a.files.create(
-        file=("in.jsonl", io.BytesIO(orjson.dumps(BATCH_LINE) + b"\n")), purpose="batch"
-    )
+    source = on_a.files.create(file=("in.jsonl", jsonl(CHAT_LINE)), purpose="batch")
 
     def create(sdk: OpenAI) -> Any:
         return sdk.batches.create(
@@ -363,8 +347,7 @@ def test_a_batch_under_a_budget_while_redis_is_away_is_503_or_admitted_open_and_
     with Gateway(tmp_path / mode, upstream.url, extra=extra) as gw:
         made = gw.create_key(f"batch-{mode}", "--budget-tokens", "1000/lifetime")
         sdk = OpenAI(base_url=gw.url, api_key=made["key"], max_retries=0)
-        line = io.BytesIO(orjson.dumps(BATCH_LINE) + b"\n")
-        source = sdk.files.create(file=("in.jsonl", line), purpose="batch")
+        source = sdk.files.create(file=("in.jsonl", jsonl(CHAT_LINE)), purpose="batch")
         sent = len(mock.requests)
         server.stop()
         try:
